@@ -1,0 +1,249 @@
+"""The ``hetq`` command line. Every command takes ``--json`` and then prints one JSON document.
+
+User mistakes end with one line ``hetq: error: ...`` on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flow import __version__
+from flow.errors import ConfigError, HetqError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _emit(args: argparse.Namespace, obj: dict, text: str) -> None:
+    print(json.dumps(obj, indent=2, default=str) if args.json else text)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+def _summary_text(res: dict) -> str:
+    lines = [f"campaign {res['campaign']}: clean accuracy {_pct(res['clean_accuracy'])}, "
+             f"{res['bits']} target bits, {res['trials']} trials per BER",
+             f"{'BER':>10} {'trials':>6} {'flips':>8} {'accuracy (95% CI)':>28} {'drop':>9}"]
+    for r in res["summary"]:
+        ci = f"{_pct(r['accuracy_mean'])} [{_pct(r['accuracy_low'])}, {_pct(r['accuracy_high'])}]"
+        lines.append(f"{r['ber']:>10.1e} {r['trials']:>6} {r['mean_faults']:>8.1f} {ci:>28} "
+                     f"{_pct(r['drop_mean']):>9}")
+    if res.get("out_dir"):
+        lines.append(f"results: {res['out_dir']}")
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flow.config import load_config
+    from flow.rundir import RunDir
+    from flow.steps import step_train, validate
+    cfg = load_config(args.config)
+    if args.epochs is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": args.epochs})})
+    validate(cfg)
+    run = RunDir(args.out)
+    run.init(cfg.to_yaml(), cfg.seed)
+    res = step_train(run, cfg, progress=not args.json)
+    _emit(args, {"run_dir": str(run.path), **res},
+          f"trained {cfg.model.arch} -> {run.path}: test accuracy {_pct(res['test_accuracy_integer'])}"
+          f" (integer executor), {res['memory_bits']} memory bits")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from flow.session import open_session
+    s = open_session(args.run_dir, "cpu")
+    sizes = s.image.size_bits()
+    layers = []
+    for name, e in s.plan["layers"].items():
+        layers.append({"layer": name, **e, "memory_bits": sizes.get(name, 0)})
+    acc = s.executor.correct(s.data.test.x, s.data.test.y) / len(s.data.test.y)
+    info = {"run_dir": str(s.run.path), "arch": s.cfg.model.arch, "data": s.cfg.data.name,
+            "test_accuracy": acc, "layers": layers, "memory_bits": sizes["total"],
+            "memories": s.image.summary(), "steps": s.run.manifest()["steps"],
+            "checkpoint_sha256": s.checkpoint_sha256}
+    rows = [f"{'layer':<22} {'w bits':>6} {'a bits':>6} {'prot':>5} {'mem bits':>10}"]
+    rows += [f"{l['layer']:<22} {l['weight_bits']:>6} {l['act_bits']:>6} "
+             f"{'yes' if l['protected'] else 'no':>5} {l['memory_bits']:>10}" for l in layers]
+    text = (f"{s.run.path}: {s.cfg.model.arch} on {s.cfg.data.name}, test accuracy {_pct(acc)}, "
+            f"{sizes['total']} memory bits\n" + "\n".join(rows))
+    _emit(args, info, text)
+    return 0
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    from flow.campaign import CampaignSpec, default_trials
+    from flow.faults import FaultMap, check_ber
+    from flow.rundir import RunDir
+    from flow.session import open_session, read_config
+    from flow.steps import inject
+    run = RunDir(args.run_dir)
+    cfg = read_config(run)
+    if args.map is not None:
+        s = open_session(run.path, args.device)
+        fmap = FaultMap.load(args.map)
+        fmap.validate(s.image)
+        from flow.faults import Injector
+        with Injector(s.image, s.executor).injected(fmap):
+            pred = s.executor.predict(s.data.test.x)
+        acc = float((pred.cpu() == s.data.test.y).float().mean())
+        _emit(args, {"map": str(args.map), "faults": len(fmap), "accuracy": acc,
+                     "predictions": pred.cpu().tolist()},
+              f"{len(fmap)} faults from {args.map}: test accuracy {_pct(acc)}")
+        return 0
+    bers = [check_ber(b) for b in (args.ber or cfg.campaign.bers)]
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials: {args.trials} must be >= 1")
+    c = cfg.campaign
+    spec = CampaignSpec(
+        bers=tuple(bers),
+        trials=default_trials(args.trials if args.trials is not None else c.trials,
+                              args.margin or c.margin, args.confidence or c.confidence),
+        seed=cfg.seed if args.seed is None else args.seed,
+        fault=args.fault or c.fault, kinds=tuple(args.kinds or c.kinds),
+        layers=tuple(args.layers) if args.layers else (tuple(c.layers) if c.layers else None),
+        bits=tuple(args.bits) if args.bits else (tuple(c.bits) if c.bits else None))
+    res = inject(run, spec, progress=not args.json, device=args.device)
+    _emit(args, res, _summary_text(res))
+    return 0
+
+
+def cmd_faultmap(args: argparse.Namespace) -> int:
+    from flow.campaign import trial_rng
+    from flow.faults import check_ber, sample_seu
+    from flow.session import open_session
+    s = open_session(args.run_dir, "cpu")
+    fmap = sample_seu(s.image, check_ber(args.ber), trial_rng(args.seed, args.ber, args.trial),
+                      layers=args.layers, bits=args.bits, kind=args.fault)
+    from flow.rundir import atomic_write
+    atomic_write(Path(args.out), json.dumps(fmap.to_json()))
+    _emit(args, {"out": args.out, "faults": len(fmap)}, f"{len(fmap)} faults -> {args.out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flow.config import load_config
+    from flow.rundir import RunDir
+    from flow.steps import STEPS, validate
+    cfg = load_config(args.config)
+    validate(cfg)
+    run = RunDir(args.out)
+    run.init(cfg.to_yaml(), cfg.seed)
+    results = {}
+    for name, step in STEPS.items():
+        if run.step_done(name) and name != "inject":
+            results[name] = {"status": "done", "skipped": True}
+            if not args.json:
+                print(f"[{name}] already done, skipped", file=sys.stderr)
+            continue
+        if not args.json:
+            print(f"[{name}]", file=sys.stderr)
+        results[name] = step(run, cfg, not args.json)
+    text = ""
+    if "train" in results and not results["train"].get("skipped"):
+        text += (f"trained {cfg.model.arch}: test accuracy "
+                 f"{_pct(results['train']['test_accuracy_integer'])}\n")
+    text += _summary_text(results["inject"])
+    _emit(args, {"run_dir": str(run.path), "steps": results}, text)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from flow.bench import bench_fi, bench_text
+    res = bench_fi(repeats=args.repeats, seed=args.seed, epochs=args.epochs,
+                   progress=not args.json)
+    _emit(args, res, bench_text(res))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``hetq`` (documented in README.md)."""
+    p = _Parser(prog="hetq", description="Reliability-aware FPGA accelerators for quantized "
+                "neural networks: train, inject faults, rank, protect, generate hardware.")
+    p.add_argument("--version", action="version", version=f"hetq {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(sp):
+        sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+    t = sub.add_parser("train", help="quantization-aware training of the config's model")
+    t.add_argument("config", help="run config (YAML); see docs/config.md")
+    t.add_argument("--out", required=True, help="run directory to create")
+    t.add_argument("--epochs", type=int, help="override train.epochs")
+    common(t)
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("info", help="model, plan, memory sizes and accuracy of a run")
+    i.add_argument("run_dir")
+    common(i)
+    i.set_defaults(func=cmd_info)
+
+    j = sub.add_parser("inject", help="fault campaign (accuracy vs BER) or replay of a fault map")
+    j.add_argument("run_dir")
+    j.add_argument("--ber", type=float, nargs="+", help="bit error rates (default: config)")
+    j.add_argument("--trials", type=int, help="trials per BER (default: config, else Leveugle)")
+    j.add_argument("--seed", type=int, help="campaign seed (default: the run's seed)")
+    j.add_argument("--margin", type=float, help="Leveugle error margin (default 0.05)")
+    j.add_argument("--confidence", type=float, help="Leveugle confidence (default 0.95)")
+    j.add_argument("--fault", choices=["flip", "stuck0", "stuck1"], help="fault model")
+    j.add_argument("--kinds", nargs="+", choices=["weight", "bias", "threshold", "direction"],
+                   help="memory kinds to target (default: weight)")
+    j.add_argument("--layers", nargs="+", help="only these layers' memories")
+    j.add_argument("--bits", type=int, nargs="+", help="only these bit positions (0 = LSB)")
+    j.add_argument("--map", type=Path, help="replay this JSON fault map instead of a campaign")
+    j.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
+    common(j)
+    j.set_defaults(func=cmd_inject)
+
+    f = sub.add_parser("faultmap", help="sample one SEU fault map and write it as JSON")
+    f.add_argument("run_dir")
+    f.add_argument("--ber", type=float, required=True)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--trial", type=int, default=0, help="trial index (same stream as inject)")
+    f.add_argument("--layers", nargs="+")
+    f.add_argument("--bits", type=int, nargs="+")
+    f.add_argument("--fault", choices=["flip", "stuck0", "stuck1"], default="flip")
+    f.add_argument("--out", required=True, help="JSON file to write")
+    common(f)
+    f.set_defaults(func=cmd_faultmap)
+
+    r = sub.add_parser("run", help="the whole flow on a config (default: embedded digits)")
+    r.add_argument("config", nargs="?", help="run config (default: flow/configs/digits.yaml)")
+    r.add_argument("--out", default="runs/digits", help="run directory (default: runs/digits)")
+    common(r)
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    bf = bsub.add_parser("fi", help="fault-injection throughput vs clean inference and PyTorchFI")
+    bf.add_argument("--repeats", type=int, default=5, help="repeats per measurement (median)")
+    bf.add_argument("--seed", type=int, default=0)
+    bf.add_argument("--epochs", type=int, default=5, help="training epochs of the bench model")
+    common(bf)
+    bf.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hetq`` console script."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except HetqError as e:
+        print(f"hetq: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hetq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The YAML run config: schema, defaults, loading and one-line errors.
+
+A config names the data, the model and its per-layer bit-widths, training, and the fault
+campaign. Every key is checked: an unknown or misspelled key, a value of the wrong type or out of
+range ends in a :class:`~flow.errors.ConfigError` that names the field and the value. The shipped
+default (``flow/configs/digits.yaml``) trains the digits CNN. ``docs/config.md`` documents every key.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from flow.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).with_name("configs") / "digits.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class DataConfig(_Strict):
+    """Which data set, where it lives, and how it is split."""
+
+    name: Literal["digits", "digits32", "cifar10", "mnist"] = "digits"
+    root: str | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    limit: int | None = Field(default=None, ge=1)
+
+
+class ModelConfig(_Strict):
+    """Architecture, width multiplier, bit-widths and the layers protected by MSB TMR."""
+
+    arch: str = "cnn"
+    width: float = Field(default=1.0, gt=0)
+    input_bits: int = Field(default=8, ge=2, le=16)
+    act_bits: int = Field(default=8, ge=2, le=16)
+    default_weight_bits: int = Field(default=8, ge=2, le=16)
+    weight_bits: dict[str, int] = Field(default_factory=dict)
+    protected: list[str] = Field(default_factory=list)
+
+    @field_validator("weight_bits")
+    @classmethod
+    def _bits_range(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, b in v.items():
+            if not 2 <= b <= 16:
+                raise ValueError(f"bit-width {b} of layer '{name}' is outside 2..16")
+        return v
+
+
+class TrainConfig(_Strict):
+    """Quantization-aware training (Adam, cross-entropy)."""
+
+    epochs: int = Field(default=30, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=0.01, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class CampaignConfig(_Strict):
+    """Fault campaign: BER points, trials per point (explicit, or Leveugle from margin/confidence)."""
+
+    bers: list[float] = Field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2])
+    trials: int | None = Field(default=None, ge=1)
+    margin: float = Field(default=0.05, gt=0, lt=1)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    fault: Literal["flip", "stuck0", "stuck1"] = "flip"
+    kinds: list[Literal["weight", "bias", "threshold", "direction"]] = Field(
+        default_factory=lambda: ["weight"])
+    layers: list[str] | None = None
+    bits: list[int] | None = None
+
+    @field_validator("bers")
+    @classmethod
+    def _ber_range(cls, v: list[float]) -> list[float]:
+        for b in v:
+            if not 0.0 <= b <= 1.0:
+                raise ValueError(f"BER {b} is outside [0, 1]")
+        if not v:
+            raise ValueError("needs at least one BER")
+        return v
+
+
+class RunConfig(_Strict):
+    """A whole run: seed, device, data, model, training, campaign."""
+
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    campaign: CampaignConfig = Field(default_factory=CampaignConfig)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (every key, defaults filled in)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "config"
+    if e["type"] == "extra_forbidden":
+        parent = e["loc"][:-1]
+        model: type[BaseModel] = RunConfig
+        for p in parent:
+            fld = model.model_fields.get(str(p))
+            ann = getattr(fld, "annotation", None) if fld else None
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                model = ann
+        near = difflib.get_close_matches(str(e["loc"][-1]), list(model.model_fields), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        return f"{source}: {loc}: unknown key{hint}"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{source}: {loc}: {msg} (got {e.get('input')!r})"
+
+
+def parse_config(obj: object, source: str = "config") -> RunConfig:
+    """Validate a parsed YAML document (a mapping) into a :class:`RunConfig`."""
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top, got "
+                          f"{type(obj).__name__}")
+    try:
+        return RunConfig.model_validate(obj)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, source)) from None
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    """Read and validate a YAML config file; ``None`` gives the shipped digits default."""
+    p = DEFAULT_CONFIG if path is None else Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"config: cannot read '{p}' ({e.strerror})") from None
+    try:
+        obj = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise ConfigError(f"config: malformed YAML in '{p}'{where}: {problem}") from None
+    return parse_config(obj, str(p))

@@ -1,0 +1,203 @@
+"""Fault maps and fault injection into the weight-memory image.
+
+A :class:`FaultMap` is a list of (memory, word, bit) faults, each a flip or a stuck-at-0/1,
+serialized to JSON so the same map can be replayed in HLS C-sim and RTL. :func:`sample_seu` draws
+single-event upsets where every stored bit flips independently with probability ``ber``: it draws
+the number of flips from Binomial(bits, ber), then that many distinct positions uniformly (no
+per-bit mask). :class:`Injector` applies a map to the image in place, updates only the touched
+words in the executor, and undoes it afterwards: no model copy per trial.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flow.errors import ConfigError, FaultMapError
+from flow.image import WEIGHT_KINDS, Memory, MemoryImage
+
+FAULT_KINDS = ("flip", "stuck0", "stuck1")
+FAULTMAP_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FaultMap:
+    """Faults as parallel arrays: ``memory[i]`` (name), ``word[i]``, ``bit[i]``, ``kind[i]``."""
+
+    memory: tuple[str, ...]
+    word: np.ndarray
+    bit: np.ndarray
+    kind: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.memory)
+
+    @classmethod
+    def from_faults(cls, faults: Iterable[tuple[str, int, int] | tuple[str, int, int, str]]
+                    ) -> "FaultMap":
+        """Build from (memory, word, bit[, kind]) tuples."""
+        rows = [tuple(f) for f in faults]
+        mem = tuple(r[0] for r in rows)
+        kind = tuple(r[3] if len(r) > 3 else "flip" for r in rows)
+        for k in kind:
+            if k not in FAULT_KINDS:
+                raise FaultMapError(f"fault.kind: unknown fault kind '{k}' "
+                                    f"(known: {', '.join(FAULT_KINDS)})")
+        return cls(mem, np.array([r[1] for r in rows], dtype=np.int64),
+                   np.array([r[2] for r in rows], dtype=np.int64), kind)
+
+    def to_json(self) -> dict:
+        """JSON-ready dict: ``{"version": 1, "faults": [{"memory", "word", "bit", "kind"}]}``."""
+        return {"version": FAULTMAP_VERSION,
+                "faults": [{"memory": m, "word": int(w), "bit": int(b), "kind": k}
+                           for m, w, b, k in zip(self.memory, self.word, self.bit, self.kind)]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "FaultMap":
+        """Inverse of :meth:`to_json` (raises FaultMapError on a malformed document)."""
+        if not isinstance(obj, dict) or obj.get("version") != FAULTMAP_VERSION:
+            raise FaultMapError(f"faultmap.version: expected {FAULTMAP_VERSION}, "
+                                f"got {obj.get('version') if isinstance(obj, dict) else obj!r}")
+        try:
+            return cls.from_faults((f["memory"], int(f["word"]), int(f["bit"]),
+                                    f.get("kind", "flip")) for f in obj["faults"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise FaultMapError(f"faultmap.faults: malformed fault entry ({e})") from None
+
+    def save(self, path: Path) -> None:
+        """Write the map as JSON."""
+        Path(path).write_text(json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: Path) -> "FaultMap":
+        """Read a map written by :meth:`save`."""
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise FaultMapError(f"faultmap: cannot read '{path}' ({e})") from None
+
+    def validate(self, image: MemoryImage) -> None:
+        """Check that every fault names an existing memory, word and bit of ``image``."""
+        for m, w, b in zip(self.memory, self.word, self.bit):
+            mem = image.memory(m)
+            if not 0 <= w < mem.depth:
+                raise FaultMapError(f"fault.word: word {int(w)} outside memory '{m}' "
+                                    f"(depth {mem.depth})")
+            if not 0 <= b < mem.width:
+                raise FaultMapError(f"fault.bit: bit {int(b)} outside memory '{m}' "
+                                    f"(width {mem.width})")
+
+
+def check_ber(ber: float) -> float:
+    """Return ``ber`` as float if it lies in [0, 1], else raise ConfigError naming it."""
+    try:
+        v = float(ber)
+    except (TypeError, ValueError):
+        raise ConfigError(f"ber: {ber!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise ConfigError(f"ber: {ber!r} is outside [0, 1]")
+    return v
+
+
+def _bit_space(mems: Sequence[Memory], bits: Sequence[int] | None
+               ) -> tuple[list[tuple[Memory, np.ndarray]], np.ndarray]:
+    """Per memory the allowed bit positions, and the cumulative bit counts."""
+    space = []
+    for m in mems:
+        pos = np.arange(m.width) if bits is None else np.array(
+            sorted({b for b in bits if 0 <= b < m.width}), dtype=np.int64)
+        space.append((m, pos))
+    sizes = np.array([m.depth * len(p) for m, p in space], dtype=np.int64)
+    return space, np.concatenate([[0], np.cumsum(sizes)])
+
+
+def sample_seu(image: MemoryImage, ber: float, rng: np.random.Generator, *,
+               kinds: Sequence[str] = WEIGHT_KINDS, layers: Sequence[str] | None = None,
+               bits: Sequence[int] | None = None, kind: str = "flip") -> FaultMap:
+    """Random faults: each stored bit of the target memories is hit with probability ``ber``.
+
+    ``layers`` restricts to those layers' memories, ``bits`` to those bit positions of each word
+    (0 = LSB). ``kind`` is ``flip`` (SEU) or ``stuck0``/``stuck1``.
+    """
+    ber = check_ber(ber)
+    if kind not in FAULT_KINDS:
+        raise ConfigError(f"fault.kind: unknown fault kind '{kind}' (known: {', '.join(FAULT_KINDS)})")
+    space, cum = _bit_space(image.targets(kinds, layers), bits)
+    total = int(cum[-1])
+    n = int(rng.binomial(total, ber)) if total else 0
+    if n == 0:
+        return FaultMap((), np.zeros(0, np.int64), np.zeros(0, np.int64), ())
+    pos = rng.choice(total, size=n, replace=False, shuffle=False) if n < total else np.arange(total)
+    pos = np.sort(pos)
+    which = np.searchsorted(cum, pos, side="right") - 1
+    names, words, bitpos = [], np.empty(n, np.int64), np.empty(n, np.int64)
+    for i in np.unique(which):
+        m, allowed = space[i]
+        sel = which == i
+        local = pos[sel] - cum[i]
+        words[sel] = local // len(allowed)
+        bitpos[sel] = allowed[local % len(allowed)]
+    names = tuple(space[i][0].name for i in which)
+    return FaultMap(names, words, bitpos, (kind,) * n)
+
+
+def total_bits(image: MemoryImage, *, kinds: Sequence[str] = WEIGHT_KINDS,
+               layers: Sequence[str] | None = None, bits: Sequence[int] | None = None) -> int:
+    """Number of stored bits that :func:`sample_seu` with the same options can hit."""
+    return int(_bit_space(image.targets(kinds, layers), bits)[1][-1])
+
+
+class Injector:
+    """Applies fault maps to an image (and an executor reading it) in place, and undoes them."""
+
+    def __init__(self, image: MemoryImage, executor=None) -> None:
+        self.image, self.executor = image, executor
+        self._saved: list[tuple[str, np.ndarray, np.ndarray]] = []
+
+    def apply(self, fmap: FaultMap) -> None:
+        """Apply ``fmap``; faults stack until :meth:`undo`."""
+        if len(fmap) == 0:
+            return
+        names = np.array(fmap.memory)
+        kinds = np.array(fmap.kind)
+        all_flip = all(k == "flip" for k in fmap.kind)
+        for name in dict.fromkeys(fmap.memory):
+            mem = self.image.memory(name)
+            sel = names == name
+            w, b = fmap.word[sel], fmap.bit[sel]
+            if w.min() < 0 or w.max() >= mem.depth or b.min() < 0 or b.max() >= mem.width:
+                fmap.validate(self.image)
+            uw = np.unique(w)
+            self._saved.append((name, uw, mem.words[uw].copy()))
+            mask = np.left_shift(1, b)
+            if all_flip:
+                np.bitwise_xor.at(mem.words, w, mask)
+            else:
+                k = kinds[sel]
+                for kind, ufunc, m in (("flip", np.bitwise_xor, mask), ("stuck1", np.bitwise_or, mask),
+                                       ("stuck0", np.bitwise_and, ~mask)):
+                    s = k == kind
+                    ufunc.at(mem.words, w[s], m[s])
+            if self.executor is not None:
+                self.executor.update(name, uw)
+
+    def undo(self) -> None:
+        """Restore every word touched since the last undo (in reverse order)."""
+        while self._saved:
+            name, uw, old = self._saved.pop()
+            self.image.memories[name].words[uw] = old
+            if self.executor is not None:
+                self.executor.update(name, uw)
+
+    @contextlib.contextmanager
+    def injected(self, fmap: FaultMap) -> Iterator[None]:
+        """Context manager: the map is applied inside the block and undone on exit."""
+        self.apply(fmap)
+        try:
+            yield
+        finally:
+            self.undo()

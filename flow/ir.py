@@ -1,0 +1,87 @@
+"""The integer network: what hardware computes, as a list of nodes over integer tensors.
+
+Produced from a trained Brevitas model by :mod:`flow.lower`, stored in the weight-memory image
+(:mod:`flow.image`) and run by the integer executor (:mod:`flow.executor`); the HLS and RTL
+generators read the same structure. Every tensor holds integer codes; a node's ``frac`` says the
+code ``c`` stands for ``c * 2**-frac``.
+
+Ops (``Node.op``) and their attributes:
+
+- ``input``: quantize float pixels: ``clamp(round(x * 2**frac), lo, hi)``.
+- ``conv`` / ``dense``: integer multiply-accumulate with the weight parameter ``attrs['weight']``
+  plus the bias parameter ``attrs['bias']`` (at the accumulator's scale) if any; conv has
+  ``stride`` and ``pad``.
+- ``requant``: ``clamp(round_half_even(acc * 2**(frac_out - frac_in)), lo, hi)`` (ReLU is the
+  clamp at 0 of an unsigned output).
+- ``threshold``: batch-norm + sign folded: out = +1 where ``acc >= thr`` (``dir`` = 1) or
+  ``acc <= thr`` (``dir`` = 0), else -1.
+- ``maxpool`` (``k``), ``sumpool`` (global sum; ``frac`` grows by log2 of the area), ``flatten``,
+  ``add`` (two inputs aligned to the finer scale).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flow.precision import Fixed
+
+
+@dataclass
+class Param:
+    """An integer parameter array that hardware keeps in a memory.
+
+    ``kind`` is ``weight``, ``bias``, ``threshold`` or ``direction``. ``codes`` holds the integer
+    values (for bipolar weights -1/+1), in PyTorch's layout (out, in[, kh, kw]).
+    """
+
+    name: str
+    layer: str
+    kind: str
+    fmt: Fixed
+    codes: np.ndarray
+
+
+@dataclass
+class Node:
+    """One operation of the integer network; ``lo``/``hi`` bound its output codes."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    frac: int
+    lo: int
+    hi: int
+    attrs: dict = field(default_factory=dict)
+    bipolar: bool = False
+
+
+@dataclass
+class IntNetwork:
+    """The integer network: nodes in execution order, parameters by name, and metadata."""
+
+    arch: str
+    nodes: list[Node]
+    params: dict[str, Param]
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
+    @property
+    def output(self) -> str:
+        """Name of the node whose codes are the class scores."""
+        return self.nodes[-1].name
+
+    def node(self, name: str) -> Node:
+        """The node called ``name``."""
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def layers(self) -> list[str]:
+        """Weight layer names in execution order."""
+        return [p.layer for p in self.params.values() if p.kind == "weight"]
+
+    def max_abs_code(self) -> int:
+        """Largest magnitude any node's codes can take (decides the executor's float width)."""
+        return max(max(abs(n.lo), abs(n.hi)) for n in self.nodes)

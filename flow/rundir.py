@@ -1,0 +1,146 @@
+"""The run directory: layout, manifest, atomic writes, and the format check.
+
+A run directory holds ``config.yaml`` (the resolved config), ``manifest.json`` (hetq and tool
+versions, seeds, input hashes, status and time per step), ``plan.json`` and one folder per step
+(``train/``, ``inject/``...). Files are written to a temporary name and renamed into place, so a
+crash never leaves a half-written file; a step's folder is built as ``<step>.partial`` and renamed
+when the step finishes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+from flow import __version__
+from flow.errors import RunDirError
+
+RUN_FORMAT = 1
+MANIFEST = "manifest.json"
+TOOLS = ("torch", "brevitas", "numpy", "scikit-learn")
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: object) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Read a JSON file; a missing or malformed one is a RunDirError naming ``what``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{what}: '{path}' does not exist") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{what}: '{path}' is not valid JSON ({e})") from None
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of hetq, Python and the main libraries, for the manifest."""
+    out = {"hetq": __version__, "python": platform.python_version()}
+    for t in TOOLS:
+        try:
+            out[t] = metadata.version(t)
+        except metadata.PackageNotFoundError:
+            out[t] = "absent"
+    return out
+
+
+class RunDir:
+    """A run directory on disk."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def manifest_path(self) -> Path:
+        """Path of manifest.json."""
+        return self.path / MANIFEST
+
+    def exists(self) -> bool:
+        """True if the folder has a manifest."""
+        return self.manifest_path.is_file()
+
+    def manifest(self) -> dict:
+        """The manifest, after checking that this hetq version can read the run."""
+        if not self.path.is_dir():
+            raise RunDirError(f"run_dir: '{self.path}' is not a directory")
+        m = read_json(self.manifest_path, "run_dir")
+        if m.get("format") != RUN_FORMAT:
+            raise RunDirError(f"run_dir: '{self.path}' has run format {m.get('format')!r}, "
+                              f"this hetq {__version__} reads format {RUN_FORMAT}")
+        return m
+
+    def init(self, config_yaml: str, seed: int) -> dict:
+        """Create the folder, the resolved config and a fresh manifest (or check an existing one)."""
+        if self.exists():
+            m = self.manifest()
+            old = (self.path / "config.yaml").read_text() if (self.path / "config.yaml").is_file() else ""
+            if old != config_yaml:
+                raise RunDirError(f"run_dir: '{self.path}' holds a run with another config; "
+                                  f"use a new --out folder")
+            return m
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path / "config.yaml", config_yaml)
+        m = {"format": RUN_FORMAT, "versions": tool_versions(), "seed": seed,
+             "created": time.time(), "steps": {}}
+        write_json(self.manifest_path, m)
+        return m
+
+    def step_done(self, step: str) -> bool:
+        """True if the manifest records ``step`` as finished."""
+        return self.manifest().get("steps", {}).get(step, {}).get("status") == "done"
+
+    def record_step(self, step: str, **info: object) -> None:
+        """Record a step's status, time and details in the manifest."""
+        m = self.manifest()
+        m.setdefault("steps", {})[step] = {**m.get("steps", {}).get(step, {}), **info}
+        write_json(self.manifest_path, m)
+
+    @contextmanager
+    def step_folder(self, step: str) -> Iterator[Path]:
+        """Yield ``<step>.partial`` to write into; on success it becomes ``<step>``."""
+        final, part = self.path / step, self.path / f"{step}.partial"
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        try:
+            yield part
+        except BaseException:
+            shutil.rmtree(part, ignore_errors=True)
+            raise
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(part, final)

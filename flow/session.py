@@ -1,0 +1,81 @@
+"""Open a trained run: config, data, Brevitas model, integer network, memory image, executor."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from flow.config import RunConfig, parse_config
+from flow.data import Dataset, load_dataset
+from flow.errors import RunDirError
+from flow.executor import Executor, default_device
+from flow.image import MemoryImage, protected_layers
+from flow.ir import IntNetwork
+from flow.lower import lower
+from flow.plan import load_plan
+from flow.rundir import RunDir, sha256_file
+from flow.train import load_checkpoint, model_from_config
+from flow.zoo import ZooNet
+
+import yaml
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return default_device()
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunDirError("device: 'cuda' requested but no CUDA device is present")
+    return torch.device(name)
+
+
+def load_data(cfg: RunConfig) -> Dataset:
+    """The config's data set with its seeded split."""
+    d = cfg.data
+    return load_dataset(d.name, d.root, seed=cfg.seed, val_fraction=d.val_fraction,
+                        test_fraction=d.test_fraction, limit=d.limit)
+
+
+def read_config(run: RunDir) -> RunConfig:
+    """The resolved config stored in a run directory."""
+    run.manifest()
+    try:
+        obj = yaml.safe_load((run / "config.yaml").read_text())
+    except OSError:
+        raise RunDirError(f"run_dir: '{run.path}' has no config.yaml") from None
+    return parse_config(obj, str(run / "config.yaml"))
+
+
+@dataclass
+class Session:
+    """Everything a step needs from a trained run."""
+
+    run: RunDir
+    cfg: RunConfig
+    data: Dataset
+    model: ZooNet
+    net: IntNetwork
+    image: MemoryImage
+    executor: Executor
+    plan: dict
+    checkpoint_sha256: str
+
+
+def open_session(path, device: str | None = None, data: Dataset | None = None) -> Session:
+    """Load the run at ``path``: model from its checkpoint, image with the plan's protection."""
+    run = RunDir(path)
+    cfg = read_config(run)
+    if not run.step_done("train"):
+        raise RunDirError(f"run_dir: '{run.path}' has no finished train step (run 'hetq train')")
+    dev = resolve_device(device or cfg.device)
+    data = data or load_data(cfg)
+    ckpt_path = run / "train" / "model.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    sha = sha256_file(ckpt_path)
+    plan = load_plan(run / "plan.json", sha)
+    model = model_from_config(cfg, data.input_shape, data.num_classes)
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(dev).eval()
+    net = lower(model)
+    image = MemoryImage.build(net, protected_layers(plan["layers"]))
+    return Session(run, cfg, data, model, net, image, Executor(net, image, dev), plan, sha)

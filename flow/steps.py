@@ -1,0 +1,109 @@
+"""The flow's steps. One step, one signature: ``step(run, cfg, progress) -> result dict``.
+
+Steps read the run directory's artifacts and write new ones; ``STEPS`` lists them in flow order,
+so ``hetq run`` reads top to bottom and resumes after the last finished step.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from flow.campaign import CampaignSpec, default_trials, run_campaign
+from flow.config import RunConfig
+from flow.image import MemoryImage
+from flow.lower import lower
+from flow.plan import make_plan, save_plan
+from flow.plots import plot_accuracy_vs_ber
+from flow.rundir import RunDir, sha256_file, write_json
+from flow.session import load_data, open_session, resolve_device
+from flow.store import export_csv, export_json
+from flow.executor import Executor
+from flow.train import accuracy, save_checkpoint, train
+
+
+def step_train(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
+    """Train, save ``train/model.pt`` and ``train/history.json``, write the first plan.json."""
+    t0 = time.time()
+    dev = resolve_device(cfg.device)
+    data = load_data(cfg)
+    run.record_step("train", status="running", started=t0)
+    model, history = train(cfg, data, dev, progress=progress)
+    net = lower(model)
+    layers = net.layers()
+    wbits = {n: net.params[f"{n}.weight"].fmt.bits for n in layers}
+    image = MemoryImage.build(net, cfg.model.protected)
+    ex = Executor(net, image, dev)
+    test_acc = accuracy(model, data.test.x, data.test.y)
+    int_acc = ex.correct(data.test.x, data.test.y) / len(data.test.y)
+    with run.step_folder("train") as folder:
+        save_checkpoint(model, folder / "model.pt",
+                        {"arch": cfg.model.arch, "input_shape": list(data.input_shape),
+                         "num_classes": data.num_classes})
+        write_json(folder / "history.json", history)
+        sha = sha256_file(folder / "model.pt")
+        plan = make_plan(arch=cfg.model.arch, layers=layers, weight_bits=wbits,
+                         act_bits=cfg.model.act_bits, protected=list(cfg.model.protected),
+                         checkpoint_sha256=sha, source="config")
+    save_plan(run / "plan.json", plan)
+    result = {"status": "done", "seconds": round(time.time() - t0, 3),
+              "checkpoint_sha256": sha, "val_accuracy": max(h["val_accuracy"] for h in history)
+              if history else None, "test_accuracy_brevitas": test_acc,
+              "test_accuracy_integer": int_acc, "memory_bits": image.size_bits()["total"]}
+    run.record_step("train", **result)
+    return result
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check everything a run needs before anything is written: data, model, layer names."""
+    from flow.errors import ConfigError
+    from flow.train import model_from_config
+    resolve_device(cfg.device)
+    data = load_data(cfg)
+    names = model_from_config(cfg, data.input_shape, data.num_classes).layer_names()
+    for key, given in (("model.protected", cfg.model.protected),
+                       ("campaign.layers", cfg.campaign.layers or [])):
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise ConfigError(f"{key}: unknown layer '{unknown[0]}' (layers: {', '.join(names)})")
+
+
+def campaign_spec(cfg: RunConfig) -> CampaignSpec:
+    """The campaign the config asks for."""
+    c = cfg.campaign
+    return CampaignSpec(bers=tuple(c.bers), trials=default_trials(c.trials, c.margin, c.confidence),
+                        seed=cfg.seed, fault=c.fault, kinds=tuple(c.kinds),
+                        layers=None if c.layers is None else tuple(c.layers),
+                        bits=None if c.bits is None else tuple(c.bits))
+
+
+def inject(run: RunDir, spec: CampaignSpec, progress: bool = True,
+           device: str | None = None) -> dict:
+    """Run a campaign on a trained run; write ``inject/<id>/`` (CSV, JSON, PNG)."""
+    t0 = time.time()
+    s = open_session(run.path, device)
+    res = run_campaign(s.executor, s.image, s.data.test.x, s.data.test.y, spec,
+                       run / "campaigns.sqlite", progress=progress)
+    out = run / "inject" / res["campaign"]
+    out.mkdir(parents=True, exist_ok=True)
+    export_csv(res["summary"], out / "summary.csv")
+    export_json({**res, "spec": spec.to_json()}, out / "summary.json")
+    plot_accuracy_vs_ber({s.cfg.model.arch: res["summary"]}, out / "accuracy_vs_ber.png",
+                         title=f"{s.cfg.model.arch}: accuracy vs BER ({spec.trials} trials/point)",
+                         clean={s.cfg.model.arch: res["clean_accuracy"]})
+    res.update(out_dir=str(out), seconds=round(time.time() - t0, 3))
+    return res
+
+
+def step_inject(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
+    """The config's campaign, as a flow step."""
+    run.record_step("inject", status="running", started=time.time())
+    res = inject(run, campaign_spec(cfg), progress)
+    run.record_step("inject", status="done", seconds=res["seconds"], campaign=res["campaign"],
+                    out_dir=res["out_dir"])
+    return res
+
+
+STEPS: dict[str, Callable[[RunDir, RunConfig, bool], dict]] = {
+    "train": step_train,
+    "inject": step_inject,
+}

@@ -1,0 +1,92 @@
+"""Quantization-aware training of a zoo network with Brevitas, seeded, with a progress bar.
+
+The checkpoint is a plain dict of tensors and primitives (``state_dict`` and ``meta``), so it
+loads with ``torch.load(path, weights_only=True)``. The weights of the epoch with the best
+validation accuracy are kept.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from flow.config import RunConfig
+from flow.data import Dataset
+from flow.errors import RunDirError
+from flow.zoo import ZooNet, build_model
+
+
+def model_from_config(cfg: RunConfig, input_shape: tuple[int, int, int],
+                      num_classes: int) -> ZooNet:
+    """Build the (untrained) zoo network the config describes."""
+    m = cfg.model
+    return build_model(m.arch, input_shape=input_shape, num_classes=num_classes,
+                       weight_bits=m.weight_bits, default_weight_bits=m.default_weight_bits,
+                       act_bits=m.act_bits, input_bits=m.input_bits, width=m.width)
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
+    """Top-1 accuracy (fraction) of ``model`` in eval mode."""
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), batch):
+        correct += int((model(x[i:i + batch].to(dev)).argmax(1).cpu() == y[i:i + batch]).sum())
+    return correct / max(1, len(x))
+
+
+def train(cfg: RunConfig, data: Dataset, device: torch.device, *, progress: bool = True
+          ) -> tuple[ZooNet, list[dict]]:
+    """Train the config's model on ``data``; returns the best-validation model and the history."""
+    torch.manual_seed(cfg.seed)
+    model = model_from_config(cfg, data.input_shape, data.num_classes).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
+                           weight_decay=cfg.train.weight_decay)
+    epochs = cfg.train.epochs
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x, y = data.train.x, data.train.y
+    history: list[dict] = []
+    best, best_acc = copy.deepcopy(model.state_dict()), -1.0
+    bar = tqdm(range(epochs), desc=f"train {cfg.model.arch}", unit="epoch",
+               disable=not progress or None)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for i in range(0, len(x), cfg.train.batch_size):
+            idx = perm[i:i + cfg.train.batch_size]
+            loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        sched.step()
+        val = accuracy(model, data.val.x, data.val.y)
+        history.append({"epoch": epoch + 1, "loss": total / len(x), "val_accuracy": val})
+        bar.set_postfix(loss=f"{total / len(x):.3f}", val=f"{val:.3f}")
+        if val > best_acc:
+            best, best_acc = copy.deepcopy(model.state_dict()), val
+    model.load_state_dict(best)
+    model.eval()
+    return model, history
+
+
+def save_checkpoint(model: ZooNet, path: Path, meta: dict) -> None:
+    """Save the model's state dict and ``meta`` (primitives only) for weights-only loading."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "meta": meta}, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint with ``weights_only=True``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunDirError(f"checkpoint: '{path}' does not exist (run 'hetq train' first)") from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise RunDirError(f"checkpoint: '{path}' cannot be loaded ({type(e).__name__})") from None
