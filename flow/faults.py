@@ -165,12 +165,15 @@ class Injector:
         names = np.array(fmap.memory)
         kinds = np.array(fmap.kind)
         all_flip = all(k == "flip" for k in fmap.kind)
-        for name in dict.fromkeys(fmap.memory):
+        groups = []
+        for name in dict.fromkeys(fmap.memory):       # check everything before changing anything
             mem = self.image.memory(name)
             sel = names == name
             w, b = fmap.word[sel], fmap.bit[sel]
             if w.min() < 0 or w.max() >= mem.depth or b.min() < 0 or b.max() >= mem.width:
                 fmap.validate(self.image)
+            groups.append((name, mem, sel, w, b))
+        for name, mem, sel, w, b in groups:
             uw = np.unique(w)
             self._saved.append((name, uw, mem.words[uw].copy()))
             mask = np.left_shift(1, b)

@@ -1,0 +1,30 @@
+"""Shared fixtures: small trained runs, built once per test session in temporary folders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flow.cli import main
+
+
+def write_config(path: Path, obj: dict) -> Path:
+    """Write a YAML config and return its path."""
+    path.write_text(yaml.safe_dump(obj))
+    return path
+
+
+QUICK_MLP = {"seed": 0, "model": {"arch": "mlp", "default_weight_bits": 4, "act_bits": 4},
+             "train": {"epochs": 4}, "campaign": {"bers": [1e-3, 1e-2], "trials": 10}}
+
+
+@pytest.fixture(scope="session")
+def mlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained digits MLP run directory (4-bit weights, fc2 protected). Do not modify it."""
+    root = tmp_path_factory.mktemp("mlp_run")
+    cfg = write_config(root / "mlp.yaml",
+                       {**QUICK_MLP, "model": {**QUICK_MLP["model"], "protected": ["fc2"]}})
+    out = root / "run"
+    assert main(["train", str(cfg), "--out", str(out), "--json"]) == 0
+    return out

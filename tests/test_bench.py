@@ -1,0 +1,44 @@
+"""The fault-injection benchmark runs end to end (its figures are reported, not asserted)."""
+from __future__ import annotations
+
+import pytest
+
+from flow.bench import BERS, bench_fi, bench_text
+
+
+@pytest.mark.slow
+def test_bench_fi_reports_every_figure():
+    res = bench_fi(repeats=1, epochs=1, trials=3, progress=False)
+    assert [r["ber"] for r in res["bers"]] == list(BERS)
+    for r in res["bers"]:
+        assert r["trials_per_second"] > 0 and r["pytorchfi_trials_per_second"] > 0
+        assert r["vs_clean_inference"] > 0 and r["vs_pytorchfi"] > 0
+    assert res["bers"][-1]["mean_faults"] > res["bers"][0]["mean_faults"]
+    assert "PyTorchFI" in bench_text(res)
+
+
+def test_pytorchfi_corrupts_the_same_weights(mlp_run):
+    """PyTorchFI's corrupted float twin holds exactly our faulty weights, dequantized."""
+    import numpy as np
+    import torch
+    from pytorchfi.core import fault_injection
+
+    from flow.bench import _pfi_args, _Twin
+    from flow.executor import Executor
+    from flow.faults import Injector, sample_seu
+    from flow.image import MemoryImage
+    from flow.session import open_session
+
+    s = open_session(mlp_run, "cpu")
+    image = MemoryImage.build(s.net)            # unprotected, as in the benchmark
+    ex = Executor(s.net, image, "cpu")
+    twin = _Twin(s.net).eval()
+    pfi = fault_injection(twin, 4, input_shape=[1, 8, 8],
+                          layer_types=[torch.nn.Conv2d, torch.nn.Linear])
+    fmap = sample_seu(image, 2e-2, np.random.default_rng(3))
+    corrupted = pfi.declare_weight_fi(**_pfi_args(fmap, image, twin))
+    with Injector(image, ex).injected(fmap):
+        layers = [m for m in corrupted.modules() if isinstance(m, torch.nn.Linear)]
+        for name, lin in zip(twin.param_layers, layers):
+            frac = s.net.params[name].fmt.frac
+            assert torch.equal(lin.weight.data, ex.tensors[name] * 2.0 ** -frac)

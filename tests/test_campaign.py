@@ -1,0 +1,50 @@
+"""Campaigns through the integer executor: seeded, stored per trial, exported and plotted."""
+from __future__ import annotations
+
+import numpy as np
+
+from flow.campaign import CampaignSpec, default_trials, run_campaign, trial_rng
+from flow.faults import Injector, sample_seu
+from flow.session import open_session
+from flow.stats import leveugle_sample_size
+from flow.steps import inject
+from flow.rundir import RunDir
+
+
+def test_default_trials_is_leveugle():
+    assert default_trials(None, 0.05, 0.95) == leveugle_sample_size(0.05, 0.95) == 385
+    assert default_trials(7, 0.05, 0.95) == 7
+
+
+def test_campaign_matches_manual_trials(mlp_run, tmp_path):
+    """The stored accuracy of each trial equals a manual replay of the same seeded fault map."""
+    s = open_session(mlp_run, "cpu")
+    spec = CampaignSpec(bers=(1e-2,), trials=6, seed=11)
+    res = run_campaign(s.executor, s.image, s.data.test.x, s.data.test.y, spec,
+                       tmp_path / "c.sqlite", progress=False)
+    from flow.store import TrialStore
+    with TrialStore(tmp_path / "c.sqlite") as st:
+        rows = st.trials(res["campaign"])
+    inj = Injector(s.image, s.executor)
+    for row in rows:
+        fmap = sample_seu(s.image, row["ber"], trial_rng(11, row["ber"], row["trial"]))
+        with inj.injected(fmap):
+            correct = s.executor.correct(s.data.test.x, s.data.test.y)
+        assert row["correct"] == correct and row["n_faults"] == len(fmap)
+    accs = np.array([r["accuracy"] for r in rows])
+    assert res["summary"][0]["accuracy_mean"] == accs.mean()
+    assert res["summary"][0]["trials"] == 6
+
+
+def test_inject_step_writes_exports(mlp_run, tmp_path):
+    import shutil
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(mlp_run, run.path)
+    res = inject(run, CampaignSpec(bers=(1e-3, 3e-2), trials=5, seed=0), progress=False)
+    out = run.path / "inject" / res["campaign"]
+    assert (out / "summary.csv").read_text().splitlines()[0].startswith("ber,")
+    assert (out / "accuracy_vs_ber.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    drops = [r["drop_mean"] for r in res["summary"]]
+    assert drops[1] > drops[0]          # more faults, more damage
+    again = inject(run, CampaignSpec(bers=(1e-3, 3e-2), trials=5, seed=0), progress=False)
+    assert again["summary"] == res["summary"]
