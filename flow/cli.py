@@ -20,6 +20,21 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}")
 
 
+def _check_seed(seed: int | None) -> None:
+    if seed is not None and seed < 0:
+        raise ConfigError(f"--seed: {seed} must be >= 0")
+
+
+def _check_unit(name: str, value: float | None) -> None:
+    if value is not None and not 0.0 < value < 1.0:
+        raise ConfigError(f"--{name}: {value} is not in (0, 1)")
+
+
+def _check_out_file(out: str) -> None:
+    if Path(out).is_dir():
+        raise ConfigError(f"--out: '{out}' is a directory (expected a file name)")
+
+
 def _emit(args: argparse.Namespace, obj: dict, text: str) -> None:
     print(json.dumps(obj, indent=2, default=str) if args.json else text)
 
@@ -42,12 +57,14 @@ def _summary_text(res: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flow.config import load_config
+    from flow.config import load_config, parse_config
+    cfg = load_config(args.config)       # config mistakes surface before torch is imported
+    if args.epochs is not None:
+        obj = cfg.model_dump(mode="json")
+        obj["train"]["epochs"] = args.epochs
+        cfg = parse_config(obj, "--epochs")
     from flow.rundir import RunDir
     from flow.steps import step_train, validate
-    cfg = load_config(args.config)
-    if args.epochs is not None:
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": args.epochs})})
     validate(cfg)
     run = RunDir(args.out)
     run.init(cfg.to_yaml(), cfg.seed)
@@ -79,34 +96,42 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_map(args: argparse.Namespace) -> int:
+    from flow.faults import FaultMap, Injector
+    from flow.session import open_session
+    fmap = FaultMap.load(args.map)
+    s = open_session(args.run_dir, args.device)
+    fmap.validate(s.image)
+    with Injector(s.image, s.executor).injected(fmap):
+        pred = s.executor.predict(s.data.test.x)
+    acc = float((pred.cpu() == s.data.test.y).float().mean())
+    _emit(args, {"map": str(args.map), "faults": len(fmap), "accuracy": acc,
+                 "predictions": pred.cpu().tolist()},
+          f"{len(fmap)} faults from {args.map}: test accuracy {_pct(acc)}")
+    return 0
+
+
 def cmd_inject(args: argparse.Namespace) -> int:
-    from flow.campaign import CampaignSpec, default_trials
-    from flow.faults import FaultMap, check_ber
+    from flow.faults import check_ber
     from flow.rundir import RunDir
-    from flow.session import open_session, read_config
-    from flow.steps import inject
     run = RunDir(args.run_dir)
-    cfg = read_config(run)
+    cfg = run.config()
     if args.map is not None:
-        s = open_session(run.path, args.device)
-        fmap = FaultMap.load(args.map)
-        fmap.validate(s.image)
-        from flow.faults import Injector
-        with Injector(s.image, s.executor).injected(fmap):
-            pred = s.executor.predict(s.data.test.x)
-        acc = float((pred.cpu() == s.data.test.y).float().mean())
-        _emit(args, {"map": str(args.map), "faults": len(fmap), "accuracy": acc,
-                     "predictions": pred.cpu().tolist()},
-              f"{len(fmap)} faults from {args.map}: test accuracy {_pct(acc)}")
-        return 0
+        return _replay_map(args)
     bers = [check_ber(b) for b in (args.ber or cfg.campaign.bers)]
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials: {args.trials} must be >= 1")
+    _check_seed(args.seed)
+    _check_unit("margin", args.margin)
+    _check_unit("confidence", args.confidence)
+    from flow.campaign import CampaignSpec, default_trials
+    from flow.steps import inject
     c = cfg.campaign
     spec = CampaignSpec(
         bers=tuple(bers),
         trials=default_trials(args.trials if args.trials is not None else c.trials,
-                              args.margin or c.margin, args.confidence or c.confidence),
+                              c.margin if args.margin is None else args.margin,
+                              c.confidence if args.confidence is None else args.confidence),
         seed=cfg.seed if args.seed is None else args.seed,
         fault=args.fault or c.fault, kinds=tuple(args.kinds or c.kinds),
         layers=tuple(args.layers) if args.layers else (tuple(c.layers) if c.layers else None),
@@ -119,11 +144,13 @@ def cmd_inject(args: argparse.Namespace) -> int:
 def cmd_faultmap(args: argparse.Namespace) -> int:
     from flow.campaign import trial_rng
     from flow.faults import check_ber, sample_seu
+    from flow.rundir import atomic_write
     from flow.session import open_session
+    _check_seed(args.seed)
+    _check_out_file(args.out)
     s = open_session(args.run_dir, "cpu")
     fmap = sample_seu(s.image, check_ber(args.ber), trial_rng(args.seed, args.ber, args.trial),
                       layers=args.layers, bits=args.bits, kind=args.fault)
-    from flow.rundir import atomic_write
     atomic_write(Path(args.out), json.dumps(fmap.to_json()))
     _emit(args, {"out": args.out, "faults": len(fmap)}, f"{len(fmap)} faults -> {args.out}")
     return 0
@@ -131,9 +158,9 @@ def cmd_faultmap(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flow.config import load_config
+    cfg = load_config(args.config)       # config mistakes surface before torch is imported
     from flow.rundir import RunDir
     from flow.steps import STEPS, validate
-    cfg = load_config(args.config)
     validate(cfg)
     run = RunDir(args.out)
     run.init(cfg.to_yaml(), cfg.seed)

@@ -56,7 +56,7 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     """Quantization-aware training (Adam, cross-entropy)."""
 
-    epochs: int = Field(default=30, ge=0)
+    epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=0.01, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -89,7 +89,7 @@ class CampaignConfig(_Strict):
 class RunConfig(_Strict):
     """A whole run: seed, device, data, model, training, campaign."""
 
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

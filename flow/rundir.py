@@ -107,6 +107,8 @@ class RunDir:
 
     def init(self, config_yaml: str, seed: int) -> dict:
         """Create the folder, the resolved config and a fresh manifest (or check an existing one)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"--out: '{self.path}' exists and is not a directory")
         if self.exists():
             m = self.manifest()
             old = (self.path / "config.yaml").read_text() if (self.path / "config.yaml").is_file() else ""
@@ -114,12 +116,28 @@ class RunDir:
                 raise RunDirError(f"run_dir: '{self.path}' holds a run with another config; "
                                   f"use a new --out folder")
             return m
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"--out: cannot create '{self.path}' ({e.strerror})") from None
         atomic_write(self.path / "config.yaml", config_yaml)
         m = {"format": RUN_FORMAT, "versions": tool_versions(), "seed": seed,
+             "config_sha256": hashlib.sha256(config_yaml.encode()).hexdigest(),
              "created": time.time(), "steps": {}}
         write_json(self.manifest_path, m)
         return m
+
+    def config(self):
+        """The resolved config stored in the run (a :class:`flow.config.RunConfig`)."""
+        import yaml
+
+        from flow.config import parse_config
+        self.manifest()
+        try:
+            obj = yaml.safe_load((self.path / "config.yaml").read_text())
+        except OSError:
+            raise RunDirError(f"run_dir: '{self.path}' has no config.yaml") from None
+        return parse_config(obj, str(self.path / "config.yaml"))
 
     def step_done(self, step: str) -> bool:
         """True if the manifest records ``step`` as finished."""

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flow.config import RunConfig, parse_config
+from flow.config import RunConfig
 from flow.data import Dataset, load_dataset
 from flow.errors import RunDirError
 from flow.executor import Executor, default_device
@@ -16,8 +16,6 @@ from flow.plan import load_plan
 from flow.rundir import RunDir, sha256_file
 from flow.train import load_checkpoint, model_from_config
 from flow.zoo import ZooNet
-
-import yaml
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,16 +32,6 @@ def load_data(cfg: RunConfig) -> Dataset:
     d = cfg.data
     return load_dataset(d.name, d.root, seed=cfg.seed, val_fraction=d.val_fraction,
                         test_fraction=d.test_fraction, limit=d.limit)
-
-
-def read_config(run: RunDir) -> RunConfig:
-    """The resolved config stored in a run directory."""
-    run.manifest()
-    try:
-        obj = yaml.safe_load((run / "config.yaml").read_text())
-    except OSError:
-        raise RunDirError(f"run_dir: '{run.path}' has no config.yaml") from None
-    return parse_config(obj, str(run / "config.yaml"))
 
 
 @dataclass
@@ -64,7 +52,7 @@ class Session:
 def open_session(path, device: str | None = None, data: Dataset | None = None) -> Session:
     """Load the run at ``path``: model from its checkpoint, image with the plan's protection."""
     run = RunDir(path)
-    cfg = read_config(run)
+    cfg = run.config()
     if not run.step_done("train"):
         raise RunDirError(f"run_dir: '{run.path}' has no finished train step (run 'hetq train')")
     dev = resolve_device(device or cfg.device)

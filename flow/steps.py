@@ -5,20 +5,30 @@ so ``hetq run`` reads top to bottom and resumes after the last finished step.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
 from flow.campaign import CampaignSpec, default_trials, run_campaign
 from flow.config import RunConfig
+from flow.errors import ConfigError
+from flow.executor import Executor
 from flow.image import MemoryImage
 from flow.lower import lower
 from flow.plan import make_plan, save_plan
-from flow.plots import plot_accuracy_vs_ber
 from flow.rundir import RunDir, sha256_file, write_json
 from flow.session import load_data, open_session, resolve_device
 from flow.store import export_csv, export_json
-from flow.executor import Executor
-from flow.train import accuracy, save_checkpoint, train
+from flow.train import accuracy, model_from_config, save_checkpoint, train
+
+
+def data_hash(data) -> str:
+    """SHA-256 over the images and labels of all three splits (traces a run to its data)."""
+    h = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        h.update(split.x.numpy().tobytes())
+        h.update(split.y.numpy().tobytes())
+    return h.hexdigest()
 
 
 def step_train(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
@@ -46,7 +56,7 @@ def step_train(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
                          checkpoint_sha256=sha, source="config")
     save_plan(run / "plan.json", plan)
     result = {"status": "done", "seconds": round(time.time() - t0, 3),
-              "checkpoint_sha256": sha, "val_accuracy": max(h["val_accuracy"] for h in history)
+              "checkpoint_sha256": sha, "data_sha256": data_hash(data), "val_accuracy": max(h["val_accuracy"] for h in history)
               if history else None, "test_accuracy_brevitas": test_acc,
               "test_accuracy_integer": int_acc, "memory_bits": image.size_bits()["total"]}
     run.record_step("train", **result)
@@ -55,8 +65,6 @@ def step_train(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
 
 def validate(cfg: RunConfig) -> None:
     """Check everything a run needs before anything is written: data, model, layer names."""
-    from flow.errors import ConfigError
-    from flow.train import model_from_config
     resolve_device(cfg.device)
     data = load_data(cfg)
     names = model_from_config(cfg, data.input_shape, data.num_classes).layer_names()
@@ -87,6 +95,7 @@ def inject(run: RunDir, spec: CampaignSpec, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     export_csv(res["summary"], out / "summary.csv")
     export_json({**res, "spec": spec.to_json()}, out / "summary.json")
+    from flow.plots import plot_accuracy_vs_ber   # matplotlib only when a plot is drawn
     plot_accuracy_vs_ber({s.cfg.model.arch: res["summary"]}, out / "accuracy_vs_ber.png",
                          title=f"{s.cfg.model.arch}: accuracy vs BER ({spec.trials} trials/point)",
                          clean={s.cfg.model.arch: res["clean_accuracy"]})

@@ -1,0 +1,80 @@
+"""Plots of fault-injection campaigns (matplotlib object-oriented API, Agg canvas, no pyplot).
+
+Using :class:`matplotlib.figure.Figure` with :class:`FigureCanvasAgg` touches no global backend
+state, so plotting works headless and from several threads or tests at once.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from flow.store import write_atomic
+
+_DPI = 120
+_SIZE_IN = (6.0, 4.0)
+
+
+def _positive_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Summary rows with BER > 0 (a log axis cannot show BER 0), sorted by BER."""
+    return sorted((r for r in rows if r["ber"] > 0), key=lambda r: r["ber"])
+
+
+def _draw_series(ax: Axes, name: str, rows: list[dict[str, Any]],
+                 clean: float | None) -> None:
+    """One accuracy-vs-BER line with confidence error bars and an optional clean line."""
+    x = [r["ber"] for r in rows]
+    y = [100.0 * r["accuracy_mean"] for r in rows]
+    below = [100.0 * (r["accuracy_mean"] - r["accuracy_low"]) for r in rows]
+    above = [100.0 * (r["accuracy_high"] - r["accuracy_mean"]) for r in rows]
+    bars = ax.errorbar(x, y, yerr=[below, above], marker="o", markersize=4, capsize=3,
+                       linewidth=1.5, label=name)
+    color = bars.lines[0].get_color()
+    low = [100.0 * r["accuracy_low"] for r in rows]
+    high = [100.0 * r["accuracy_high"] for r in rows]
+    ax.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
+    if clean is not None:
+        ax.axhline(100.0 * clean, color=color, linestyle="--", linewidth=1,
+                   label=f"{name} (clean)")
+
+
+def plot_accuracy_vs_ber(series: Mapping[str, list[dict[str, Any]]], path: Path, *, title: str,
+                         clean: Mapping[str, float] | None = None) -> Path:
+    """Plot test accuracy (%) against BER (log axis) for each series and write a PNG.
+
+    ``series`` maps a label to summary rows of :meth:`flow.store.TrialStore.summary`
+    (accuracies as fractions); the band and error bars span ``accuracy_low..accuracy_high``.
+    ``clean`` optionally maps a label to its fault-free accuracy, drawn as a dashed line.
+    Rows with BER <= 0 are left out (the clean line stands for them). The PNG is written
+    atomically; returns ``path``.
+
+    Raises:
+        ValueError: no series has a row with BER > 0.
+    """
+    clean = clean or {}
+    drawable = {name: _positive_rows(rows) for name, rows in series.items()}
+    drawable = {name: rows for name, rows in drawable.items() if rows}
+    if not drawable:
+        raise ValueError("plot_accuracy_vs_ber: no summary rows with BER > 0 to plot")
+    fig = Figure(figsize=_SIZE_IN, dpi=_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, rows in drawable.items():
+        _draw_series(ax, name, rows, clean.get(name))
+    ax.set_xscale("log")
+    ax.set_xlabel("bit error rate (BER)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    path = Path(path)
+    write_atomic(path, buf.getvalue())
+    return path

@@ -1,0 +1,107 @@
+"""Statistics of hetq fault-injection campaigns.
+
+* :func:`leveugle_sample_size`: how many trials a BER point needs (Leveugle et al., "Statistical
+  fault injection: quantified error and confidence", DATE 2009).
+* :func:`mean_ci`: the mean of per-trial measurements with a Student-t confidence interval.
+
+Bad user-supplied parameters raise :class:`~flow.errors.ConfigError` naming the config field.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special  # ndtri / stdtrit: the normal and Student-t quantiles, light to import
+
+from flow.errors import ConfigError
+
+
+def _check_open_unit(name: str, value: float) -> float:
+    """Return ``value`` as a float if it lies strictly inside (0, 1), else raise ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ConfigError(f"{name}: {value!r} is not in (0, 1)")
+    return float(value)
+
+
+def _two_sided_quantile(confidence: float) -> float:
+    """The standard normal quantile t with P(|Z| <= t) = confidence (1.96 for 0.95)."""
+    return float(special.ndtri((1.0 + confidence) / 2.0))
+
+
+def leveugle_sample_size(margin: float, confidence: float = 0.95, p: float = 0.5,
+                         population: int | None = None) -> int:
+    """Number of fault-injection trials for an error ``margin`` at a ``confidence`` level.
+
+    With a finite ``population`` N (the number of distinct faults that could be injected)::
+
+        n = N / (1 + e^2 (N - 1) / (t^2 p (1 - p)))
+
+    and with ``population=None`` (infinite; the sampled unit is a whole random fault map)::
+
+        n = t^2 p (1 - p) / e^2
+
+    where e is ``margin``, t the two-sided normal quantile of ``confidence`` and ``p`` the
+    a-priori proportion (0.5 is the worst case). The result is rounded up.
+
+    Raises:
+        ConfigError: ``margin``, ``confidence`` or ``p`` is not in (0, 1), or ``population`` is
+            not an integer >= 1.
+    """
+    e = _check_open_unit("campaign.margin", margin)
+    c = _check_open_unit("campaign.confidence", confidence)
+    q = _check_open_unit("campaign.p", p)
+    t = _two_sided_quantile(c)
+    infinite = t * t * q * (1.0 - q) / (e * e)
+    if population is None:
+        return math.ceil(infinite)
+    if isinstance(population, bool) or not isinstance(population, int) or population < 1:
+        raise ConfigError(f"campaign.population: {population!r} is not an integer >= 1")
+    n = population / (1.0 + (population - 1) / infinite)
+    return min(population, math.ceil(n))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A sample mean with its two-sided confidence interval ``[low, high]``.
+
+    ``half_width`` is ``high - mean`` (= ``mean - low``), ``n`` the sample size and
+    ``confidence`` the coverage level of the interval (e.g. 0.95).
+    """
+
+    mean: float
+    low: float
+    high: float
+    half_width: float
+    n: int
+    confidence: float
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Mean of ``values`` with a Student-t confidence interval.
+
+    half_width = t_{(1+c)/2, n-1} * s / sqrt(n), with s the sample standard deviation (ddof=1).
+    A single value has no spread estimate: its interval is degenerate (``half_width`` 0,
+    ``low == high == mean``); callers should treat it as "no uncertainty information".
+
+    Raises:
+        ValueError: ``values`` is empty, not one-dimensional, or holds a non-finite number.
+        ConfigError: ``confidence`` is not in (0, 1).
+    """
+    c = _check_open_unit("campaign.confidence", confidence)
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1:
+        raise ValueError(f"mean_ci: expected a flat sequence, got shape {x.shape}")
+    if x.size == 0:
+        raise ValueError("mean_ci: no values")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("mean_ci: values contain NaN or infinity")
+    n = int(x.size)
+    mean = float(x.mean())
+    half = 0.0
+    if n > 1:
+        t = float(special.stdtrit(n - 1, (1.0 + c) / 2.0))
+        half = t * float(x.std(ddof=1)) / math.sqrt(n)
+    return Interval(mean=mean, low=mean - half, high=mean + half, half_width=half, n=n,
+                    confidence=c)
