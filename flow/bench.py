@@ -11,10 +11,11 @@ On the digits CNN (trained here for a few epochs, seeded) and its test set:
     our sampling is inside ours;
 (c) clean inference time of the integer executor against the Brevitas model's forward.
 
-Every figure is the median over ``repeats`` repeats.
+Every time is the median over ``repeats`` x ``trials`` measurements, taken in turn.
 """
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 
@@ -25,7 +26,7 @@ from torch import nn
 from flow.campaign import trial_rng
 from flow.config import RunConfig
 from flow.executor import Executor
-from flow.faults import FaultMap, Injector, sample_seu
+from flow.faults import FaultMap, Injector, SeuSampler
 from flow.image import MemoryImage, decode
 from flow.ir import IntNetwork
 from flow.lower import lower
@@ -81,12 +82,28 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _timed(fn, *args) -> float:
+    """Seconds one call takes, with the garbage collector off during the call (as ``timeit``).
+
+    Without this, collections triggered by PyTorchFI's per-trial deep copies land in whichever
+    call comes next.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        fn(*args)
+        return time.perf_counter() - t0
+    finally:
+        gc.enable()
+
+
 def _pfi_args(fmap: FaultMap, image: MemoryImage, twin: _Twin) -> dict:
     """PyTorchFI declare_weight_fi arguments that set the same corrupted weights as ``fmap``."""
     layer_num, k, d1, d2, d3, value = [], [], [], [], [], []
-    for name in dict.fromkeys(fmap.memory):
+    for name in dict.fromkeys(fmap.memory.tolist()):
         mem = image.memories[name]
-        sel = np.array(fmap.memory) == name
+        sel = fmap.memory == name
         words = mem.words.copy()
         np.bitwise_xor.at(words, fmap.word[sel], np.left_shift(1, fmap.bit[sel]))
         for wi in np.unique(fmap.word[sel]):
@@ -115,42 +132,51 @@ def bench_fi(*, repeats: int = 5, seed: int = 0, epochs: int = 5, trials: int = 
     image = MemoryImage.build(net)
     ex = Executor(net, image, dev)
     inj = Injector(image, ex)
-    x, y = data.test.x, data.test.y
+    sampler = SeuSampler(image)
+    x = data.test.x
     twin = _Twin(net).eval()
     layer_types = [nn.Conv2d, nn.Linear]
     pfi = fault_injection(twin, len(x), input_shape=list(x.shape[1:]), layer_types=layer_types)
 
     xq = ex.quantize_input(x)
-    clean_exec = _median_time(lambda: ex.predict(xq, quantized=True), repeats)
     with torch.no_grad():
         clean_brevitas = _median_time(lambda: model(x).argmax(1), repeats)
         clean_twin = _median_time(lambda: twin(x).argmax(1), repeats)
+    clean_exec = _median_time(lambda: ex.predict(xq, quantized=True), repeats)
     rows = []
     for ber in BERS:
-        maps = [sample_seu(image, ber, trial_rng(seed, ber, t)) for t in range(trials)]
+        maps = [sampler.sample(ber, trial_rng(seed, ber, t)) for t in range(trials)]
         pfi_args = [_pfi_args(m, image, twin) for m in maps]
 
-        def ours() -> None:
+        def clean(t: int) -> None:
+            ex.predict(xq, quantized=True)
+
+        def ours(t: int) -> None:
+            fmap = sampler.sample(ber, trial_rng(seed, ber, t))
+            with inj.injected(fmap):
+                ex.predict(xq, quantized=True)
+
+        def theirs(t: int) -> None:
+            args = pfi_args[t]
+            corrupted = pfi.declare_weight_fi(**args) if args["layer_num"] else twin
+            with torch.no_grad():
+                corrupted(x).argmax(1)
+
+        # Clean inference, our trial and PyTorchFI's trial are timed in turn, trial by trial,
+        # so a slow spell of the machine hits all three alike; figures are medians.
+        t_clean, t_ours, t_pfi = [], [], []
+        for _ in range(repeats):
             for t in range(trials):
-                fmap = sample_seu(image, ber, trial_rng(seed, ber, t))
-                with inj.injected(fmap):
-                    ex.predict(xq, quantized=True)
-
-        def theirs() -> None:
-            for args in pfi_args:
-                if args["layer_num"]:
-                    corrupted = pfi.declare_weight_fi(**args)
-                else:
-                    corrupted = twin
-                with torch.no_grad():
-                    corrupted(x).argmax(1)
-
-        t_ours = _median_time(ours, repeats) / trials
-        t_pfi = _median_time(theirs, repeats) / trials
+                for fn, acc in ((clean, t_clean), (ours, t_ours), (theirs, t_pfi)):
+                    acc.append(_timed(fn, t))
+        med = statistics.median
         rows.append({"ber": ber, "mean_faults": float(np.mean([len(m) for m in maps])),
-                     "trial_seconds": t_ours, "trials_per_second": 1 / t_ours,
-                     "pytorchfi_trial_seconds": t_pfi, "pytorchfi_trials_per_second": 1 / t_pfi,
-                     "vs_clean_inference": clean_exec / t_ours, "vs_pytorchfi": t_pfi / t_ours})
+                     "clean_seconds": med(t_clean), "trial_seconds": med(t_ours),
+                     "trials_per_second": 1 / med(t_ours),
+                     "pytorchfi_trial_seconds": med(t_pfi),
+                     "pytorchfi_trials_per_second": 1 / med(t_pfi),
+                     "vs_clean_inference": med(t_clean) / med(t_ours),
+                     "vs_pytorchfi": med(t_pfi) / med(t_ours)})
     return {"model": "cnn", "data": "digits", "test_images": len(x), "repeats": repeats,
             "trials_per_repeat": trials, "threads": torch.get_num_threads(),
             "weight_bits": image.size_bits(("weight",))["total"],

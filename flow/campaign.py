@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flow.executor import Executor
-from flow.faults import Injector, check_ber, sample_seu, total_bits
+from flow.faults import Injector, SeuSampler, check_ber
 from flow.image import MemoryImage
 from flow.stats import leveugle_sample_size
 from flow.store import TrialStore
@@ -69,7 +68,8 @@ def run_campaign(executor: Executor, image: MemoryImage, x: torch.Tensor, y: tor
     yd = y.to(executor.device)
     clean_correct = int((executor.predict(xq, quantized=True) == yd).sum())
     clean = clean_correct / len(y)
-    nbits = total_bits(image, kinds=spec.kinds, layers=spec.layers, bits=spec.bits)
+    sampler = SeuSampler(image, kinds=spec.kinds, layers=spec.layers, bits=spec.bits)
+    nbits = sampler.total_bits
     with TrialStore(store_path) as store:
         cid = store.open_campaign({**spec.to_json(), "clean_correct": clean_correct,
                                    "test_size": len(y)})
@@ -78,8 +78,7 @@ def run_campaign(executor: Executor, image: MemoryImage, x: torch.Tensor, y: tor
         bar = tqdm(todo, desc="campaign", unit="trial", disable=not progress or None)
         for ber, t in bar:
             t0 = time.perf_counter()
-            fmap = sample_seu(image, ber, trial_rng(spec.seed, ber, t), kinds=spec.kinds,
-                              layers=spec.layers, bits=spec.bits, kind=spec.fault)
+            fmap = sampler.sample(ber, trial_rng(spec.seed, ber, t), spec.fault)
             with injector.injected(fmap):
                 correct = int((executor.predict(xq, quantized=True) == yd).sum())
             store.add(cid, ber, t, n_faults=len(fmap), correct=correct, total=len(y),

@@ -150,7 +150,7 @@ def cmd_faultmap(args: argparse.Namespace) -> int:
     _check_out_file(args.out)
     s = open_session(args.run_dir, "cpu")
     fmap = sample_seu(s.image, check_ber(args.ber), trial_rng(args.seed, args.ber, args.trial),
-                      layers=args.layers, bits=args.bits, kind=args.fault)
+                      kinds=args.kinds, layers=args.layers, bits=args.bits, kind=args.fault)
     atomic_write(Path(args.out), json.dumps(fmap.to_json()))
     _emit(args, {"out": args.out, "faults": len(fmap)}, f"{len(fmap)} faults -> {args.out}")
     return 0
@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--layers", nargs="+")
     f.add_argument("--bits", type=int, nargs="+")
     f.add_argument("--fault", choices=["flip", "stuck0", "stuck1"], default="flip")
+    f.add_argument("--kinds", nargs="+", choices=["weight", "bias", "threshold", "direction"],
+                   default=["weight"], help="memory kinds to target (default: weight)")
     f.add_argument("--out", required=True, help="JSON file to write")
     common(f)
     f.set_defaults(func=cmd_faultmap)

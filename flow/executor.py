@@ -77,6 +77,9 @@ class Executor:
             self._dtype[node.name] = torch.float64 if wide else torch.float32
         for name in image.memories:
             self.tensors[name] = self._param_tensor(name)
+        # On CPU, flat numpy views of the same storage: updates skip torch's dispatch.
+        self._flat = ({n: t.numpy().reshape(-1) for n, t in self.tensors.items()}
+                      if self.device.type == "cpu" else {})
 
     def _param_tensor(self, name: str) -> torch.Tensor:
         p = self.net.params[name]
@@ -92,6 +95,10 @@ class Executor:
         """Re-decode the given word indices of ``memory`` from the image into the executor."""
         m = self.image.memories[memory]
         vals = decode(m.words[words], m.fmt, m.protected)
+        flat = self._flat.get(memory)
+        if flat is not None:
+            flat[words] = vals
+            return
         t = self.tensors[memory].view(-1)
         idx = torch.as_tensor(words, dtype=torch.long, device=self.device)
         t[idx] = torch.as_tensor(vals, dtype=t.dtype, device=self.device)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from flow.errors import ConfigError, FaultMapError
-from flow.image import WEIGHT_KINDS, Memory, MemoryImage
+from flow.image import WEIGHT_KINDS, MemoryImage
 
 FAULT_KINDS = ("flip", "stuck0", "stuck1")
 FAULTMAP_VERSION = 1
@@ -26,12 +26,23 @@ FAULTMAP_VERSION = 1
 
 @dataclass(frozen=True)
 class FaultMap:
-    """Faults as parallel arrays: ``memory[i]`` (name), ``word[i]``, ``bit[i]``, ``kind[i]``."""
+    """Faults as parallel arrays: ``memory[i]`` (name), ``word[i]``, ``bit[i]``, ``kind[i]``.
 
-    memory: tuple[str, ...]
+    Any sequences may be passed; they are stored as numpy arrays (strings for memory and kind).
+    """
+
+    memory: np.ndarray
     word: np.ndarray
     bit: np.ndarray
-    kind: tuple[str, ...]
+    kind: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "memory", np.asarray(self.memory, dtype=str))
+        object.__setattr__(self, "word", np.asarray(self.word, dtype=np.int64))
+        object.__setattr__(self, "bit", np.asarray(self.bit, dtype=np.int64))
+        object.__setattr__(self, "kind", np.asarray(self.kind, dtype=str))
+        if not len(self.memory) == len(self.word) == len(self.bit) == len(self.kind):
+            raise FaultMapError("faultmap: memory, word, bit and kind differ in length")
 
     def __len__(self) -> int:
         return len(self.memory)
@@ -53,7 +64,7 @@ class FaultMap:
     def to_json(self) -> dict:
         """JSON-ready dict: ``{"version": 1, "faults": [{"memory", "word", "bit", "kind"}]}``."""
         return {"version": FAULTMAP_VERSION,
-                "faults": [{"memory": m, "word": int(w), "bit": int(b), "kind": k}
+                "faults": [{"memory": str(m), "word": int(w), "bit": int(b), "kind": str(k)}
                            for m, w, b, k in zip(self.memory, self.word, self.bit, self.kind)]}
 
     @classmethod
@@ -92,6 +103,13 @@ class FaultMap:
                                     f"(width {mem.width})")
 
 
+def _unique(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an int array (sort-based: numpy 2.4's hash-based np.unique is
+    about 10x slower on the few-hundred-element arrays of a trial)."""
+    s = np.sort(a)
+    return s[np.concatenate(([True], s[1:] != s[:-1]))] if s.size else s
+
+
 def check_ber(ber: float) -> float:
     """Return ``ber`` as float if it lies in [0, 1], else raise ConfigError naming it."""
     try:
@@ -103,16 +121,46 @@ def check_ber(ber: float) -> float:
     return v
 
 
-def _bit_space(mems: Sequence[Memory], bits: Sequence[int] | None
-               ) -> tuple[list[tuple[Memory, np.ndarray]], np.ndarray]:
-    """Per memory the allowed bit positions, and the cumulative bit counts."""
-    space = []
-    for m in mems:
-        pos = np.arange(m.width) if bits is None else np.array(
-            sorted({b for b in bits if 0 <= b < m.width}), dtype=np.int64)
-        space.append((m, pos))
-    sizes = np.array([m.depth * len(p) for m, p in space], dtype=np.int64)
-    return space, np.concatenate([[0], np.cumsum(sizes)])
+class SeuSampler:
+    """Draws random fault maps over a fixed set of target bits of an image.
+
+    The targets (memories of the given kinds and layers, bit positions of each word) are laid
+    out once; each :meth:`sample` then costs a binomial draw, a draw of distinct positions and a
+    few vectorized index operations.
+    """
+
+    def __init__(self, image: MemoryImage, *, kinds: Sequence[str] = WEIGHT_KINDS,
+                 layers: Sequence[str] | None = None, bits: Sequence[int] | None = None) -> None:
+        mems = image.targets(kinds, layers)
+        allowed = [np.arange(m.width) if bits is None else np.array(
+            sorted({b for b in bits if 0 <= b < m.width}), dtype=np.int64) for m in mems]
+        self.names = np.array([m.name for m in mems])
+        self._per_word = np.array([len(a) for a in allowed], dtype=np.int64)
+        sizes = np.array([m.depth for m in mems], dtype=np.int64) * self._per_word
+        self._cum = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._allowed = np.concatenate(allowed + [np.zeros(0, np.int64)]).astype(np.int64)
+        self._allowed_off = np.concatenate([[0], np.cumsum(self._per_word)]).astype(np.int64)
+        self.total_bits = int(self._cum[-1])
+
+    def sample(self, ber: float, rng: np.random.Generator, kind: str = "flip") -> FaultMap:
+        """Each target bit is hit independently with probability ``ber`` (flip or stuck-at)."""
+        ber = check_ber(ber)
+        if kind not in FAULT_KINDS:
+            raise ConfigError(f"fault.kind: unknown fault kind '{kind}' "
+                              f"(known: {', '.join(FAULT_KINDS)})")
+        total = self.total_bits
+        n = int(rng.binomial(total, ber)) if total else 0
+        if n == 0:
+            return FaultMap((), (), (), ())
+        pos = (rng.choice(total, size=n, replace=False, shuffle=False) if n < total
+               else np.arange(total))
+        pos = np.sort(pos)
+        which = np.searchsorted(self._cum, pos, side="right") - 1
+        local = pos - self._cum[which]
+        per = self._per_word[which]
+        words = local // per
+        bitpos = self._allowed[self._allowed_off[which] + local % per]
+        return FaultMap(self.names[which], words, bitpos, np.full(n, kind))
 
 
 def sample_seu(image: MemoryImage, ber: float, rng: np.random.Generator, *,
@@ -121,34 +169,16 @@ def sample_seu(image: MemoryImage, ber: float, rng: np.random.Generator, *,
     """Random faults: each stored bit of the target memories is hit with probability ``ber``.
 
     ``layers`` restricts to those layers' memories, ``bits`` to those bit positions of each word
-    (0 = LSB). ``kind`` is ``flip`` (SEU) or ``stuck0``/``stuck1``.
+    (0 = LSB). ``kind`` is ``flip`` (SEU) or ``stuck0``/``stuck1``. For many maps over the same
+    targets, build one :class:`SeuSampler`.
     """
-    ber = check_ber(ber)
-    if kind not in FAULT_KINDS:
-        raise ConfigError(f"fault.kind: unknown fault kind '{kind}' (known: {', '.join(FAULT_KINDS)})")
-    space, cum = _bit_space(image.targets(kinds, layers), bits)
-    total = int(cum[-1])
-    n = int(rng.binomial(total, ber)) if total else 0
-    if n == 0:
-        return FaultMap((), np.zeros(0, np.int64), np.zeros(0, np.int64), ())
-    pos = rng.choice(total, size=n, replace=False, shuffle=False) if n < total else np.arange(total)
-    pos = np.sort(pos)
-    which = np.searchsorted(cum, pos, side="right") - 1
-    names, words, bitpos = [], np.empty(n, np.int64), np.empty(n, np.int64)
-    for i in np.unique(which):
-        m, allowed = space[i]
-        sel = which == i
-        local = pos[sel] - cum[i]
-        words[sel] = local // len(allowed)
-        bitpos[sel] = allowed[local % len(allowed)]
-    names = tuple(space[i][0].name for i in which)
-    return FaultMap(names, words, bitpos, (kind,) * n)
+    return SeuSampler(image, kinds=kinds, layers=layers, bits=bits).sample(ber, rng, kind)
 
 
 def total_bits(image: MemoryImage, *, kinds: Sequence[str] = WEIGHT_KINDS,
                layers: Sequence[str] | None = None, bits: Sequence[int] | None = None) -> int:
     """Number of stored bits that :func:`sample_seu` with the same options can hit."""
-    return int(_bit_space(image.targets(kinds, layers), bits)[1][-1])
+    return SeuSampler(image, kinds=kinds, layers=layers, bits=bits).total_bits
 
 
 class Injector:
@@ -162,20 +192,19 @@ class Injector:
         """Apply ``fmap``; faults stack until :meth:`undo`."""
         if len(fmap) == 0:
             return
-        names = np.array(fmap.memory)
-        kinds = np.array(fmap.kind)
-        all_flip = all(k == "flip" for k in fmap.kind)
+        names, kinds = fmap.memory, fmap.kind
+        all_flip = bool((kinds == "flip").all())
         groups = []
-        for name in dict.fromkeys(fmap.memory):       # check everything before changing anything
-            mem = self.image.memory(name)
+        for name in dict.fromkeys(names.tolist()):    # check everything before changing anything
+            mem = self.image.memory(str(name))
             sel = names == name
             w, b = fmap.word[sel], fmap.bit[sel]
             if w.min() < 0 or w.max() >= mem.depth or b.min() < 0 or b.max() >= mem.width:
                 fmap.validate(self.image)
             groups.append((name, mem, sel, w, b))
         for name, mem, sel, w, b in groups:
-            uw = np.unique(w)
-            self._saved.append((name, uw, mem.words[uw].copy()))
+            uw = _unique(w)
+            self._saved.append((mem.name, uw, mem.words[uw].copy()))
             mask = np.left_shift(1, b)
             if all_flip:
                 np.bitwise_xor.at(mem.words, w, mask)
@@ -186,7 +215,7 @@ class Injector:
                     s = k == kind
                     ufunc.at(mem.words, w[s], m[s])
             if self.executor is not None:
-                self.executor.update(name, uw)
+                self.executor.update(mem.name, uw)
 
     def undo(self) -> None:
         """Restore every word touched since the last undo (in reverse order)."""

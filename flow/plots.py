@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from flow.store import write_atomic
+from flow.rundir import atomic_write
 
 _DPI = 120
 _SIZE_IN = (6.0, 4.0)
@@ -76,5 +76,5 @@ def plot_accuracy_vs_ber(series: Mapping[str, list[dict[str, Any]]], path: Path,
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI)
     path = Path(path)
-    write_atomic(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return path

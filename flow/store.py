@@ -11,15 +11,14 @@ import csv
 import hashlib
 import io
 import json
-import os
 import sqlite3
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from flow.rundir import atomic_write
 from flow.errors import ConfigError, RunDirError
 from flow.stats import mean_ci
 
@@ -173,21 +172,6 @@ def _summary_row(ber: float, rows: list[dict[str, Any]], clean: float,
             "drop_high": clean - ci.low, "confidence": ci.confidence}
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a synced temporary file in the same folder + os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Write ``rows`` as CSV (header: keys of the first row; floats at repr precision).
 
@@ -198,10 +182,10 @@ def export_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    write_atomic(path, buf.getvalue().encode("utf-8"))
+    atomic_write(path, buf.getvalue().encode("utf-8"))
 
 
 def export_json(obj: Any, path: Path) -> None:
     """Write ``obj`` as indented JSON (NaN/infinity refused with ValueError)."""
     text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    write_atomic(path, text.encode("utf-8"))
+    atomic_write(path, text.encode("utf-8"))
