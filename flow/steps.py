@@ -5,6 +5,7 @@ so ``hetq run`` reads top to bottom and resumes after the last finished step.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
@@ -89,6 +90,10 @@ def inject(run: RunDir, spec: CampaignSpec, progress: bool = True,
     """Run a campaign on a trained run; write ``inject/<id>/`` (CSV, JSON, PNG)."""
     t0 = time.time()
     s = open_session(run.path, device)
+    # The campaign id covers what the trials depend on: the checkpoint and the protection.
+    prot = sorted(n for n, e in s.plan["layers"].items() if e["protected"])
+    spec = dataclasses.replace(spec, extra={**spec.extra, "checkpoint_sha256": s.checkpoint_sha256,
+                                            "protected": prot})
     res = run_campaign(s.executor, s.image, s.data.test.x, s.data.test.y, spec,
                        run / "campaigns.sqlite", progress=progress)
     out = run / "inject" / res["campaign"]
