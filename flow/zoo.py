@@ -273,41 +273,33 @@ def _bmlp(bits, abits, width, shape, ncls):
             BDense("fc4", hid, ncls, sign=False)]
 
 
-def _alexnet(bits, abits, width, shape, ncls):
+def _conv_stack(bits, abits, width, shape, ncls, convs, hidden):
+    """3x3 conv layers ``convs`` = [(channels, pool), ...], then three dense layers."""
     c, h, w = shape
-    ch = [_ch(x, width) for x in (64, 192, 384, 256, 256)]
-    hid = _ch(1024, width)
     blocks: list[nn.Module] = []
-    cin = c
-    for i, (co, pool) in enumerate(zip(ch, (2, 2, 0, 0, 2)), start=1):
-        blocks.append(QConv(f"conv{i}", cin, co, 3, pad=1, wbits=bits(f"conv{i}"), abits=abits,
-                            pool=pool))
-        cin = co
-    feat = cin * (h // 8) * (w // 8)
-    blocks += [Flatten(),
-               QDense("fc1", feat, hid, wbits=bits("fc1"), abits=abits),
-               QDense("fc2", hid, hid, wbits=bits("fc2"), abits=abits),
-               QDense("fc3", hid, ncls, wbits=bits("fc3"), abits=abits, act=None)]
-    return blocks
-
-
-def _vgg11(bits, abits, width, shape, ncls):
-    c, h, w = shape
-    cfg = [(64, 2), (128, 2), (256, 0), (256, 2), (512, 0), (512, 2), (512, 0), (512, 2)]
-    blocks: list[nn.Module] = []
-    cin = c
-    for i, (co, pool) in enumerate(cfg, start=1):
+    cin, down = c, 1
+    for i, (co, pool) in enumerate(convs, start=1):
         co = _ch(co, width)
         blocks.append(QConv(f"conv{i}", cin, co, 3, pad=1, wbits=bits(f"conv{i}"), abits=abits,
                             pool=pool))
-        cin = co
-    hid = _ch(512, width)
-    feat = cin * (h // 32) * (w // 32)
+        cin, down = co, down * (pool or 1)
+    hid = _ch(hidden, width)
     blocks += [Flatten(),
-               QDense("fc1", feat, hid, wbits=bits("fc1"), abits=abits),
+               QDense("fc1", cin * (h // down) * (w // down), hid, wbits=bits("fc1"),
+                      abits=abits),
                QDense("fc2", hid, hid, wbits=bits("fc2"), abits=abits),
                QDense("fc3", hid, ncls, wbits=bits("fc3"), abits=abits, act=None)]
     return blocks
+
+
+def _alexnet(bits, abits, width, shape, ncls):
+    convs = [(64, 2), (192, 2), (384, 0), (256, 0), (256, 2)]
+    return _conv_stack(bits, abits, width, shape, ncls, convs, 1024)
+
+
+def _vgg11(bits, abits, width, shape, ncls):
+    convs = [(64, 2), (128, 2), (256, 0), (256, 2), (512, 0), (512, 2), (512, 0), (512, 2)]
+    return _conv_stack(bits, abits, width, shape, ncls, convs, 512)
 
 
 def _resnet18(bits, abits, width, shape, ncls):
