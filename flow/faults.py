@@ -154,7 +154,14 @@ class SeuSampler:
             return FaultMap((), (), (), ())
         pos = (rng.choice(total, size=n, replace=False, shuffle=False) if n < total
                else np.arange(total))
-        pos = np.sort(pos)
+        return self.faults_at(np.sort(pos), kind)
+
+    def faults_at(self, pos: np.ndarray, kind: str = "flip") -> FaultMap:
+        """The faults at global target-bit positions ``pos`` (0 <= pos < total_bits)."""
+        pos = np.asarray(pos, dtype=np.int64)
+        n = pos.size
+        if n and (pos.min() < 0 or pos.max() >= self.total_bits):
+            raise FaultMapError(f"fault.position: outside 0..{self.total_bits - 1}")
         which = np.searchsorted(self._cum, pos, side="right") - 1
         local = pos - self._cum[which]
         per = self._per_word[which]
