@@ -156,6 +156,32 @@ def cmd_faultmap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rank_text(res: dict) -> str:
+    lines = [f"ranking (most vulnerable first): {' > '.join(res['ranking'])}",
+             f"GA: {res['generations']} generations, {res['inferences']} inferences",
+             f"{'layer':<22} {'bits':>8} {'tested':>7} {'critical':>8} {'LVF':>8}"]
+    lines += [f"{r['layer']:<22} {r['bits']:>8} {r['tested']:>7} {r['critical']:>8} "
+              f"{r['lvf']:>8.4f}" for r in res["layers"]]
+    gt = res.get("ground_truth")
+    if gt:
+        lines.append(f"ground truth: {' > '.join(gt['ranking'])} ({gt['inferences']} "
+                     f"inferences); Spearman {gt['spearman']:.3f}; GA used "
+                     f"{100 * gt['ga_inference_ratio']:.1f} % of its inferences")
+    return "\n".join(lines)
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from flow.rundir import RunDir
+    _check_seed(args.seed)
+    run = RunDir(args.run_dir)
+    run.config()
+    from flow.rank import rank
+    res = rank(run, ground_truth=args.ground_truth, seed=args.seed, progress=not args.json,
+               device=args.device)
+    _emit(args, res, _rank_text(res))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flow.config import load_config
     cfg = load_config(args.config)       # config mistakes surface before torch is imported
@@ -166,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run.init(cfg.to_yaml(), cfg.seed)
     results = {}
     for name, step in STEPS.items():
-        if run.step_done(name) and name != "inject":
+        if run.step_done(name) and name == "train":
             results[name] = {"status": "done", "skipped": True}
             if not args.json:
                 print(f"[{name}] already done, skipped", file=sys.stderr)
@@ -243,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="JSON file to write")
     common(f)
     f.set_defaults(func=cmd_faultmap)
+
+    k = sub.add_parser("rank", help="layer vulnerability (LVF) by the genetic algorithm")
+    k.add_argument("run_dir")
+    k.add_argument("--ground-truth", action="store_true",
+                   help="also measure per-layer single-bit vulnerability and the Spearman "
+                   "correlation of the two rankings")
+    k.add_argument("--seed", type=int, help="GA seed (default: the run's seed)")
+    k.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
+    common(k)
+    k.set_defaults(func=cmd_rank)
 
     r = sub.add_parser("run", help="the whole flow on a config (default: embedded digits)")
     r.add_argument("config", nargs="?", help="run config (default: flow/configs/digits.yaml)")

@@ -86,8 +86,25 @@ class CampaignConfig(_Strict):
         return v
 
 
+class RankConfig(_Strict):
+    """GA layer-vulnerability ranking (flow.ga) and its ground truth (flow.vulnerability)."""
+
+    population: int = Field(default=12, ge=2)
+    genes: int = Field(default=8, ge=1)
+    tournament: int = Field(default=3, ge=1)
+    crossover: float = Field(default=0.5, ge=0, le=1)
+    mutation: float = Field(default=0.25, ge=0, le=1)
+    move: float = Field(default=0.5, ge=0, le=1)
+    patience: int = Field(default=5, ge=1)
+    min_tested: int = Field(default=100, ge=1)
+    max_generations: int = Field(default=100, ge=1)
+    budget: int | None = Field(default=None, ge=1)
+    truth_margin: float = Field(default=0.05, gt=0, lt=1)
+    truth_confidence: float = Field(default=0.95, gt=0, lt=1)
+
+
 class RunConfig(_Strict):
-    """A whole run: seed, device, data, model, training, campaign."""
+    """A whole run: seed, device, data, model, training, campaign, ranking."""
 
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -95,6 +112,7 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     campaign: CampaignConfig = Field(default_factory=CampaignConfig)
+    rank: RankConfig = Field(default_factory=RankConfig)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (every key, defaults filled in)."""

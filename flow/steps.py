@@ -117,7 +117,18 @@ def step_inject(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
     return res
 
 
+def step_rank(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
+    """GA layer-vulnerability ranking (no ground truth), as a flow step."""
+    from flow.rank import rank
+    run.record_step("rank", status="running", started=time.time())
+    res = rank(run, progress=progress)
+    run.record_step("rank", status="done", seconds=res["seconds"], ranking=res["ranking"],
+                    inferences=res["inferences"])
+    return res
+
+
 STEPS: dict[str, Callable[[RunDir, RunConfig, bool], dict]] = {
     "train": step_train,
+    "rank": step_rank,
     "inject": step_inject,
 }
