@@ -204,6 +204,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "train" in results and not results["train"].get("skipped"):
         text += (f"trained {cfg.model.arch}: test accuracy "
                  f"{_pct(results['train']['test_accuracy_integer'])}\n")
+    if "rank" in results:
+        r = results["rank"]
+        text += (f"layer vulnerability (GA, {r['inferences']} inferences): "
+                 f"{' > '.join(r['ranking'])}\n")
     text += _summary_text(results["inject"])
     _emit(args, {"run_dir": str(run.path), "steps": results}, text)
     return 0
