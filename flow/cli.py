@@ -182,6 +182,34 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_text(res: dict) -> str:
+    t = res["thresholds"]
+    lines = [f"Algorithm 1 (a = {t['accuracy']}, r = {t['drop']}, BER {t['ber']:g}, "
+             f"{t['trials']} trials per evaluation)",
+             f"{'q':>3} {'accuracy':>9} {'drop':>8} {'weight bits':>12}"]
+    lines += [f"{r['q']:>3} {r['accuracy']:>9.4f} {r['drop']:>8.4f} {r['weight_bits']:>12}"
+              for r in res["tried"]]
+    lines.append(f"base q = {res['q']}; ranking {' > '.join(res['ranking'])} "
+                 f"({res['ga_inferences']} GA inferences)")
+    for st in res["protection_steps"]:
+        lines.append(f"  protect [{', '.join(st['protected'])}]: drop {st['drop']:.4f} "
+                     f"[{st['drop_low']:.4f}, {st['drop_high']:.4f}], "
+                     f"{st['weight_bits']} weight bits")
+    lines.append("plan.json written" + ("" if res["met_drop_threshold"]
+                                        else " (drop threshold NOT met with every layer protected)"))
+    return "\n".join(lines)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from flow.rundir import RunDir
+    run = RunDir(args.run_dir)
+    run.config()
+    from flow.search import search
+    res = search(run, progress=not args.json)
+    _emit(args, res, _search_text(res))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flow.config import load_config
     cfg = load_config(args.config)       # config mistakes surface before torch is imported
@@ -283,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
     common(k)
     k.set_defaults(func=cmd_rank)
+
+    se = sub.add_parser("search", help="Algorithm 1: base bit-width q and protected layers "
+                        "(replaces plan.json)")
+    se.add_argument("run_dir")
+    common(se)
+    se.set_defaults(func=cmd_search)
 
     r = sub.add_parser("run", help="the whole flow on a config (default: embedded digits)")
     r.add_argument("config", nargs="?", help="run config (default: flow/configs/digits.yaml)")

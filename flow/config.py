@@ -103,8 +103,20 @@ class RankConfig(_Strict):
     truth_confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
+class SearchConfig(_Strict):
+    """Algorithm 1: base bit-width search and protection of the most vulnerable layers."""
+
+    accuracy_threshold: float = Field(default=0.9, gt=0, le=1)
+    drop_threshold: float = Field(default=0.01, ge=0, lt=1)
+    ber: float = Field(default=1e-3, ge=0, le=1)
+    trials: int = Field(default=100, ge=1)
+    start_bits: int = Field(default=8, ge=2, le=16)
+    finetune_epochs: int = Field(default=3, ge=1)
+    finetune_lr_scale: float = Field(default=0.1, gt=0)
+
+
 class RunConfig(_Strict):
-    """A whole run: seed, device, data, model, training, campaign, ranking."""
+    """A whole run: seed, device, data, model, training, campaign, ranking, search."""
 
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -113,6 +125,7 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     campaign: CampaignConfig = Field(default_factory=CampaignConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (every key, defaults filled in)."""

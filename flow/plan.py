@@ -45,8 +45,19 @@ def load_plan(path: Path, checkpoint_sha256: str | None = None) -> dict:
         for key in ("weight_bits", "act_bits", "protected"):
             if key not in entry:
                 raise PlanError(f"plan.layers.{name}.{key}: missing in '{path}'")
-    if checkpoint_sha256 is not None and plan.get("checkpoint_sha256") != checkpoint_sha256:
-        raise PlanError(f"plan.checkpoint_sha256: '{path}' belongs to checkpoint "
+    if checkpoint_sha256 is not None:
+        verify_checkpoint(plan, checkpoint_sha256, path)
+    return plan
+
+
+def verify_checkpoint(plan: dict, checkpoint_sha256: str, where: Path | str = "plan.json") -> None:
+    """Raise PlanError unless the plan belongs to the checkpoint with this SHA-256."""
+    if plan.get("checkpoint_sha256") != checkpoint_sha256:
+        raise PlanError(f"plan.checkpoint_sha256: '{where}' belongs to checkpoint "
                         f"{str(plan.get('checkpoint_sha256'))[:12]}..., not to "
                         f"{checkpoint_sha256[:12]}...")
-    return plan
+
+
+def checkpoint_of(plan: dict) -> str:
+    """The checkpoint a plan belongs to, relative to the run directory."""
+    return plan.get("checkpoint", "train/model.pt")

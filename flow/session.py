@@ -12,7 +12,7 @@ from flow.executor import Executor, default_device
 from flow.image import MemoryImage, protected_layers
 from flow.ir import IntNetwork
 from flow.lower import lower
-from flow.plan import load_plan
+from flow.plan import checkpoint_of, load_plan, verify_checkpoint
 from flow.rundir import RunDir, sha256_file
 from flow.train import load_checkpoint, model_from_config
 from flow.zoo import ZooNet
@@ -57,11 +57,13 @@ def open_session(path, device: str | None = None, data: Dataset | None = None) -
         raise RunDirError(f"run_dir: '{run.path}' has no finished train step (run 'hetq train')")
     dev = resolve_device(device or cfg.device)
     data = data or load_data(cfg)
-    ckpt_path = run / "train" / "model.pt"
+    plan = load_plan(run / "plan.json")
+    ckpt_path = run / checkpoint_of(plan)
     ckpt = load_checkpoint(ckpt_path)
     sha = sha256_file(ckpt_path)
-    plan = load_plan(run / "plan.json", sha)
-    model = model_from_config(cfg, data.input_shape, data.num_classes)
+    verify_checkpoint(plan, sha, run / "plan.json")
+    bits = {n: e["weight_bits"] for n, e in plan["layers"].items()}
+    model = model_from_config(cfg, data.input_shape, data.num_classes, bits)
     model.load_state_dict(ckpt["state_dict"])
     model.to(dev).eval()
     net = lower(model)

@@ -16,15 +16,23 @@ from tqdm.auto import tqdm
 from flow.config import RunConfig
 from flow.data import Dataset
 from flow.errors import RunDirError
-from flow.zoo import ZooNet, build_model
+from flow.zoo import ARCHS, ZooNet, build_model
 
 
-def model_from_config(cfg: RunConfig, input_shape: tuple[int, int, int],
-                      num_classes: int) -> ZooNet:
-    """Build the (untrained) zoo network the config describes."""
+def model_from_config(cfg: RunConfig, input_shape: tuple[int, int, int], num_classes: int,
+                      weight_bits: dict[str, int] | None = None) -> ZooNet:
+    """Build the (untrained) zoo network the config describes.
+
+    ``weight_bits`` (a plan's per-layer bits) replaces the config's bit-widths; binary networks
+    ignore it (their weights are 1 bit).
+    """
     m = cfg.model
+    if weight_bits is None or ARCHS[m.arch].binary:
+        bits, default = m.weight_bits, m.default_weight_bits
+    else:
+        bits, default = weight_bits, m.default_weight_bits
     return build_model(m.arch, input_shape=input_shape, num_classes=num_classes,
-                       weight_bits=m.weight_bits, default_weight_bits=m.default_weight_bits,
+                       weight_bits=bits, default_weight_bits=default,
                        act_bits=m.act_bits, input_bits=m.input_bits, width=m.width)
 
 
@@ -39,11 +47,17 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return correct / max(1, len(x))
 
 
-def train(cfg: RunConfig, data: Dataset, device: torch.device, *, progress: bool = True
-          ) -> tuple[ZooNet, list[dict]]:
-    """Train the config's model on ``data``; returns the best-validation model and the history."""
+def train(cfg: RunConfig, data: Dataset, device: torch.device, *, progress: bool = True,
+          init_state: dict | None = None, desc: str | None = None) -> tuple[ZooNet, list[dict]]:
+    """Train the config's model on ``data``; returns the best-validation model and the history.
+
+    ``init_state`` (a state dict of the same architecture, any bit-widths) starts the training
+    from trained weights: fine-tuning after a bit-width change.
+    """
     torch.manual_seed(cfg.seed)
     model = model_from_config(cfg, data.input_shape, data.num_classes).to(device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
                            weight_decay=cfg.train.weight_decay)
     epochs = cfg.train.epochs
@@ -52,7 +66,7 @@ def train(cfg: RunConfig, data: Dataset, device: torch.device, *, progress: bool
     x, y = data.train.x, data.train.y
     history: list[dict] = []
     best, best_acc = copy.deepcopy(model.state_dict()), -1.0
-    bar = tqdm(range(epochs), desc=f"train {cfg.model.arch}", unit="epoch",
+    bar = tqdm(range(epochs), desc=desc or f"train {cfg.model.arch}", unit="epoch",
                disable=not progress or None)
     for epoch in bar:
         model.train()

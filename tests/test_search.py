@@ -1,0 +1,41 @@
+"""Algorithm 1 end to end on the digits MLP: q search, ranking, protection, the new plan."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from flow.cli import main
+from flow.session import open_session
+
+
+@pytest.mark.slow
+def test_search_writes_a_plan_the_flow_can_load(mlp_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(mlp_run, run)
+    assert main(["search", str(run), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    qs = [r["q"] for r in res["tried"]]
+    assert qs[0] == 8 and len(qs) == len(set(qs)) and all(2 <= q <= 16 for q in qs)
+    # the paper's rule: halve q while accurate and robust, else grow it by half
+    for prev, nxt in zip(res["tried"], res["tried"][1:]):
+        good = prev["accuracy"] > 0.9 and prev["drop"] < 0.01
+        assert nxt["q"] == (prev["q"] - prev["q"] // 2 if good else prev["q"] + prev["q"] // 2)
+    accurate = [r["q"] for r in res["tried"] if r["accuracy"] > 0.9]
+    assert res["q"] == min(accurate)
+    steps = res["protection_steps"]
+    assert steps[0]["protected"] == []
+    for i, st in enumerate(steps[1:], start=1):
+        assert st["protected"] == res["ranking"][:i]
+        assert st["weight_bits"] > steps[i - 1]["weight_bits"]
+    assert res["met_drop_threshold"] == (steps[-1]["drop"] <= 0.01)
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["source"] == "search" and plan["checkpoint"] == f"search/q{res['q']}.pt"
+    assert {e["weight_bits"] for e in plan["layers"].values()} == {res["q"]}
+    assert [n for n, e in plan["layers"].items() if e["protected"]] == sorted(
+        res["protected"], key=list(plan["layers"]).index)
+    s = open_session(run, "cpu")                     # the flow loads the searched plan
+    assert s.image.memories["fc1.weight"].fmt.bits == res["q"]
+    acc = s.executor.correct(s.data.test.x, s.data.test.y) / len(s.data.test.y)
+    assert acc == pytest.approx(next(r["accuracy"] for r in res["tried"] if r["q"] == res["q"]))
