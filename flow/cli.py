@@ -210,6 +210,23 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table(args: argparse.Namespace) -> int:
+    from flow.config import load_config
+    cfg = load_config(args.config)
+    from flow.rundir import RunDir
+    from flow.steps import step_train, validate
+    validate(cfg)
+    run = RunDir(args.out)
+    run.init(cfg.to_yaml(), cfg.seed)
+    if not run.step_done("train"):
+        step_train(run, cfg, progress=not args.json)
+    from flow.table import run_table
+    res = run_table(run, progress=not args.json)
+    text = (run / "table" / "table.md").read_text() + f"\nfiles: {run / 'table'}"
+    _emit(args, {"run_dir": str(run.path), **res}, text)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flow.config import load_config
     cfg = load_config(args.config)       # config mistakes surface before torch is imported
@@ -317,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("run_dir")
     common(se)
     se.set_defaults(func=cmd_search)
+
+    tb = sub.add_parser("table", help="the paper's experiment: hom(n,-), hom(-,n+2), "
+                        "het(n,n+2) for each n (Tables III-V, Figs. 3-6)")
+    tb.add_argument("config", help="run config (YAML); its 'table' section sets n, BERs, trials")
+    tb.add_argument("--out", required=True, help="run directory (trained first if new)")
+    common(tb)
+    tb.set_defaults(func=cmd_table)
 
     r = sub.add_parser("run", help="the whole flow on a config (default: embedded digits)")
     r.add_argument("config", nargs="?", help="run config (default: flow/configs/digits.yaml)")

@@ -115,6 +115,26 @@ class SearchConfig(_Strict):
     finetune_lr_scale: float = Field(default=0.1, gt=0)
 
 
+class TableConfig(_Strict):
+    """The paper's experiment: hom(n,-), hom(-,n+2), het(n,n+2) for each n (Tables III-V)."""
+
+    bits: list[int] = Field(default_factory=lambda: [3, 4, 5])
+    ber: float = Field(default=1e-4, ge=0, le=1)
+    bers: list[float] = Field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2])
+    trials: int = Field(default=200, ge=2)
+    protect_fraction: float = Field(default=0.25, gt=0, le=1)
+    lifetime: float = Field(default=87_600.0, gt=0)
+    test_interval: float = Field(default=24.0, gt=0)
+    p_single: float = Field(default=1e-20, gt=0, le=1)
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: list[int]) -> list[int]:
+        if not v or any(not 2 <= b <= 14 for b in v):
+            raise ValueError("each n must lie in 2..14 (n+2 <= 16)")
+        return v
+
+
 class RunConfig(_Strict):
     """A whole run: seed, device, data, model, training, campaign, ranking, search."""
 
@@ -126,6 +146,7 @@ class RunConfig(_Strict):
     campaign: CampaignConfig = Field(default_factory=CampaignConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    table: TableConfig = Field(default_factory=TableConfig)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (every key, defaults filled in)."""

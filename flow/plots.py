@@ -72,9 +72,30 @@ def plot_accuracy_vs_ber(series: Mapping[str, list[dict[str, Any]]], path: Path,
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI)
     path = Path(path)
     atomic_write(path, buf.getvalue())
     return path
+
+
+def plot_bars(values: Mapping[str, float], path: Path, *, title: str, ylabel: str,
+              log: bool = False) -> Path:
+    """Bar chart of labelled values (e.g. RAP per configuration) written as a PNG."""
+    fig = Figure(figsize=_SIZE_IN, dpi=_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    labels = list(values)
+    ax.bar(range(len(labels)), [values[k] for k in labels], color="tab:blue")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize="small")
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
