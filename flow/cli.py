@@ -87,9 +87,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             "test_accuracy": acc, "layers": layers, "memory_bits": sizes["total"],
             "memories": s.image.summary(), "steps": s.run.manifest()["steps"],
             "checkpoint_sha256": s.checkpoint_sha256}
-    rows = [f"{'layer':<22} {'w bits':>6} {'a bits':>6} {'prot':>5} {'mem bits':>10}"]
+    rows = [f"{'layer':<22} {'w bits':>6} {'a bits':>6} {'prot':>5} {'mem bits':>10} {'LVF':>8}"]
     rows += [f"{l['layer']:<22} {l['weight_bits']:>6} {l['act_bits']:>6} "
-             f"{'yes' if l['protected'] else 'no':>5} {l['memory_bits']:>10}" for l in layers]
+             f"{'yes' if l['protected'] else 'no':>5} {l['memory_bits']:>10} "
+             f"{'-' if l['vulnerability'] is None else format(l['vulnerability'], '.4f'):>8}"
+             for l in layers]
     text = (f"{s.run.path}: {s.cfg.model.arch} on {s.cfg.data.name}, test accuracy {_pct(acc)}, "
             f"{sizes['total']} memory bits\n" + "\n".join(rows))
     _emit(args, info, text)
