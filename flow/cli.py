@@ -271,7 +271,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hetq`` (documented in README.md)."""
     p = _Parser(prog="hetq", description="Reliability-aware FPGA accelerators for quantized "
-                "neural networks: train, inject faults, rank, protect, generate hardware.")
+                "neural networks: train, inject faults, rank layers by vulnerability, search "
+                "bit-widths and protection, compare hom / het quantization.")
     p.add_argument("--version", action="version", version=f"hetq {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
