@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flow.campaign import trial_rng
+from flow.faults import trial_rng
 from flow.config import RunConfig
 from flow.executor import Executor
 from flow.faults import FaultMap, Injector, SeuSampler

@@ -25,6 +25,11 @@ def _check_seed(seed: int | None) -> None:
         raise ConfigError(f"--seed: {seed} must be >= 0")
 
 
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers: {workers} must be >= 1")
+
+
 def _check_unit(name: str, value: float | None) -> None:
     if value is not None and not 0.0 < value < 1.0:
         raise ConfigError(f"--{name}: {value} is not in (0, 1)")
@@ -124,6 +129,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials: {args.trials} must be >= 1")
     _check_seed(args.seed)
+    _check_workers(args.workers)
     _check_unit("margin", args.margin)
     _check_unit("confidence", args.confidence)
     from flow.campaign import CampaignSpec, default_trials
@@ -138,13 +144,14 @@ def cmd_inject(args: argparse.Namespace) -> int:
         fault=args.fault or c.fault, kinds=tuple(args.kinds or c.kinds),
         layers=tuple(args.layers) if args.layers else (tuple(c.layers) if c.layers else None),
         bits=tuple(args.bits) if args.bits else (tuple(c.bits) if c.bits else None))
-    res = inject(run, spec, progress=not args.json, device=args.device)
+    res = inject(run, spec, progress=not args.json, device=args.device,
+                 executor=args.executor, address=args.ray_address, workers=args.workers)
     _emit(args, res, _summary_text(res))
     return 0
 
 
 def cmd_faultmap(args: argparse.Namespace) -> int:
-    from flow.campaign import trial_rng
+    from flow.faults import trial_rng
     from flow.faults import check_ber, sample_seu
     from flow.rundir import atomic_write
     from flow.session import open_session
@@ -175,11 +182,13 @@ def _rank_text(res: dict) -> str:
 def cmd_rank(args: argparse.Namespace) -> int:
     from flow.rundir import RunDir
     _check_seed(args.seed)
+    _check_workers(args.workers)
     run = RunDir(args.run_dir)
     run.config()
     from flow.rank import rank
     res = rank(run, ground_truth=args.ground_truth, seed=args.seed, progress=not args.json,
-               device=args.device)
+               device=args.device, executor=args.executor, address=args.ray_address,
+               workers=args.workers)
     _emit(args, res, _rank_text(res))
     return 0
 
@@ -279,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
+    def scale_out(sp):
+        sp.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="where fault-injection tasks run: this process (default) or Ray")
+        sp.add_argument("--ray-address", help="Ray cluster address (default: start a local "
+                        "Ray instance)")
+        sp.add_argument("--workers", type=int, help="Ray actors (default: one per CPU)")
+
     t = sub.add_parser("train", help="quantization-aware training of the config's model")
     t.add_argument("config", help="run config (YAML); see docs/config.md")
     t.add_argument("--out", required=True, help="run directory to create")
@@ -305,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--bits", type=int, nargs="+", help="only these bit positions (0 = LSB)")
     j.add_argument("--map", type=Path, help="replay this JSON fault map instead of a campaign")
     j.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
+    scale_out(j)
     common(j)
     j.set_defaults(func=cmd_inject)
 
@@ -329,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "correlation of the two rankings")
     k.add_argument("--seed", type=int, help="GA seed (default: the run's seed)")
     k.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
+    scale_out(k)
     common(k)
     k.set_defaults(func=cmd_rank)
 

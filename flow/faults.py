@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,12 @@ class FaultMap:
             if not 0 <= b < mem.width:
                 raise FaultMapError(f"fault.bit: bit {int(b)} outside memory '{m}' "
                                     f"(width {mem.width})")
+
+
+def trial_rng(seed: int, ber: float, trial: int) -> np.random.Generator:
+    """The random stream of one campaign trial: a function of (seed, BER, trial index) only."""
+    ber_key = struct.unpack("<Q", struct.pack("<d", float(ber)))[0]
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ber_key, trial)))
 
 
 def _unique(a: np.ndarray) -> np.ndarray:

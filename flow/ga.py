@@ -31,7 +31,7 @@ import torch
 
 from flow.errors import ConfigError
 from flow.executor import Executor
-from flow.faults import Injector, SeuSampler
+from flow.faults import SeuSampler
 from flow.image import MemoryImage
 
 
@@ -74,33 +74,14 @@ class GAResult:
     verdicts: dict[int, bool] = field(default_factory=dict)   # target-bit position -> critical
 
 
-class _Oracle:
-    """Flips a set of target bits and classifies the test set; counts inferences."""
-
-    def __init__(self, executor: Executor, image: MemoryImage, sampler: SeuSampler,
-                 x: torch.Tensor, y: torch.Tensor) -> None:
-        self.ex, self.sampler = executor, sampler
-        self.inj = Injector(image, executor)
-        self.xq = executor.quantize_input(x)
-        self.y = y.to(executor.device)
-        self.clean_pred = executor.predict(self.xq, quantized=True)
-        self.clean = int((self.clean_pred == self.y).sum())
-        self.inferences = 0
-
-    def test(self, genes: np.ndarray) -> tuple[bool, float]:
-        """(any prediction changed, accuracy drop) when the bits ``genes`` flip together."""
-        self.inferences += 1
-        with self.inj.injected(self.sampler.faults_at(np.sort(genes))):
-            pred = self.ex.predict(self.xq, quantized=True)
-        changed = bool((pred != self.clean_pred).any())
-        return changed, (self.clean - int((pred == self.y).sum())) / len(self.y)
-
-
 def rank_layers_ga(executor: Executor, image: MemoryImage, x: torch.Tensor, y: torch.Tensor,
                    cfg: GAConfig, seed: int,
-                   on_generation: Callable[[int, list[str], int], None] | None = None
-                   ) -> GAResult:
-    """Run the GA on the image's weight memories and rank its layers by LVF (highest first)."""
+                   on_generation: Callable[[int, list[str], int], None] | None = None,
+                   pool=None) -> GAResult:
+    """Run the GA on the image's weight memories and rank its layers by LVF (highest first).
+
+    Pool tests run on ``pool`` (a :mod:`flow.parallel` pool; default: in this process).
+    """
     cfg.check()
     rng = np.random.default_rng(seed)
     sampler = SeuSampler(image)
@@ -108,7 +89,9 @@ def rank_layers_ga(executor: Executor, image: MemoryImage, x: torch.Tensor, y: t
     layer_names = [m.layer for m in mems]
     starts = sampler._cum[:-1]
     sizes = np.diff(sampler._cum)
-    oracle = _Oracle(executor, image, sampler, x, y)
+    from flow.parallel import FaultWorker, LocalPool
+    pool = pool or LocalPool(FaultWorker(executor, image, x, y))
+    counter = {"inferences": 0}
     verdict: dict[int, bool] = {}          # position -> critical?
 
     def layer_of(pos: np.ndarray) -> np.ndarray:
@@ -126,30 +109,17 @@ def rank_layers_ga(executor: Executor, image: MemoryImage, x: torch.Tensor, y: t
 
     single_drop: dict[int, float] = {}      # position -> accuracy drop of its flip alone
 
-    def classify(group: list[int], result: tuple[bool, float] | None = None) -> None:
-        """Group testing of untested genes. A group is screened by "any prediction changed"
-        (flips that lower and raise the accuracy cannot cancel out there); a single bit is
-        critical when its own flip lowers the accuracy."""
-        changed, drop = oracle.test(np.array(group)) if result is None else result
-        if len(group) == 1:
-            verdict[group[0]] = drop > 0
-            single_drop[group[0]] = drop
-            return
-        if not changed:
-            verdict.update((g, False) for g in group)
-            single_drop.update((g, 0.0) for g in group)
-            return
-        a, b = group[:len(group) // 2], group[len(group) // 2:]
-        classify(a)
-        classify(b)
-
     def test_generation(pop: list[np.ndarray]) -> list[float]:
-        """Test the generation's untested genes in pools of ``genes`` bits; fitness of an
-        individual is the sum of its genes' single-flip accuracy drops."""
+        """Group-test the generation's untested genes in pools of ``genes`` bits (on the pool
+        of workers); fitness of an individual is the sum of its genes' single-flip drops."""
         new = sorted({int(g) for ind in pop for g in ind} - verdict.keys())
         order = rng.permutation(len(new))            # pools mix layers and individuals
-        for i in range(0, len(new), cfg.genes):
-            classify([new[j] for j in order[i:i + cfg.genes]])
+        groups = [([new[j] for j in order[i:i + cfg.genes]],)
+                  for i in range(0, len(new), cfg.genes)]
+        for _, (drops, count) in pool.imap("classify", groups):
+            counter["inferences"] += count
+            single_drop.update(drops)
+            verdict.update((g, d > 0) for g, d in drops.items())
         return [float(sum(single_drop[int(g)] for g in ind)) for ind in pop]
 
     def lvf_table() -> list[dict]:
@@ -204,11 +174,11 @@ def rank_layers_ga(executor: Executor, image: MemoryImage, x: torch.Tensor, y: t
         rank = ranking(rows)
         history.append(rank)
         if on_generation is not None:
-            on_generation(gen, rank, oracle.inferences)
+            on_generation(gen, rank, counter["inferences"])
         enough = all(r["tested"] >= cfg.min_tested for r in rows)
         stable = stable + 1 if len(history) > 1 and history[-2] == rank else 0
         if (enough and stable >= cfg.patience) or (
-                cfg.budget is not None and oracle.inferences >= cfg.budget):
+                cfg.budget is not None and counter["inferences"] >= cfg.budget):
             break
         # tournament selection
         idx = [max(rng.choice(len(pop), cfg.tournament, replace=False), key=lambda i: fit[i])
@@ -220,4 +190,4 @@ def rank_layers_ga(executor: Executor, image: MemoryImage, x: torch.Tensor, y: t
         pop = [mutate(c) for c in children]
         fit = test_generation(pop)
     rows = lvf_table()
-    return GAResult(ranking(rows), rows, gen, oracle.inferences, history, dict(verdict))
+    return GAResult(ranking(rows), rows, gen, counter["inferences"], history, dict(verdict))

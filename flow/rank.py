@@ -32,8 +32,13 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def rank(run: RunDir, *, ground_truth: bool = False, seed: int | None = None,
-         progress: bool = True, device: str | None = None) -> dict:
-    """Rank the run's layers; returns what ``hetq rank --json`` prints."""
+         progress: bool = True, device: str | None = None, executor: str = "local",
+         address: str | None = None, workers: int | None = None) -> dict:
+    """Rank the run's layers; returns what ``hetq rank --json`` prints.
+
+    The GA's pool tests run on ``executor`` (``local`` or ``ray``, see :mod:`flow.parallel`).
+    """
+    from flow.parallel import make_pool
     t0 = time.time()
     s = open_session(run.path, device)
     seed = s.cfg.seed if seed is None else seed
@@ -44,7 +49,12 @@ def rank(run: RunDir, *, ground_truth: bool = False, seed: int | None = None,
             print(f"  generation {gen}: {' > '.join(ranking)} ({inferences} inferences)",
                   flush=True, file=sys.stderr)
 
-    res = rank_layers_ga(s.executor, s.image, x, y, ga_config(s.cfg.rank), seed, report)
+    pool = make_pool(executor, s.executor, s.image, x, y, address=address, workers=workers)
+    try:
+        res = rank_layers_ga(s.executor, s.image, x, y, ga_config(s.cfg.rank), seed, report,
+                             pool=pool)
+    finally:
+        pool.close()
     out = {"ranking": res.ranking, "layers": res.layers, "generations": res.generations,
            "inferences": res.inferences, "seed": seed, "test_images": len(y)}
     folder = run / "rank"

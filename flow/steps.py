@@ -86,16 +86,27 @@ def campaign_spec(cfg: RunConfig) -> CampaignSpec:
 
 
 def inject(run: RunDir, spec: CampaignSpec, progress: bool = True,
-           device: str | None = None) -> dict:
-    """Run a campaign on a trained run; write ``inject/<id>/`` (CSV, JSON, PNG)."""
+           device: str | None = None, executor: str = "local", address: str | None = None,
+           workers: int | None = None) -> dict:
+    """Run a campaign on a trained run; write ``inject/<id>/`` (CSV, JSON, PNG).
+
+    ``executor`` is ``local`` (in this process) or ``ray`` (actors on the Ray cluster at
+    ``address``, or a local Ray instance); the results are the same.
+    """
+    from flow.parallel import make_pool
     t0 = time.time()
     s = open_session(run.path, device)
     # The campaign id covers what the trials depend on: the checkpoint and the protection.
     prot = sorted(n for n, e in s.plan["layers"].items() if e["protected"])
     spec = dataclasses.replace(spec, extra={**spec.extra, "checkpoint_sha256": s.checkpoint_sha256,
                                             "protected": prot})
-    res = run_campaign(s.executor, s.image, s.data.test.x, s.data.test.y, spec,
-                       run / "campaigns.sqlite", progress=progress)
+    pool = make_pool(executor, s.executor, s.image, s.data.test.x, s.data.test.y,
+                     address=address, workers=workers)
+    try:
+        res = run_campaign(s.executor, s.image, s.data.test.x, s.data.test.y, spec,
+                           run / "campaigns.sqlite", progress=progress, pool=pool)
+    finally:
+        pool.close()
     out = run / "inject" / res["campaign"]
     out.mkdir(parents=True, exist_ok=True)
     export_csv(res["summary"], out / "summary.csv")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from flow.campaign import CampaignSpec, default_trials, run_campaign, trial_rng
+from flow.campaign import CampaignSpec, default_trials, run_campaign
+from flow.faults import trial_rng
 from flow.faults import Injector, sample_seu
 from flow.session import open_session
 from flow.stats import leveugle_sample_size

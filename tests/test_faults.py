@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from flow.campaign import trial_rng
+from flow.faults import trial_rng
 from flow.errors import ConfigError, FaultMapError
 from flow.faults import FaultMap, Injector, sample_seu, total_bits
 from flow.image import Memory, MemoryImage
