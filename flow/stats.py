@@ -25,7 +25,7 @@ def _check_open_unit(name: str, value: float) -> float:
     return float(value)
 
 
-def _two_sided_quantile(confidence: float) -> float:
+def normal_quantile(confidence: float) -> float:
     """The standard normal quantile t with P(|Z| <= t) = confidence (1.96 for 0.95)."""
     return float(special.ndtri((1.0 + confidence) / 2.0))
 
@@ -52,7 +52,7 @@ def leveugle_sample_size(margin: float, confidence: float = 0.95, p: float = 0.5
     e = _check_open_unit("campaign.margin", margin)
     c = _check_open_unit("campaign.confidence", confidence)
     q = _check_open_unit("campaign.p", p)
-    t = _two_sided_quantile(c)
+    t = normal_quantile(c)
     infinite = t * t * q * (1.0 - q) / (e * e)
     if population is None:
         return math.ceil(infinite)
@@ -105,3 +105,15 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
         half = t * float(x.std(ddof=1)) / math.sqrt(n)
     return Interval(mean=mean, low=mean - half, high=mean + half, half_width=half, n=n,
                     confidence=c)
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n ((0, 1) when n is 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    z = normal_quantile(confidence)
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
