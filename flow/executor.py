@@ -65,13 +65,13 @@ class Executor:
         self.tensors: dict[str, torch.Tensor] = {}
         self._dtype: dict[str, torch.dtype] = {}
         self._fr = {n.name: n.frac for n in net.nodes}
-        self._readers: dict[str, list[str]] = {n.name: [] for n in net.nodes}
+        readers: dict[str, int] = {n.name: 0 for n in net.nodes}
         for n in net.nodes:
             for i in n.inputs:
-                self._readers[i].append(n.name)
+                readers[i] += 1
         # a node may overwrite its input if it is that input's only reader (never the caller's x)
         self._sole = {n.name: bool(n.inputs) and n.inputs[0] != "input"
-                      and len(self._readers[n.inputs[0]]) == 1 for n in net.nodes}
+                      and readers[n.inputs[0]] == 1 for n in net.nodes}
         for node in net.nodes:
             wide = max(abs(node.lo), abs(node.hi)) >= EXACT_F32
             self._dtype[node.name] = torch.float64 if wide else torch.float32

@@ -55,8 +55,7 @@ def _drop(model, protected: list[str], cfg: RunConfig, data, device, store, tag:
     row = res["summary"][0]
     return {"accuracy": res["clean_accuracy"], "drop": row["drop_mean"],
             "drop_low": row["drop_low"], "drop_high": row["drop_high"],
-            "weight_bits": image.size_bits(("weight",))["total"], "campaign": res["campaign"],
-            "net": net, "image": image, "executor": ex}
+            "weight_bits": image.size_bits(("weight",))["total"], "campaign": res["campaign"]}
 
 
 def search(run: RunDir, progress: bool = True) -> dict:
