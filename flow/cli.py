@@ -269,6 +269,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rtl_text(res: dict) -> str:
+    a = res["analytic"]
+    lines = [f"{'stage':<16} {'module':<15} {'layer':<8} {'PE':>4} {'SIMD':>5} {'cycles':>8}"]
+    lines += [f"{st['name']:<16} {st['module']:<15} {st['layer'] or '-':<8} "
+              f"{st.get('pe', '-'):>4} {st.get('simd', '-'):>5} {st['cycles'] or '-':>8}"
+              for st in res["stages"]]
+    lines.append(f"analytic: latency {a['latency_cycles']} cycles, II {a['ii_cycles']} cycles")
+    lines.append(f"{len(res['memories'])} memories; project: {res['project']}")
+    return "\n".join(lines)
+
+
+def cmd_rtl(args: argparse.Namespace) -> int:
+    from flow.rundir import RunDir
+    run = RunDir(args.run_dir)
+    run.config()
+    from flow.hwsteps import generate
+    res = generate(run, progress=not args.json)
+    _emit(args, res, _rtl_text(res))
+    return 0
+
+
+def _sim_text(res: dict) -> str:
+    c = res["check"]
+    m, a = c["measured"], c["analytic"]
+    lines = [f"RTL vs integer executor on {c['images']} images: "
+             + ("bit-exact" if c["bit_exact"] else f"{c['mismatched_images']} images DIFFER"),
+             f"cycles: latency {m['latency_cycles']} (analytic {a['latency_cycles']}), "
+             f"II {m['ii_cycles']:.1f} (analytic {a['ii_cycles']}); "
+             f"{c['sim_cycles_per_s']:,.0f} simulated cycles/s",
+             _summary_text(res)]
+    if res["faulty_inferences_per_s"]:
+        lines.append(f"{res['faulty_inferences_per_s']:,.0f} faulty inferences/s in Verilator")
+    return "\n".join(lines)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from flow.faults import check_ber
+    from flow.rundir import RunDir
+    run = RunDir(args.run_dir)
+    cfg = run.config()
+    bers = [check_ber(b) for b in (args.ber or cfg.campaign.bers)]
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials: {args.trials} must be >= 1")
+    if args.images is not None and args.images < 1:
+        raise ConfigError(f"--images: {args.images} must be >= 1")
+    _check_seed(args.seed)
+    from flow.campaign import default_trials
+    from flow.hwsteps import simulate
+    c = cfg.campaign
+    res = simulate(run, bers, default_trials(args.trials if args.trials is not None
+                                             else c.trials, c.margin, c.confidence),
+                   cfg.seed if args.seed is None else args.seed, limit=args.images,
+                   progress=not args.json)
+    _emit(args, res, _sim_text(res))
+    return 0 if res["check"]["bit_exact"] else 1
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from flow.bench import bench_fi, bench_text
     res = bench_fi(repeats=args.repeats, seed=args.seed, epochs=args.epochs,
@@ -362,6 +419,22 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--out", required=True, help="run directory (trained first if new)")
     common(tb)
     tb.set_defaults(func=cmd_table)
+
+    rt = sub.add_parser("rtl", help="generate the SystemVerilog accelerator of a run "
+                        "(RUN_DIR/rtl: top level, memory files, manifest)")
+    rt.add_argument("run_dir")
+    common(rt)
+    rt.set_defaults(func=cmd_rtl)
+
+    sm = sub.add_parser("sim", help="Verilator + cocotb: bit-exactness, cycles and an RTL "
+                        "fault campaign (same fault maps as 'hetq inject')")
+    sm.add_argument("run_dir")
+    sm.add_argument("--ber", type=float, nargs="+", help="bit error rates (default: config)")
+    sm.add_argument("--trials", type=int, help="trials per BER (default: config, else Leveugle)")
+    sm.add_argument("--seed", type=int, help="campaign seed (default: the run's seed)")
+    sm.add_argument("--images", type=int, help="first N test images only (default: all)")
+    common(sm)
+    sm.set_defaults(func=cmd_sim)
 
     r = sub.add_parser("run", help="the whole flow on a config (default: embedded digits)")
     r.add_argument("config", nargs="?", help="run config (default: flow/configs/digits.yaml)")

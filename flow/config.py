@@ -135,6 +135,20 @@ class TableConfig(_Strict):
         return v
 
 
+class FoldConfig(_Strict):
+    """PE x SIMD folding of one layer's matrix-vector unit in the RTL accelerator."""
+
+    pe: int = Field(ge=1)
+    simd: int = Field(ge=1)
+
+
+class RtlConfig(_Strict):
+    """The RTL accelerator: folding per layer, or a cycle target the default folding meets."""
+
+    target_cycles: int = Field(default=256, ge=1)
+    folding: dict[str, FoldConfig] = Field(default_factory=dict)
+
+
 class RunConfig(_Strict):
     """A whole run: seed, device, data, model, training, campaign, ranking, search."""
 
@@ -147,6 +161,7 @@ class RunConfig(_Strict):
     rank: RankConfig = Field(default_factory=RankConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     table: TableConfig = Field(default_factory=TableConfig)
+    rtl: RtlConfig = Field(default_factory=RtlConfig)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (every key, defaults filled in)."""

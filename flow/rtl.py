@@ -1,0 +1,335 @@
+"""The RTL accelerator of an integer network: its dataflow stages, folding and weight layout.
+
+:func:`design` turns the integer network (:mod:`flow.ir`) and its memory image into a list of
+stages, one per library module of ``rtl/`` (``mvu``, ``requant``, ``threshold_unit``,
+``maxpool``), connected by valid/ready streams. Feature maps stream in (row, column, channel)
+order, so a convolution's fan-in is walked as (kernel row, kernel column, channel) and a dense
+layer after a flatten sees (row, column, channel) instead of PyTorch's (channel, row, column):
+the weight layout absorbs both permutations, and :class:`Layout` records them so any stored bit of
+the software image can be located in RTL (and back).
+
+A matrix-vector unit with PE x SIMD lanes keeps its weights in one memory of NF x SF words,
+NF = out / PE, SF = fan-in / SIMD; word ``nf * SF + sf`` holds, in lane ``pe * SIMD + s``, the
+weight of output ``nf * PE + pe`` and RTL fan-in position ``sf * SIMD + s``, each lane the image's
+stored word verbatim (n bits, or n+2 with the MSB triplicated). Biases, thresholds and threshold
+directions live in NF words of PE lanes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flow.config import RtlConfig
+from flow.errors import ConfigError, PlanError
+from flow.image import MemoryImage
+from flow.ir import IntNetwork, Node
+
+
+def signed_bits(lo: int, hi: int) -> int:
+    """Bits of a two's complement word that holds every integer in [lo, hi]."""
+    return max(int(lo).bit_length(), int(hi).bit_length()) + 1
+
+
+@dataclass
+class Layout:
+    """Where the words of one image memory sit in its RTL memory.
+
+    ``lanes`` values per RTL word, ``lane_bits`` bits per lane; ``pe``/``simd``/``sf`` the folding
+    (``simd`` = ``sf`` = 1 for per-channel memories); ``perm[j]`` is the PyTorch fan-in index at
+    RTL fan-in position ``j`` (weights only).
+    """
+
+    memory: str
+    layer: str
+    kind: str
+    hier: str
+    depth: int
+    lanes: int
+    lane_bits: int
+    pe: int
+    simd: int
+    sf: int
+    fanin: int
+    perm: np.ndarray | None = None
+
+    @property
+    def word_bits(self) -> int:
+        """Bits of one RTL word."""
+        return self.lanes * self.lane_bits
+
+    def place(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Image word indices (flat PyTorch order) -> (RTL address, lane)."""
+        index = np.asarray(index, dtype=np.int64)
+        if self.perm is None:
+            return index // self.pe, index % self.pe
+        o, i = index // self.fanin, index % self.fanin
+        j = self.inverse()[i]
+        return (o // self.pe) * self.sf + j // self.simd, (o % self.pe) * self.simd + j % self.simd
+
+    def inverse(self) -> np.ndarray:
+        """RTL fan-in position of each PyTorch fan-in index."""
+        inv = np.empty_like(self.perm)
+        inv[self.perm] = np.arange(self.perm.size)
+        return inv
+
+    def locate(self, index: np.ndarray, bit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Image (word index, bit) -> (RTL address, RTL bit)."""
+        addr, lane = self.place(index)
+        return addr, lane * self.lane_bits + np.asarray(bit, dtype=np.int64)
+
+    def to_json(self) -> dict:
+        """Manifest entry (the permutation is given by its rule in ``fanin_order``)."""
+        return {"memory": self.memory, "layer": self.layer, "kind": self.kind,
+                "hier": self.hier, "word_bits": self.word_bits, "depth": self.depth,
+                "lanes": self.lanes, "lane_bits": self.lane_bits, "pe": self.pe,
+                "simd": self.simd, "sf": self.sf, "fanin": self.fanin}
+
+
+@dataclass
+class Stage:
+    """One module instance of the accelerator top level."""
+
+    name: str                 # instance name
+    module: str               # rtl/ module
+    params: dict              # SystemVerilog parameters (ints, or strings for files)
+    in_bits: int              # stream element bits in and out, lanes in and out
+    in_lanes: int
+    out_bits: int
+    out_lanes: int
+    layer: str | None = None
+    cycles: int = 0           # engine cycles per image (mvu only)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Design:
+    """The whole accelerator: stages in stream order, memory layouts, and its I/O formats."""
+
+    arch: str
+    stages: list[Stage]
+    layouts: dict[str, Layout]
+    in_elems: int
+    in_bits: int
+    num_classes: int
+    out_bits: int
+    out_lanes: int
+
+    def analytic(self) -> dict:
+        """Analytic cycles: latency = input fill + sum of layer cycles + 2 per layer, II = max."""
+        cyc = {s.layer: s.cycles for s in self.stages if s.module == "mvu"}
+        fill = self.in_elems + 2 * len(cyc)
+        return {"layer_cycles": cyc, "fill_cycles": fill,
+                "latency_cycles": fill + sum(cyc.values()),
+                "ii_cycles": max([self.in_elems, *cyc.values()])}
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def choose_folding(out: int, cin: int, k: int, pixels: int, target: int) -> tuple[int, int]:
+    """Smallest PE x SIMD (PE | out, SIMD | cin) whose cycles meet ``target``; else the fastest.
+
+    Ties go to more SIMD (input parallelism first, as FINN folds).
+    """
+    best = None
+    for pe in _divisors(out):
+        for simd in _divisors(cin):
+            cyc = pixels * (out // pe) * (k * k * cin // simd)
+            key = (cyc > target, pe * simd if cyc <= target else -pe * simd, -simd)
+            if best is None or key < best[0]:
+                best = (key, pe, simd)
+    return best[1], best[2]
+
+
+class _Builder:
+    def __init__(self, net: IntNetwork, image: MemoryImage, cfg: RtlConfig) -> None:
+        self.net, self.image, self.cfg = net, image, cfg
+        self.stages: list[Stage] = []
+        self.layouts: dict[str, Layout] = {}
+        c, h, w = net.input_shape
+        self.shape = (h, w, c)            # current feature map (H, W, C)
+        self.flat_from: tuple[int, int, int] | None = None   # (C, H, W) before a flatten
+        inp = net.nodes[0]
+        self.bits, self.signed, self.bipolar = inp.attrs["bits"], inp.attrs["signed"], False
+        self.lanes = 1
+        self.frac = inp.frac
+        self.acc: Node | None = None
+        self.mvu_stage: Stage | None = None
+        known = set(net.layers())
+        for name in cfg.folding:
+            if name not in known:
+                raise ConfigError(f"rtl.folding: unknown layer '{name}' "
+                                  f"(layers: {', '.join(net.layers())})")
+
+    def build(self) -> Design:
+        for node in self.net.nodes[1:]:
+            handler = getattr(self, f"_op_{node.op}", None)
+            if handler is None:
+                raise PlanError(f"rtl: node '{node.name}' ({node.op}) has no RTL module; the RTL "
+                                f"generator supports conv, dense, requant, threshold, maxpool "
+                                f"and flatten (networks mlp, cnn, bmlp and their like)")
+            handler(node)
+        last = self.stages[-1]
+        c, h, w = self.net.input_shape
+        return Design(self.net.arch, self.stages, self.layouts, c * h * w,
+                      self.net.nodes[0].attrs["bits"], self.net.num_classes, last.out_bits,
+                      last.out_lanes)
+
+    # -- ops ------------------------------------------------------------------------------------
+    def _op_flatten(self, node: Node) -> None:
+        h, w, c = self.shape
+        if h * w > 1:
+            self.flat_from = (c, h, w)
+        self.shape = (1, 1, h * w * c)
+
+    def _op_conv(self, node: Node) -> None:
+        self._mvu(node)
+
+    def _op_dense(self, node: Node) -> None:
+        self._mvu(node)
+
+    def _mvu(self, node: Node) -> None:
+        a = node.attrs
+        wmem = self.image.memory(a["weight"])
+        wfmt = wmem.fmt
+        out = wmem.shape[0]
+        h, w, c = self.shape
+        if node.op == "conv":
+            k, stride, pad = a["k"], a["stride"], a["pad"]
+            oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+            cin = wmem.shape[1]
+            # RTL fan-in (kh, kw, c) -> PyTorch (c, kh, kw)
+            kh, kw, cc = np.meshgrid(np.arange(k), np.arange(k), np.arange(cin), indexing="ij")
+            perm = (cc * k * k + kh * k + kw).reshape(-1)
+        else:
+            k, stride, pad, oh, ow = 1, 1, 0, 1, 1
+            cin = h * w * c
+            if self.flat_from is not None:
+                fc, fh, fw = self.flat_from
+                hh, ww, ch = np.meshgrid(np.arange(fh), np.arange(fw), np.arange(fc),
+                                         indexing="ij")
+                perm = (ch * fh * fw + hh * fw + ww).reshape(-1)
+            else:
+                perm = np.arange(cin)
+            h, w, c = 1, 1, cin
+        fanin = k * k * cin
+        if fanin != int(math.prod(wmem.shape[1:])):
+            raise PlanError(f"rtl: layer '{wmem.layer}' fan-in {fanin} does not match its "
+                            f"weights {wmem.shape}")
+        pe, simd = self._folding(wmem.layer, out, c, k, oh * ow)
+        nf, sf = out // pe, fanin // simd
+        if wfmt.bipolar and self.bipolar:
+            mode = 2
+        elif wfmt.bipolar:
+            mode = 1
+        elif self.bipolar:
+            raise PlanError(f"rtl: layer '{wmem.layer}' has bipolar inputs but fixed-point "
+                            f"weights, which no RTL module computes")
+        else:
+            mode = 0
+        if self.bipolar and pad:
+            raise PlanError(f"rtl: layer '{wmem.layer}': zero padding of bipolar inputs "
+                            f"is not representable")
+        acc_bits = signed_bits(node.lo, node.hi)
+        inst = f"u_{wmem.layer.replace('.', '_')}"
+        params = dict(H=h, W=w, C=c, K=k, STRIDE=stride, PAD=pad, OH=oh, OW=ow, OUT=out, PE=pe,
+                      SIMD=simd, IN_LANES=self.lanes, ABITS=self.bits,
+                      ASIGNED=int(self.signed), WBITS=wfmt.bits, TMR=int(wmem.protected),
+                      MODE=mode, ACCBITS=acc_bits, HAS_BIAS=0, BBITS=16,
+                      WEIGHT_FILE=f"mem/{wmem.name}.mem", BIAS_FILE="")
+        self.layouts[wmem.name] = Layout(wmem.name, wmem.layer, "weight", f"{inst}.u_wmem.mem",
+                                         nf * sf, pe * simd, wmem.width, pe, simd, sf, fanin,
+                                         perm)
+        if a.get("bias"):
+            bmem = self.image.memory(a["bias"])
+            params.update(HAS_BIAS=1, BBITS=bmem.width, BIAS_FILE=f"mem/{bmem.name}.mem")
+            self.layouts[bmem.name] = Layout(bmem.name, bmem.layer, "bias",
+                                             f"{inst}.g_bias.u_bias.mem", nf, pe, bmem.width,
+                                             pe, 1, 1, 1)
+        cycles = oh * ow * nf * sf
+        st = Stage(inst, "mvu", params, self.bits, self.lanes, acc_bits, pe, wmem.layer, cycles,
+                   {"macs": oh * ow * out * fanin, "pixels": oh * ow, "nf": nf, "sf": sf,
+                    "pe": pe, "simd": simd, "mode": ("int", "binary-weight", "xnor")[mode]})
+        self.stages.append(st)
+        self.mvu_stage = st
+        self.shape = (oh, ow, out)
+        self.flat_from = None
+        self.bits, self.signed, self.bipolar, self.lanes = acc_bits, True, False, pe
+        self.acc = node
+
+    def _op_requant(self, node: Node) -> None:
+        src = self.net.node(node.inputs[0])
+        shift = node.frac - src.frac
+        out_bits = node.attrs["bits"]
+        inst = f"{self.mvu_stage.name}_rq"
+        params = dict(LANES=self.lanes, INBITS=self.bits, OUTBITS=out_bits, SHIFT=shift,
+                      LO=node.lo, HI=node.hi)
+        self.stages.append(Stage(inst, "requant", params, self.bits, self.lanes, out_bits,
+                                 self.lanes, self.mvu_stage.layer))
+        self.bits, self.signed = out_bits, bool(node.attrs["signed"])
+
+    def _op_threshold(self, node: Node) -> None:
+        a = node.attrs
+        tmem, dmem = self.image.memory(a["threshold"]), self.image.memory(a["direction"])
+        pe = self.lanes
+        nf = tmem.depth // pe
+        inst = f"{self.mvu_stage.name}_thr"
+        params = dict(LANES=pe, NF=nf, ACCBITS=self.bits, TBITS=tmem.width,
+                      THR_FILE=f"mem/{tmem.name}.mem", DIR_FILE=f"mem/{dmem.name}.mem")
+        for m, sub in ((tmem, "u_thr"), (dmem, "u_dir")):
+            self.layouts[m.name] = Layout(m.name, m.layer, m.kind, f"{inst}.{sub}.mem", nf, pe,
+                                          m.width, pe, 1, 1, 1)
+        self.stages.append(Stage(inst, "threshold_unit", params, self.bits, pe, 1, pe,
+                                 self.mvu_stage.layer))
+        self.bits, self.signed, self.bipolar = 1, False, True
+
+    def _op_maxpool(self, node: Node) -> None:
+        h, w, c = self.shape
+        k = node.attrs["k"]
+        inst = f"{self.mvu_stage.name}_pool"
+        params = dict(H=h, W=w, C=c, K=k, LANES=self.lanes, BITS=self.bits,
+                      SIGNED=int(self.signed))
+        self.stages.append(Stage(inst, "maxpool", params, self.bits, self.lanes, self.bits,
+                                 self.lanes, self.mvu_stage.layer))
+        self.shape = (h // k, w // k, c)
+
+    # -- folding --------------------------------------------------------------------------------
+    def _folding(self, layer: str, out: int, cin: int, k: int, pixels: int) -> tuple[int, int]:
+        f = self.cfg.folding.get(layer)
+        if f is None:
+            return choose_folding(out, cin, k, pixels, self.cfg.target_cycles)
+        if out % f.pe:
+            raise ConfigError(f"rtl.folding.{layer}.pe: {f.pe} does not divide the layer's "
+                              f"{out} output channels")
+        if cin % f.simd:
+            raise ConfigError(f"rtl.folding.{layer}.simd: {f.simd} does not divide the layer's "
+                              f"{cin} input channels")
+        return f.pe, f.simd
+
+
+def design(net: IntNetwork, image: MemoryImage, cfg: RtlConfig | None = None) -> Design:
+    """The accelerator for ``net`` storing the words of ``image`` (protection included)."""
+    return _Builder(net, image, cfg or RtlConfig()).build()
+
+
+def memory_words(layout: Layout, words: np.ndarray) -> list[int]:
+    """RTL memory contents (one int per address) from the image's stored words."""
+    rows = np.zeros((layout.depth, layout.lanes), dtype=np.int64)
+    addr, lane = layout.place(np.arange(words.size))
+    rows[addr, lane] = words
+    out = []
+    for r in rows:
+        v = 0
+        for lane_i in range(layout.lanes - 1, -1, -1):
+            v = (v << layout.lane_bits) | int(r[lane_i])
+        out.append(v)
+    return out
+
+
+def mem_file_text(layout: Layout, words: np.ndarray) -> str:
+    """``$readmemh`` text of one memory: one hex word per line."""
+    digits = (layout.word_bits + 3) // 4
+    return "".join(f"{v:0{digits}x}\n" for v in memory_words(layout, words))
