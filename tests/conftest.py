@@ -28,3 +28,27 @@ def mlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "run"
     assert main(["train", str(cfg), "--out", str(out), "--json"]) == 0
     return out
+
+
+def _train(root: Path, name: str, cfg: dict) -> Path:
+    out = root / "run"
+    assert main(["train", str(write_config(root / f"{name}.yaml", cfg)), "--out", str(out),
+                 "--json"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def cnn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained digits CNN run (4-bit weights and activations, conv2 protected)."""
+    return _train(tmp_path_factory.mktemp("cnn_run"), "cnn",
+                  {"seed": 0, "model": {"arch": "cnn", "default_weight_bits": 4, "act_bits": 4,
+                                        "protected": ["conv2"]},
+                   "train": {"epochs": 3}, "campaign": {"bers": [1e-2], "trials": 10}})
+
+
+@pytest.fixture(scope="session")
+def bmlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained binary MLP run (64 hidden, fc2 protected)."""
+    return _train(tmp_path_factory.mktemp("bmlp_run"), "bmlp",
+                  {"seed": 0, "model": {"arch": "bmlp", "width": 0.25, "protected": ["fc2"]},
+                   "train": {"epochs": 3}, "campaign": {"bers": [1e-2], "trials": 10}})

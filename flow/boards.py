@@ -1,0 +1,157 @@
+"""The FPGA board catalogue: one YAML file per board (part, Yosys family, clock, capacity).
+
+The shipped boards live in the repository's ``boards/`` folder (:data:`BOARDS_DIR`); a user adds
+or overrides boards by dropping YAML files with the same fields into a folder of their own and
+passing it as an extra directory. Every file is validated: an unknown key, a missing field, a
+value of the wrong type or out of range, or a ``name`` that differs from the file stem ends in a
+one-line :class:`~flow.errors.ConfigError` naming the file, the field and the value.
+``boards/README.md`` documents the fields.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import flow
+from flow.errors import ConfigError
+
+BOARDS_DIR = Path(flow.__file__).resolve().parent.parent / "boards"
+"""The shipped board catalogue (``boards/`` at the repository root)."""
+
+CAPACITY_KEYS = ("lut", "ff", "bram18", "dsp", "uram")
+"""The capacity fields of every board, in the order they are reported."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _Capacity(_Strict):
+    lut: int = Field(ge=0)
+    ff: int = Field(ge=0)
+    bram18: int = Field(ge=0)
+    dsp: int = Field(ge=0)
+    uram: int = Field(ge=0)
+
+
+class _BoardFile(_Strict):
+    name: str = Field(min_length=1)
+    vendor_board: str = Field(min_length=1)
+    part: str = Field(min_length=1)
+    family: Literal["xc7", "xcu", "xcup"]
+    clock_mhz: float = Field(gt=0)
+    capacity: _Capacity
+    source: str = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Board:
+    """One FPGA board: Xilinx part, Yosys ``synth_xilinx`` family, default clock and capacity.
+
+    ``capacity`` maps ``lut``, ``ff``, ``bram18`` (18 Kb block RAMs), ``dsp`` and ``uram`` to the
+    device totals; ``source`` cites where they come from; ``path`` is the YAML file read.
+    """
+
+    name: str
+    vendor_board: str
+    part: str
+    family: str
+    clock_mhz: float
+    capacity: dict[str, int] = field(hash=False)
+    source: str
+    path: Path
+
+    def to_json(self) -> dict:
+        """The board as a JSON-ready mapping (``path`` as a string)."""
+        return {"name": self.name, "vendor_board": self.vendor_board, "part": self.part,
+                "family": self.family, "clock_mhz": self.clock_mhz,
+                "capacity": dict(self.capacity), "source": self.source, "path": str(self.path)}
+
+
+def _model_for(loc: tuple) -> type[BaseModel]:
+    model: type[BaseModel] = _BoardFile
+    for p in loc:
+        fld = model.model_fields.get(str(p))
+        ann = getattr(fld, "annotation", None) if fld else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+    return model
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    errs = err.errors()
+    # A misspelled key is both "unknown" and "missing": report the unknown one, with a hint.
+    e = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
+    loc = ".".join(str(p) for p in e["loc"]) or "board"
+    if e["type"] == "extra_forbidden":
+        model = _model_for(e["loc"][:-1])
+        near = difflib.get_close_matches(str(e["loc"][-1]), list(model.model_fields), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        return f"{source}: {loc}: unknown key{hint}"
+    if e["type"] == "missing":
+        return f"{source}: {loc}: missing required key"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{source}: {loc}: {msg} (got {e.get('input')!r})"
+
+
+def _load_file(path: Path) -> Board:
+    src = str(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{src}: cannot read board file ({e.strerror})") from None
+    try:
+        obj = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise ConfigError(f"{src}: malformed YAML{where}: {problem}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{src}: expected a mapping of keys at the top, got "
+                          f"{type(obj).__name__}")
+    try:
+        b = _BoardFile.model_validate(obj)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, src)) from None
+    if b.name != path.stem:
+        raise ConfigError(f"{src}: name: must equal the file name '{path.stem}' "
+                          f"(got {b.name!r})")
+    return Board(name=b.name, vendor_board=b.vendor_board, part=b.part, family=b.family,
+                 clock_mhz=float(b.clock_mhz), capacity=b.capacity.model_dump(),
+                 source=b.source, path=path)
+
+
+def load_boards(extra_dirs: Sequence[Path] = ()) -> dict[str, Board]:
+    """Read every ``*.yaml`` in :data:`BOARDS_DIR`, then in each of ``extra_dirs`` in order.
+
+    A board in a later folder overrides one of the same name read earlier (so a user's file
+    replaces a shipped one). Raises :class:`~flow.errors.ConfigError` if an extra folder does not
+    exist or a file is malformed. Returns the boards by name, sorted by name.
+    """
+    boards: dict[str, Board] = {}
+    for d in (BOARDS_DIR, *(Path(x) for x in extra_dirs)):
+        if not d.is_dir():
+            what = "is not a folder" if d.exists() else "does not exist"
+            raise ConfigError(f"boards: board folder '{d}' {what}")
+        for path in sorted(d.glob("*.yaml")):
+            b = _load_file(path)
+            boards[b.name] = b
+    return dict(sorted(boards.items()))
+
+
+def get_board(name: str, extra_dirs: Sequence[Path] = ()) -> Board:
+    """The board called ``name`` (shipped or from ``extra_dirs``, see :func:`load_boards`).
+
+    Raises :class:`~flow.errors.ConfigError` listing the known boards if there is none.
+    """
+    boards = load_boards(extra_dirs)
+    if name not in boards:
+        raise ConfigError(f"board: unknown board {name!r} (known: {', '.join(sorted(boards))})")
+    return boards[name]

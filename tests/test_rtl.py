@@ -1,0 +1,153 @@
+"""The RTL accelerator in Verilator through cocotb against the integer executor.
+
+For the MLP, the small CNN and the binary MLP, each with its plan's protection (one layer with
+MSB TMR, the others plain) and fully unprotected: class scores bit-exact on 200 test images;
+50 random SEU maps give exactly the software's predictions; every single flip of a protected
+MSB triplet is masked and every double flip is not; a weight bit named by (layer, output, input,
+bit) through the manifest flips the same weight as in software; cycles match the analytic count
+and do not change with TMR. One simulator run per design carries all of these trials.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flow.executor import Executor
+from flow.faults import FaultMap, Injector, SeuSampler, trial_rng
+from flow.image import MemoryImage
+from flow.rtl import design
+from flow.rtlgen import write_project
+from flow.rtlsim import RtlSim, image_codes_hwc, measured_timing
+from flow.session import open_session
+
+pytestmark = pytest.mark.slow
+
+IMAGES = 200
+SEU_MAPS = 50
+SEU_BER = 1e-2
+NETS = ("mlp", "cnn", "bmlp")
+# (layer, output, PyTorch fan-in index) of the weight flipped through the manifest
+NAMED = {"mlp": ("fc1", 3, 37), "cnn": ("conv1", 5, 4), "bmlp": ("fc3", 7, 11)}
+
+_cache: dict[tuple[str, str], dict] = {}
+
+
+def _maps(image: MemoryImage, protected: list[str], named: tuple, man) -> list[tuple]:
+    """(kind, FaultMap, RTL flips or None) of every trial after the clean one."""
+    sampler = SeuSampler(image)
+    out = [("seu", sampler.sample(SEU_BER, trial_rng(7, SEU_BER, t)), None)
+           for t in range(SEU_MAPS)]
+    for layer in protected:
+        m = image.memory(f"{layer}.weight")
+        words = np.arange(m.depth)
+        for copy in m.msb_bits():                       # one copy flipped in every word
+            out.append(("tmr1", FaultMap([m.name] * m.depth, words, [copy] * m.depth,
+                                         ["flip"] * m.depth), None))
+        for a, b in itertools.combinations(m.msb_bits(), 2):   # two copies in every word
+            out.append(("tmr2", FaultMap([m.name] * 2 * m.depth, np.repeat(words, 2),
+                                         np.tile([a, b], m.depth), ["flip"] * 2 * m.depth),
+                        None))
+    layer, o, i = named
+    m = image.memory(f"{layer}.weight")
+    fanin = int(np.prod(m.shape[1:]))
+    bit = m.fmt.bits - 1 if not m.protected else m.fmt.bits - 2   # MSB, or a voted-free bit
+    fmap = FaultMap([m.name], [o * fanin + i], [bit], ["flip"])
+    out.append(("named", fmap, [list(man.locate_weight(layer, o, i, bit))]))
+    return out
+
+
+def _simulate(run_dir: Path, tmp: Path, protected: list[str] | None) -> dict:
+    s = open_session(run_dir, "cpu")
+    prot = [n for n, e in s.plan["layers"].items() if e["protected"]] if protected is None \
+        else protected
+    image = MemoryImage.build(s.net, prot)
+    ex = Executor(s.net, image, "cpu")
+    prj = tmp / "prj"
+    write_project(prj, design(s.net, image, s.cfg.rtl), image, s.checkpoint_sha256)
+    sim = RtlSim(prj, n_max=IMAGES)
+    codes = ex.quantize_input(s.data.test.x[:IMAGES])
+    clean = ex.run(codes, quantized=True).numpy().astype(np.int64)
+    trials = [("clean", FaultMap((), (), (), ()), None)] + _maps(
+        image, prot, NAMED[s.cfg.model.arch], sim.manifest)
+    jobs = [{"id": k, "flips": flips if flips is not None else sim.flips(fm),
+             "scores": True, "timing": kind == "clean"}
+            for k, (kind, fm, flips) in enumerate(trials)]
+    res = sim.run(image_codes_hwc(codes.numpy().astype(np.int64)), jobs, tmp / "work")
+    inj = Injector(image, ex)
+    soft = []
+    for kind, fm, _ in trials:
+        with inj.injected(fm):
+            soft.append(ex.run(codes, quantized=True).numpy().astype(np.int64))
+    return {"kinds": [t[0] for t in trials], "rtl": [r.scores for r in res], "soft": soft,
+            "clean": clean, "timing": measured_timing(res[0]), "protected": prot,
+            "analytic": sim.manifest.obj["analytic"]}
+
+
+def results(request, tmp_path_factory, net: str, variant: str) -> dict:
+    """Simulation results of ``net`` with its plan's protection or none (cached)."""
+    key = (net, variant)
+    if key not in _cache:
+        run_dir = request.getfixturevalue(f"{net}_run")
+        tmp = tmp_path_factory.mktemp(f"rtl_{net}_{variant}")
+        _cache[key] = _simulate(run_dir, tmp, None if variant == "plan" else [])
+    return _cache[key]
+
+
+@pytest.mark.parametrize("variant", ["plan", "unprotected"])
+@pytest.mark.parametrize("net", NETS)
+def test_clean_scores_bit_exact(request, tmp_path_factory, net, variant):
+    r = results(request, tmp_path_factory, net, variant)
+    assert variant == "unprotected" or r["protected"], "the plan protects a layer"
+    assert r["rtl"][0].shape == r["clean"].shape == (IMAGES, 10)
+    assert np.array_equal(r["rtl"][0], r["clean"])
+    assert len(np.unique(r["clean"].argmax(1))) > 5     # a real classifier, not a constant
+
+
+@pytest.mark.parametrize("variant", ["plan", "unprotected"])
+@pytest.mark.parametrize("net", NETS)
+def test_seu_maps_match_software(request, tmp_path_factory, net, variant):
+    r = results(request, tmp_path_factory, net, variant)
+    idx = [k for k, kind in enumerate(r["kinds"]) if kind == "seu"]
+    assert len(idx) == SEU_MAPS
+    changed = 0
+    for k in idx:
+        assert np.array_equal(r["rtl"][k], r["soft"][k]), f"map {k}"
+        assert np.array_equal(r["rtl"][k].argmax(1), r["soft"][k].argmax(1))
+        changed += int((r["soft"][k].argmax(1) != r["clean"].argmax(1)).any())
+    assert changed >= SEU_MAPS // 2, "the BER must change some predictions"
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_tmr_masks_single_flips_not_double(request, tmp_path_factory, net):
+    r = results(request, tmp_path_factory, net, "plan")
+    singles = [k for k, kind in enumerate(r["kinds"]) if kind == "tmr1"]
+    doubles = [k for k, kind in enumerate(r["kinds"]) if kind == "tmr2"]
+    assert len(singles) == len(doubles) == 3 * len(r["protected"]) > 0
+    for k in singles:
+        assert np.array_equal(r["rtl"][k], r["clean"])
+    for k in doubles:
+        assert np.array_equal(r["rtl"][k], r["soft"][k])
+        assert not np.array_equal(r["rtl"][k], r["clean"])
+
+
+@pytest.mark.parametrize("variant", ["plan", "unprotected"])
+@pytest.mark.parametrize("net", NETS)
+def test_manifest_names_weight_bits(request, tmp_path_factory, net, variant):
+    r = results(request, tmp_path_factory, net, variant)
+    k = r["kinds"].index("named")
+    assert np.array_equal(r["rtl"][k], r["soft"][k])
+    assert not np.array_equal(r["rtl"][k], r["clean"]), "the named flip reached the scores"
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_cycles_match_analytic_and_ignore_tmr(request, tmp_path_factory, net):
+    prot = results(request, tmp_path_factory, net, "plan")
+    plain = results(request, tmp_path_factory, net, "unprotected")
+    assert prot["timing"] == plain["timing"]
+    assert prot["analytic"] == plain["analytic"]
+    m, a = prot["timing"], prot["analytic"]
+    assert 0.9 <= m["latency_cycles"] / a["latency_cycles"] <= 1.1
+    assert 0.9 <= m["ii_cycles"] / a["ii_cycles"] <= 1.1

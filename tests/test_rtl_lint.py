@@ -1,0 +1,153 @@
+"""The rtl/ library and generated tops lint clean with ``verilator --lint-only -Wall``; folding
+and the manifest's weight layout are consistent; ``hetq rtl`` / ``hetq sim`` on the command line."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from flow.config import RtlConfig
+from flow.rtl import choose_folding, design, memory_words
+from flow.rtlgen import LIBRARY, RtlManifest, library_sources, manifest, write_project
+from flow.rtlsim import verilator_env
+from flow.session import open_session
+
+# module -> parameter sets (besides the defaults) that exercise its other branches
+VARIANTS = {
+    "weight_mem": [["-GTMR=1", "-GLANES=4"], ["-GTMR=1", "-GWBITS=1"]],
+    "mvu": [["-GMODE=1", "-GWBITS=1", "-GSIMD=4", "-GASIGNED=1"],
+            ["-GMODE=2", "-GWBITS=1", "-GABITS=1", "-GTMR=1", "-GPE=4", "-GSIMD=8"],
+            ["-GH=8", "-GW=8", "-GC=4", "-GK=3", "-GPAD=1", "-GOH=8", "-GOW=8", "-GOUT=8",
+             "-GPE=2", "-GSIMD=2", "-GIN_LANES=4", "-GHAS_BIAS=1", "-GTMR=1"]],
+    "requant": [["-GSHIFT=-3", "-GLANES=2"], ["-GSHIFT=2"]],
+    "maxpool": [["-GLANES=4", "-GSIGNED=1"], ["-GH=7", "-GW=7", "-GK=2"]],
+    "threshold_unit": [["-GLANES=4", "-GNF=3"]],
+}
+
+
+def _lint(files: list[Path], top: str, extra: list[str] = ()) -> subprocess.CompletedProcess:
+    with verilator_env():
+        return subprocess.run(["verilator", "--lint-only", "-Wall", "--timing",
+                               "--top-module", top, *extra, *map(str, files)],
+                              capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("module", LIBRARY)
+def test_library_module_lints_clean(module):
+    for extra in [[], *VARIANTS.get(module, [])]:
+        r = _lint(library_sources(), module, extra)
+        assert r.returncode == 0 and "%Warning" not in r.stderr, (extra, r.stderr)
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn", "bmlp"])
+def test_generated_top_lints_clean(request, tmp_path, net):
+    s = open_session(request.getfixturevalue(f"{net}_run"), "cpu")
+    write_project(tmp_path, design(s.net, s.image, s.cfg.rtl), s.image, s.checkpoint_sha256)
+    files = [*sorted((tmp_path / "src").glob("*.sv")), tmp_path / "hetq_accel.sv",
+             tmp_path / "hetq_harness.sv"]
+    for top in ("hetq_accel", "hetq_harness"):
+        r = _lint(files, top)
+        assert r.returncode == 0 and "%Warning" not in r.stderr, r.stderr
+
+
+def test_generated_project_is_self_contained(mlp_run, tmp_path):
+    s = open_session(mlp_run, "cpu")
+    man = write_project(tmp_path, design(s.net, s.image, s.cfg.rtl), s.image,
+                        s.checkpoint_sha256)
+    assert {p.name for p in (tmp_path / "src").iterdir()} == {f"{m}.sv" for m in LIBRARY}
+    assert man["checkpoint_sha256"] == s.checkpoint_sha256
+    assert s.checkpoint_sha256[:12] in (tmp_path / "hetq_accel.sv").read_text()
+    names = {m["memory"] for m in man["memories"]}
+    assert names == set(s.image.memories)              # every memory, biases included
+    for m in man["memories"]:
+        lines = (tmp_path / "mem" / f"{m['memory']}.mem").read_text().split()
+        assert len(lines) == m["depth"]
+        assert all(len(x) == (m["word_bits"] + 3) // 4 for x in lines)
+
+
+def test_layout_places_every_word_once(cnn_run):
+    s = open_session(cnn_run, "cpu")
+    d = design(s.net, s.image, RtlConfig(target_cycles=1000))
+    man = RtlManifest(json.loads(json.dumps(manifest(d, s.image, "x"))))  # as a user reads it
+    for name, lay in man.layouts.items():
+        m = s.image.memory(name)
+        addr, lane = lay.place(np.arange(m.depth))
+        slots = addr * lay.lanes + lane
+        assert np.unique(slots).size == m.depth          # a bijection onto the RTL slots
+        assert addr.max() < lay.depth and lane.max() < lay.lanes
+        # the stored words come back out of the memory file contents
+        rows = memory_words(lay, m.words)
+        back = [(rows[a] >> (int(l) * lay.lane_bits)) & ((1 << lay.lane_bits) - 1)
+                for a, l in zip(addr, lane)]
+        assert np.array_equal(np.array(back), m.words)
+
+
+def test_conv_fanin_order_is_kernel_row_column_channel(cnn_run):
+    s = open_session(cnn_run, "cpu")
+    lay = design(s.net, s.image).layouts["conv2.weight"]
+    cin = s.image.memory("conv2.weight").shape[1]
+    # RTL position 1 is (kh 0, kw 0, channel 1) = PyTorch index 1 * 9 + 0
+    assert lay.perm[1] == 9 and lay.perm[cin] == 1       # position cin: (kh 0, kw 1, c 0)
+
+
+def test_folding_meets_target_with_fewest_lanes():
+    assert choose_folding(64, 64, 1, 1, 256) == (1, 16)
+    assert choose_folding(64, 64, 1, 1, 4096) == (1, 1)
+    assert choose_folding(16, 1, 3, 64, 10) == (16, 1)   # unreachable: the fastest folding
+    pe, simd = choose_folding(32, 16, 3, 64, 1000)
+    assert 32 % pe == 0 and 16 % simd == 0 and 64 * (32 // pe) * 9 * (16 // simd) <= 1000
+
+
+def _hetq(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flow.cli", *args], capture_output=True,
+                          text=True)
+
+
+def test_bad_folding_is_one_line_error(mlp_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(mlp_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    for folding, field in (({"fc9": {"pe": 1, "simd": 1}}, "rtl.folding: unknown layer 'fc9'"),
+                           ({"fc1": {"pe": 3, "simd": 1}}, "rtl.folding.fc1.pe: 3")):
+        cfg["rtl"] = {"target_cycles": 256, "folding": folding}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        r = _hetq("rtl", str(run))
+        assert r.returncode == 2 and field in r.stderr and len(r.stderr.splitlines()) == 1
+        assert not (run / "rtl").exists()
+
+
+def test_sim_without_project_is_one_line_error(mlp_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(mlp_run, run)
+    r = _hetq("sim", str(run), "--trials", "2")
+    assert r.returncode == 2 and "hetq rtl" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = _hetq("sim", str(run), "--trials", "0")
+    assert r.returncode == 2 and "--trials: 0" in r.stderr
+
+
+@pytest.mark.slow
+def test_hetq_sim_campaign_equals_software(mlp_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(mlp_run, run)
+    assert _hetq("rtl", str(run)).returncode == 0
+    r = _hetq("sim", str(run), "--ber", "1e-3", "1e-2", "--trials", "6", "--json")
+    assert r.returncode == 0, r.stderr
+    hw = json.loads(r.stdout)
+    sw = json.loads(_hetq("inject", str(run), "--ber", "1e-3", "1e-2", "--trials", "6",
+                          "--json").stdout)
+    assert hw["check"]["bit_exact"] and hw["check"]["images"] == 359
+    assert hw["faulty_inferences_per_s"] > 0 and hw["check"]["sim_cycles_per_s"] > 0
+    for a, b in zip(hw["summary"], sw["summary"]):
+        assert a["ber"] == b["ber"] and a["mean_faults"] == b["mean_faults"]
+        assert a["accuracy_mean"] == pytest.approx(b["accuracy_mean"], abs=1e-12)
+    assert (Path(hw["out_dir"]) / "summary.csv").is_file()
+    # stored per trial: a rerun simulates nothing new and reports the same summary
+    again = json.loads(_hetq("sim", str(run), "--ber", "1e-3", "1e-2", "--trials", "6",
+                             "--json").stdout)
+    assert again["summary"] == hw["summary"] and again["faulty_inferences_per_s"] is None
