@@ -54,12 +54,14 @@ template <class x_T, class w_T> class hetq_tmr_weight_binary {
     }
 };
 
-// binary x TMR-protected binary weight: XNOR
+// binary x TMR-protected binary weight: XNOR as +1 / -1. (hls4ml's own both_binary returns the
+// XNOR bit and its dense output cast turns the popcount p into 2p - N, but only when the weight
+// type is ap_uint<1>; a protected weight is ap_uint<3>, so the product gives +1 / -1 itself.)
 template <class x_T, class w_T> class hetq_tmr_both_binary {
   public:
-    static x_T product(x_T a, w_T w) {
+    static ap_int<2> product(x_T a, w_T w) {
         #pragma HLS INLINE
-        return a == hetq_vote<1>(w);
+        return (a == hetq_vote<1>(w)) ? ap_int<2>(1) : ap_int<2>(-1);
     }
 };
 

@@ -5,14 +5,14 @@ module param_rom #(
     parameter int    DEPTH     = 1,
     parameter int    LANES     = 1,
     parameter int    BITS      = 16,
-    parameter string INIT_FILE = "",
+    parameter        INIT_FILE = "",
     localparam int   AW        = (DEPTH > 1) ? $clog2(DEPTH) : 1
 ) (
     input  logic [AW-1:0]         addr,
     output logic [LANES*BITS-1:0] rd_data
 );
   // public: fault campaigns flip its bits through VPI
-  (* ram_style = "distributed" *) logic [LANES*BITS-1:0] mem [DEPTH] /* verilator public_flat_rw */;
+  logic [LANES*BITS-1:0] mem [DEPTH] /* verilator public_flat_rw */;
 
   initial begin
     if (INIT_FILE != "") $readmemh(INIT_FILE, mem);

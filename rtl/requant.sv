@@ -19,22 +19,29 @@ module requant #(
   assign out_valid = in_valid;
   assign in_ready = out_ready;
 
-  function automatic longint rq(input longint x);
-    longint y, q, rem, half;
-    if (SHIFT >= 0) begin
-      y = x <<< SHIFT;
-    end else begin
-      q = x >>> (-SHIFT);
-      rem = x - (q <<< (-SHIFT));
-      half = 64'sd1 <<< (-SHIFT - 1);
-      y = (rem > half || (rem == half && q[0])) ? q + 1 : q;
-    end
-    if (y < 64'(LO)) y = 64'(LO);
-    if (y > 64'(HI)) y = 64'(HI);
-    return y;
-  endfunction
+  localparam logic signed [63:0] LO64 = 64'(LO);
+  localparam logic signed [63:0] HI64 = 64'(HI);
+  localparam int RS = (SHIFT < 0) ? -SHIFT : 0;   // right shift
+  localparam int LS = (SHIFT > 0) ? SHIFT : 0;    // left shift
 
   for (genvar l = 0; l < LANES; l++) begin : g_lane
-    assign out_data[l*OUTBITS+:OUTBITS] = OUTBITS'(rq(64'($signed(in_data[l*INBITS+:INBITS]))));
+    logic signed [63:0] x, q, rem, y;
+    assign x = 64'($signed(in_data[l*INBITS+:INBITS]));
+    always_comb begin
+      if (RS == 0) begin
+        q = x <<< LS;
+        rem = '0;
+        y = q;
+      end else begin
+        q = x >>> RS;
+        rem = x - (q <<< RS);
+        // round half to even
+        y = (rem > (64'sd1 <<< (RS - 1)) || (rem == (64'sd1 <<< (RS - 1)) && q[0])) ? q + 1 : q;
+      end
+      if (y < LO64) y = LO64;
+      if (y > HI64) y = HI64;
+    end
+    assign out_data[l*OUTBITS+:OUTBITS] = y[OUTBITS-1:0];
+    wire unused = &{1'b0, y[63:OUTBITS], rem[0]};
   end
 endmodule

@@ -7,8 +7,8 @@ module threshold_unit #(
     parameter int    NF       = 1,
     parameter int    ACCBITS  = 16,
     parameter int    TBITS    = 16,
-    parameter string THR_FILE = "",
-    parameter string DIR_FILE = "",
+    parameter        THR_FILE = "",
+    parameter        DIR_FILE = "",
     localparam int   NFW      = (NF > 1) ? $clog2(NF) : 1
 ) (
     input  logic                     clk,

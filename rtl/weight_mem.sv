@@ -8,7 +8,7 @@ module weight_mem #(
     parameter int    LANES     = 1,
     parameter int    WBITS     = 4,
     parameter bit    TMR       = 1'b0,
-    parameter string INIT_FILE = "",
+    parameter        INIT_FILE = "",
     localparam int   AW        = (DEPTH > 1) ? $clog2(DEPTH) : 1,
     localparam int   SBITS     = WBITS + (TMR ? 2 : 0)
 ) (
