@@ -326,6 +326,49 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0 if res["check"]["bit_exact"] else 1
 
 
+def cmd_boards(args: argparse.Namespace) -> int:
+    from flow.boards import load_boards
+    boards = load_boards([Path(args.boards_dir)] if args.boards_dir else [])
+    rows = [b.to_json() for b in sorted(boards.values(), key=lambda b: b.name)]
+    head = f"{'board':<12} {'part':<24} {'family':<6} {'MHz':>5} {'LUT':>9} {'FF':>9} " \
+           f"{'BRAM18':>7} {'DSP':>6} {'URAM':>5}"
+    lines = [head] + [f"{r['name']:<12} {r['part']:<24} {r['family']:<6} {r['clock_mhz']:>5g} "
+                      f"{r['capacity']['lut']:>9} {r['capacity']['ff']:>9} "
+                      f"{r['capacity']['bram18']:>7} {r['capacity']['dsp']:>6} "
+                      f"{r['capacity']['uram']:>5}" for r in rows]
+    _emit(args, {"boards": rows}, "\n".join(lines))
+    return 0
+
+
+def _hls_text(res: dict) -> str:
+    c, r, b = res["csim"], res["replay"], res["board"]
+    return "\n".join([
+        f"hls4ml {res['backend']} project for {b['name']} ({b['part']}, {b['clock_mhz']:g} MHz), "
+        f"{res['io_type']}, reuse factor {res['reuse_factor']}: {res['project']}",
+        f"protected layers: {', '.join(res['protected']) or 'none'}",
+        f"C-sim vs integer executor on {c['images']} images: "
+        + ("bit-exact" if c["bit_exact"] else f"{c['mismatched_images']} images DIFFER"),
+        f"fault replay: {r['equal']}/{r['maps']} maps at BER {r['ber']:g} give the executor's "
+        f"scores ({r['maps_changing_predictions']} change predictions); "
+        f"{r['replay_ms']:.1f} ms per map to rewrite the weights and reload, "
+        f"{r['csim_predict_ms']:.1f} ms to classify {r['images']} images"])
+
+
+def cmd_hls(args: argparse.Namespace) -> int:
+    from flow.rundir import RunDir
+    run = RunDir(args.run_dir)
+    cfg = run.config()
+    from flow.boards import get_board
+    extra = [Path(d) for d in (args.boards_dir, cfg.hls.boards_dir) if d]
+    get_board(args.board or cfg.hls.board, extra)     # an unknown board fails before any work
+    from flow.hlsstep import hls
+    res = hls(run, board=args.board, backend=args.backend, boards_dir=args.boards_dir,
+              progress=not args.json)
+    _emit(args, res, _hls_text(res))
+    ok = res["csim"]["bit_exact"] and res["replay"]["equal"] == res["replay"]["maps"]
+    return 0 if ok else 1
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from flow.bench import bench_fi, bench_text
     res = bench_fi(repeats=args.repeats, seed=args.seed, epochs=args.epochs,
@@ -435,6 +478,21 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--images", type=int, help="first N test images only (default: all)")
     common(sm)
     sm.set_defaults(func=cmd_sim)
+
+    bo = sub.add_parser("boards", help="list the target boards (part, clock, capacity)")
+    bo.add_argument("--boards-dir", help="extra folder of board YAML files")
+    common(bo)
+    bo.set_defaults(func=cmd_boards)
+
+    hl = sub.add_parser("hls", help="hls4ml project of a run for a board, checked bit-exact "
+                        "in C-sim with fault replay")
+    hl.add_argument("run_dir")
+    hl.add_argument("--board", help="target board (default: config hls.board, pynq-z2)")
+    hl.add_argument("--backend", choices=["Vitis", "Vivado"],
+                    help="hls4ml backend (default: config hls.backend, Vitis)")
+    hl.add_argument("--boards-dir", help="extra folder of board YAML files")
+    common(hl)
+    hl.set_defaults(func=cmd_hls)
 
     r = sub.add_parser("run", help="the whole flow on a config (default: embedded digits)")
     r.add_argument("config", nargs="?", help="run config (default: flow/configs/digits.yaml)")

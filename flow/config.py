@@ -149,6 +149,17 @@ class RtlConfig(_Strict):
     folding: dict[str, FoldConfig] = Field(default_factory=dict)
 
 
+class HlsConfig(_Strict):
+    """The hls4ml project: target board, HLS backend, reuse factor."""
+
+    board: str = "pynq-z2"
+    boards_dir: str | None = None
+    backend: Literal["Vitis", "Vivado"] = "Vitis"
+    reuse_factor: int = Field(default=4, ge=1)
+    replay_maps: int = Field(default=50, ge=0)
+    replay_ber: float = Field(default=1e-2, ge=0, le=1)
+
+
 class RunConfig(_Strict):
     """A whole run: seed, device, data, model, training, campaign, ranking, search."""
 
@@ -162,6 +173,7 @@ class RunConfig(_Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     table: TableConfig = Field(default_factory=TableConfig)
     rtl: RtlConfig = Field(default_factory=RtlConfig)
+    hls: HlsConfig = Field(default_factory=HlsConfig)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (every key, defaults filled in)."""

@@ -13,9 +13,13 @@ text files when the library starts), so no recompilation is needed.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import math
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +118,21 @@ def without_binary_requant():
     return ctx()
 
 
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """hls4ml and its g++ build print to stdout; keep stdout for hetq's own output (--json)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 @dataclass
 class HlsProject:
     """A converted hls4ml model with what C-sim replay needs."""
@@ -127,10 +146,10 @@ class HlsProject:
 
     # -- inputs and outputs ---------------------------------------------------------------------
     def inputs(self, codes: np.ndarray) -> np.ndarray:
-        """Input codes (N, C, H, W) -> float array on the input grid, in hls4ml's layout."""
+        """Input codes (N, C, H, W) -> float values on the input grid, one flat row per image."""
         x = np.asarray(codes, dtype=np.float64) * 2.0 ** -self.net.nodes[0].frac
-        x = x.transpose(0, 2, 3, 1) if self.conv else x.reshape(x.shape[0], -1)
-        return np.ascontiguousarray(x)
+        # channels-last conversion puts a Transpose at the model input: hls4ml takes NCHW
+        return np.ascontiguousarray(x.reshape(x.shape[0], -1))
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """C-sim class scores as integer codes (N, classes)."""
@@ -217,26 +236,33 @@ def _layout(node, m, perm: np.ndarray, folder: Path) -> tuple:
 
 def build(model, net: IntNetwork, image: MemoryImage, folder: Path, *, part: str,
           clock_mhz: float, backend: str = "Vitis", reuse_factor: int = 4,
-          workaround: bool = True, stamp: dict | None = None) -> HlsProject:
-    """Export, convert, write and compile the hls4ml project of ``model`` into ``folder``."""
+          workaround: bool = True, stamp: dict | None = None, compile: bool = True,
+          replayable: bool = True) -> HlsProject:
+    """Export, convert, write and compile the hls4ml project of ``model`` into ``folder``
+    (with ``compile=False`` only write it; ``replayable`` locates every image word in the weight
+    files, which also checks that hls4ml holds exactly the image's weights)."""
     import hls4ml
     if backend not in BACKENDS:
         raise ConfigError(f"hls.backend: unknown backend '{backend}' (known: Vitis, Vivado)")
     register()
     folder.mkdir(parents=True, exist_ok=True)
     conv = is_conv(net)
-    qm = export_qonnx(model, net.input_shape, folder / "model.qonnx.onnx", channels_last=conv)
-    cfg = hls_config(qm, net, image, backend, reuse_factor)
+    with stdout_to_stderr():
+        qm = export_qonnx(model, net.input_shape, folder / "model.qonnx.onnx", channels_last=conv)
+    with stdout_to_stderr():
+        cfg = hls_config(qm, net, image, backend, reuse_factor)
     kwargs = dict(hls_config=cfg, output_dir=str(folder / "prj"), backend=backend, part=part,
                   clock_period=round(1000.0 / clock_mhz, 3),
                   io_type="io_stream" if conv else "io_parallel")
-    import contextlib
     binary = any(m.fmt.bipolar for m in image.memories.values())
-    with without_binary_requant() if (binary and workaround) else contextlib.nullcontext():
-        g = hls4ml.converters.convert_from_onnx_model(qm, **kwargs)
-    g.compile()
+    with stdout_to_stderr():
+        with without_binary_requant() if (binary and workaround) else contextlib.nullcontext():
+            g = hls4ml.converters.convert_from_onnx_model(qm, **kwargs)
+        g.compile() if compile else g.write()
     if stamp is not None:
         _stamp(folder / "prj", stamp)
+    if not (compile and replayable):
+        return HlsProject(g, net, image, folder / "prj", conv, {})
     perms = {name: lay.perm for name, lay in design(net, image).layouts.items()
              if lay.kind == "weight"}
     layouts = {}

@@ -1,0 +1,182 @@
+"""hls4ml projects of the zoo networks, compiled with g++ and checked in C simulation.
+
+For the MLP, the small CNN and the binary MLP, with the plan's protection and without: class
+scores bit-exact against the integer executor on the whole test set. With protection: 50 SEU
+maps replayed in C-sim (weight files rewritten, library reloaded, no recompilation) give the
+executor's scores; every single flip of an MSB copy is masked and every double flip is not. The
+generated C++ of a protected layer has (n+2)-bit words and the voter; an unprotected one neither.
+Every board yields a project whose Tcl sets its part. The binary work-around is shown necessary.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+from flow.boards import load_boards
+from flow.executor import Executor
+from flow.faults import FaultMap, Injector, SeuSampler, trial_rng
+from flow.hls import build
+from flow.image import MemoryImage
+from flow.session import open_session
+
+pytestmark = pytest.mark.slow
+
+MAPS = 50
+# C-sim of the streaming CNN takes ~15 ms per image: replay on the first 40 test images
+REPLAY_IMAGES = {"mlp": None, "cnn": 40, "bmlp": None}
+
+_cache: dict = {}
+
+
+def project(request, tmp_path_factory, net: str, variant: str):
+    """(session, image, executor, HlsProject) of ``net`` with its plan's protection or none."""
+    key = (net, variant)
+    if key not in _cache:
+        s = open_session(request.getfixturevalue(f"{net}_run"), "cpu")
+        prot = [n for n, e in s.plan["layers"].items() if e["protected"]] \
+            if variant == "plan" else []
+        image = MemoryImage.build(s.net, prot)
+        ex = Executor(s.net, image, "cpu")
+        prj = build(s.model, s.net, image, tmp_path_factory.mktemp(f"hls_{net}_{variant}"),
+                    part="xc7z020clg400-1", clock_mhz=100)
+        _cache[key] = (s, image, ex, prj, prot)
+    return _cache[key]
+
+
+@pytest.mark.parametrize("variant", ["plan", "unprotected"])
+@pytest.mark.parametrize("net", ["mlp", "cnn", "bmlp"])
+def test_csim_bit_exact_on_test_set(request, tmp_path_factory, net, variant):
+    s, image, ex, prj, prot = project(request, tmp_path_factory, net, variant)
+    assert (variant == "plan") == bool(prot)
+    codes = ex.quantize_input(s.data.test.x)
+    ref = ex.run(codes, quantized=True).numpy().astype(np.int64)
+    hls = prj.scores(prj.inputs(codes.numpy()))
+    assert hls.shape == ref.shape == (len(s.data.test.y), 10)
+    assert np.array_equal(hls, ref)
+    assert len(np.unique(ref.argmax(1))) > 5
+    assert (prj.folder.parent / "model.qonnx.onnx").is_file()
+    onnx.checker.check_model(onnx.load(prj.folder.parent / "model.qonnx.onnx"))
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn", "bmlp"])
+def test_fault_replay_matches_executor(request, tmp_path_factory, net):
+    s, image, ex, prj, prot = project(request, tmp_path_factory, net, "plan")
+    n = REPLAY_IMAGES[net]
+    codes = ex.quantize_input(s.data.test.x[:n] if n else s.data.test.x)
+    x = prj.inputs(codes.numpy())
+    clean = ex.run(codes, quantized=True).numpy().astype(np.int64)
+    sampler, inj = SeuSampler(image), Injector(image, ex)
+    changed = 0
+    try:
+        for t in range(MAPS):
+            fmap = sampler.sample(1e-2, trial_rng(3, 1e-2, t))
+            prj.replay(fmap)
+            with inj.injected(fmap):
+                ref = ex.run(codes, quantized=True).numpy().astype(np.int64)
+            assert np.array_equal(prj.scores(x), ref), f"map {t}"
+            changed += int((ref.argmax(1) != clean.argmax(1)).any())
+        # single copies of every protected word: masked; two copies: not
+        for layer in prot:
+            m = image.memory(f"{layer}.weight")
+            words = np.arange(m.depth)
+            for copy in m.msb_bits():
+                prj.replay(FaultMap([m.name] * m.depth, words, [copy] * m.depth,
+                                    ["flip"] * m.depth))
+                assert np.array_equal(prj.scores(x), clean)
+            for a, b in itertools.combinations(m.msb_bits(), 2):
+                fmap = FaultMap([m.name] * 2 * m.depth, np.repeat(words, 2),
+                                np.tile([a, b], m.depth), ["flip"] * 2 * m.depth)
+                prj.replay(fmap)
+                with inj.injected(fmap):
+                    ref = ex.run(codes, quantized=True).numpy().astype(np.int64)
+                got = prj.scores(x)
+                assert np.array_equal(got, ref) and not np.array_equal(got, clean)
+    finally:
+        prj.replay(FaultMap((), (), (), ()))
+    assert np.array_equal(prj.scores(x), clean)           # the clean weights are back
+    assert changed >= MAPS // 2
+
+
+@pytest.mark.parametrize("net", ["mlp", "bmlp"])
+def test_generated_cpp_has_words_and_voter_only_where_protected(request, tmp_path_factory,
+                                                               net):
+    s, image, ex, prj, prot = project(request, tmp_path_factory, net, "plan")
+    fw = prj.folder / "firmware"
+    params, defines = (fw / "parameters.h").read_text(), (fw / "defines.h").read_text()
+    assert "hetq_vote" in (fw / "nnet_utils" / "hetq_nnet.h").read_text()
+    for node in prj.graph.get_layers():
+        layer = node.get_attr("hetq_layer")
+        if not layer or "weight" not in node.weights:
+            continue
+        m = image.memory(f"{layer}.weight")
+        wtype = node.weights["weight"].type.name
+        decl = next(line for line in defines.splitlines() if f" {wtype};" in line)
+        config = params.split(f"struct config{node.index} ")[1].split("};")[0]
+        if m.protected:
+            assert f"ap_uint<{m.fmt.bits + 2}>" in decl
+            assert "nnet::product::hetq_tmr_" in config
+        else:
+            assert f"ap_uint<{m.fmt.bits + 2}>" not in decl
+            assert "hetq_tmr" not in config
+
+
+def test_binary_workaround_is_needed(request, tmp_path_factory, bmlp_run, tmp_path):
+    s = open_session(bmlp_run, "cpu")
+    codes = s.executor.quantize_input(s.data.test.x)
+    ref = s.executor.run(codes, quantized=True).numpy().astype(np.int64)
+    bad = build(s.model, s.net, s.image, tmp_path, part="xc7z020clg400-1", clock_mhz=100,
+                workaround=False, replayable=False)
+    wrong = bad.scores(bad.inputs(codes.numpy()))
+    assert (wrong != ref).any(axis=1).mean() > 0.5      # most images differ without it
+    _, _, _, good, _ = project(request, tmp_path_factory, "bmlp", "plan")
+    assert np.array_equal(good.scores(good.inputs(codes.numpy())), ref)
+
+
+def test_every_board_gets_a_project(mlp_run, tmp_path):
+    s = open_session(mlp_run, "cpu")
+    for name, b in sorted(load_boards().items()):
+        prj = build(s.model, s.net, s.image, tmp_path / name, part=b.part,
+                    clock_mhz=b.clock_mhz, compile=False,
+                    stamp={"board": name, "checkpoint_sha256": s.checkpoint_sha256})
+        assert f'set part "{b.part}"' in (prj.folder / "project.tcl").read_text()
+        tcl = (prj.folder / "build_prj.tcl").read_text()
+        assert "source [file join $tcldir project.tcl]" in tcl and "set_part $part" in tcl
+        assert f"set clock_period {round(1000 / b.clock_mhz, 3)}" in \
+            (prj.folder / "project.tcl").read_text()
+        assert s.checkpoint_sha256 in (prj.folder / "firmware" / "hetq_plan.h").read_text()
+
+
+def _hetq(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flow.cli", *args], capture_output=True,
+                          text=True)
+
+
+def test_hetq_hls_command(mlp_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(mlp_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["hls"] = {"replay_maps": 5}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = _hetq("hls", str(run), "--board", "zcu104", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["csim"]["bit_exact"] and res["replay"]["equal"] == 5
+    assert res["board"]["part"] == "xczu7ev-ffvc1156-2-e" and res["protected"] == ["fc2"]
+    assert (run / "hls" / "summary.json").is_file()
+    plan_sha = res["plan_sha256"]
+    assert plan_sha in (run / "hls" / "prj" / "firmware" / "hetq_plan.h").read_text()
+    bad = _hetq("hls", str(run), "--board", "zcu999")
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
+    assert "unknown board 'zcu999'" in bad.stderr and "pynq-z2" in bad.stderr
+    boards = json.loads(_hetq("boards", "--json").stdout)["boards"]
+    assert {b["name"] for b in boards} >= {"pynq-z2", "zcu102", "zcu104", "ultra96-v2",
+                                           "kv260", "alveo-u50", "alveo-u250"}
