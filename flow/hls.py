@@ -257,7 +257,11 @@ def build(model, net: IntNetwork, image: MemoryImage, folder: Path, *, part: str
     binary = any(m.fmt.bipolar for m in image.memories.values())
     with stdout_to_stderr():
         with without_binary_requant() if (binary and workaround) else contextlib.nullcontext():
-            g = hls4ml.converters.convert_from_onnx_model(qm, **kwargs)
+            try:
+                g = hls4ml.converters.convert_from_onnx_model(qm, **kwargs)
+            except Exception as e:      # hls4ml raises bare Exceptions for unsupported ops
+                raise HlsError(f"hls: hls4ml {hls4ml.__version__} cannot convert this network: "
+                               f"{str(e).strip().splitlines()[0]}") from None
         g.compile() if compile else g.write()
     if stamp is not None:
         _stamp(folder / "prj", stamp)

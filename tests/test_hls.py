@@ -14,7 +14,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -180,3 +179,34 @@ def test_hetq_hls_command(mlp_run, tmp_path):
     boards = json.loads(_hetq("boards", "--json").stdout)["boards"]
     assert {b["name"] for b in boards} >= {"pynq-z2", "zcu102", "zcu104", "ultra96-v2",
                                            "kv260", "alveo-u50", "alveo-u250"}
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg11", "resnet18"])
+def test_cifar_form_networks(arch, tmp_path):
+    """AlexNet and VGG-11 (width 1/8, digits32) are bit-exact in C-sim; hls4ml 1.3.0's ONNX
+    front end cannot convert ResNet-18 (no ReduceMean: its global average pool)."""
+    import torch
+
+    from flow.config import RunConfig
+    from flow.hls_ext import HlsError
+    from flow.lower import lower
+    from flow.session import load_data
+    from flow.train import train
+    cfg = RunConfig.model_validate({
+        "seed": 1, "data": {"name": "digits32", "limit": 160},
+        "model": {"arch": arch, "width": 0.125, "default_weight_bits": 4, "act_bits": 8},
+        "train": {"epochs": 1}})
+    ds = load_data(cfg)
+    model, _ = train(cfg, ds, torch.device("cpu"), progress=False)
+    net = lower(model)
+    image = MemoryImage.build(net, [net.layers()[1]])        # one layer protected
+    ex = Executor(net, image, "cpu")
+    if arch == "resnet18":
+        with pytest.raises(HlsError, match="ReduceMean"):
+            build(model, net, image, tmp_path, part="xczu7ev-ffvc1156-2-e", clock_mhz=100)
+        return
+    prj = build(model, net, image, tmp_path, part="xczu7ev-ffvc1156-2-e", clock_mhz=100)
+    codes = ex.quantize_input(ds.test.x[:40])
+    ref = ex.run(codes, quantized=True).numpy().astype(np.int64)
+    assert np.array_equal(prj.scores(prj.inputs(codes.numpy())), ref)
+    assert ref.std() > 0
