@@ -133,6 +133,20 @@ def stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+@contextlib.contextmanager
+def _unsupported() -> Iterator[None]:
+    """hls4ml raises bare Exceptions for operations it cannot convert: one line instead."""
+    import hls4ml
+    try:
+        yield
+    except HlsError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise HlsError(f"hls: hls4ml {hls4ml.__version__} cannot convert this network: "
+                       f"{first}") from None
+
+
 @dataclass
 class HlsProject:
     """A converted hls4ml model with what C-sim replay needs."""
@@ -249,7 +263,7 @@ def build(model, net: IntNetwork, image: MemoryImage, folder: Path, *, part: str
     conv = is_conv(net)
     with stdout_to_stderr():
         qm = export_qonnx(model, net.input_shape, folder / "model.qonnx.onnx", channels_last=conv)
-    with stdout_to_stderr():
+    with stdout_to_stderr(), _unsupported():
         cfg = hls_config(qm, net, image, backend, reuse_factor)
     kwargs = dict(hls_config=cfg, output_dir=str(folder / "prj"), backend=backend, part=part,
                   clock_period=round(1000.0 / clock_mhz, 3),
@@ -257,11 +271,8 @@ def build(model, net: IntNetwork, image: MemoryImage, folder: Path, *, part: str
     binary = any(m.fmt.bipolar for m in image.memories.values())
     with stdout_to_stderr():
         with without_binary_requant() if (binary and workaround) else contextlib.nullcontext():
-            try:
+            with _unsupported():
                 g = hls4ml.converters.convert_from_onnx_model(qm, **kwargs)
-            except Exception as e:      # hls4ml raises bare Exceptions for unsupported ops
-                raise HlsError(f"hls: hls4ml {hls4ml.__version__} cannot convert this network: "
-                               f"{str(e).strip().splitlines()[0]}") from None
         g.compile() if compile else g.write()
     if stamp is not None:
         _stamp(folder / "prj", stamp)

@@ -152,6 +152,10 @@ def test_every_board_gets_a_project(mlp_run, tmp_path):
         assert f"set clock_period {round(1000 / b.clock_mhz, 3)}" in \
             (prj.folder / "project.tcl").read_text()
         assert s.checkpoint_sha256 in (prj.folder / "firmware" / "hetq_plan.h").read_text()
+    # the Vivado backend is selectable too
+    prj = build(s.model, s.net, s.image, tmp_path / "vivado", part="xc7z020clg400-1",
+                clock_mhz=100, backend="Vivado", compile=False)
+    assert 'set backend "vivado"' in (prj.folder / "project.tcl").read_text()
 
 
 def _hetq(*args: str) -> subprocess.CompletedProcess:
