@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import flow
+from flow.config import read_yaml
 from flow.errors import ConfigError
 
 BOARDS_DIR = Path(flow.__file__).resolve().parent.parent / "boards"
@@ -102,17 +102,7 @@ def _one_line(err: ValidationError, source: str) -> str:
 
 def _load_file(path: Path) -> Board:
     src = str(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{src}: cannot read board file ({e.strerror})") from None
-    try:
-        obj = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "syntax error"
-        raise ConfigError(f"{src}: malformed YAML{where}: {problem}") from None
+    obj = read_yaml(path, "board")
     if not isinstance(obj, dict):
         raise ConfigError(f"{src}: expected a mapping of keys at the top, got "
                           f"{type(obj).__name__}")

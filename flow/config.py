@@ -211,18 +211,23 @@ def parse_config(obj: object, source: str = "config") -> RunConfig:
         raise ConfigError(_one_line(e, source)) from None
 
 
-def load_config(path: str | Path | None) -> RunConfig:
-    """Read and validate a YAML config file; ``None`` gives the shipped digits default."""
-    p = DEFAULT_CONFIG if path is None else Path(path)
+def read_yaml(path: Path, what: str) -> object:
+    """Parse a YAML file; an unreadable or malformed file is a one-line ConfigError that names
+    ``what`` (e.g. ``config``), the file and, for syntax errors, the line and column."""
     try:
-        text = p.read_text()
+        text = path.read_text()
     except OSError as e:
-        raise ConfigError(f"config: cannot read '{p}' ({e.strerror})") from None
+        raise ConfigError(f"{what}: cannot read '{path}' ({e.strerror})") from None
     try:
-        obj = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "syntax error"
-        raise ConfigError(f"config: malformed YAML in '{p}'{where}: {problem}") from None
-    return parse_config(obj, str(p))
+        raise ConfigError(f"{what}: malformed YAML in '{path}'{where}: {problem}") from None
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    """Read and validate a YAML config file; ``None`` gives the shipped digits default."""
+    p = DEFAULT_CONFIG if path is None else Path(path)
+    return parse_config(read_yaml(p, "config"), str(p))

@@ -130,5 +130,5 @@ def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
         load_boards([folder])
     (folder / "listy.yaml").unlink()
     (folder / "broken.yaml").write_text("name: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"broken\.yaml: malformed YAML"):
+    with pytest.raises(ConfigError, match=r"board: malformed YAML in .*broken\.yaml.* at line 2"):
         load_boards([folder])
