@@ -369,6 +369,38 @@ def cmd_hls(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _synth_text(res: dict) -> str:
+    t, u = res["total"], res["utilization"]
+    lines = [f"Yosys synth_xilinx -family {res['family']} for {res['board']}: "
+             f"{t['lut']} LUT ({t['lut_ram']} as RAM), {t['ff']} FF, {t['bram18']} BRAM18, "
+             f"{t['dsp']} DSP",
+             "utilization: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in u.items()
+                                         if v is not None),
+             "fits the board" if res["fits"] else
+             f"DOES NOT FIT: {', '.join(res['over_capacity'])} over capacity",
+             f"{'stage':<16} {'LUT':>7} {'FF':>7} {'BRAM18':>7} {'DSP':>5}"]
+    lines += [f"{n:<16} {st['lut']:>7} {st['ff']:>7} {st['bram18']:>7} {st['dsp']:>5}"
+              for n, st in res["stages"].items()]
+    return "\n".join(lines)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from flow.boards import get_board
+    from flow.rundir import RunDir
+    run = RunDir(args.run_dir)
+    cfg = run.config()
+    extra = [Path(d) for d in (args.boards_dir, cfg.hls.boards_dir) if d]
+    board = get_board(args.board or cfg.hls.board, extra)
+    if not (run / "rtl" / "manifest.json").is_file():
+        raise ConfigError(f"run_dir: '{run.path}' has no RTL project (run 'hetq rtl' first)")
+    from flow.synth import synthesize
+    res = synthesize(run / "rtl", board, run / "synth" / board.name)
+    from flow.rundir import atomic_write
+    atomic_write(run / "synth" / board.name / "report.json", json.dumps(res, indent=1))
+    _emit(args, res, _synth_text(res))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from flow.bench import bench_fi, bench_text
     res = bench_fi(repeats=args.repeats, seed=args.seed, epochs=args.epochs,
@@ -493,6 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     hl.add_argument("--boards-dir", help="extra folder of board YAML files")
     common(hl)
     hl.set_defaults(func=cmd_hls)
+
+    sy = sub.add_parser("synth", help="Yosys synthesis of the run's RTL for a board: LUT, FF, "
+                        "BRAM, DSP per stage and in total, utilization, fit")
+    sy.add_argument("run_dir")
+    sy.add_argument("--board", help="target board (default: config hls.board, pynq-z2)")
+    sy.add_argument("--boards-dir", help="extra folder of board YAML files")
+    common(sy)
+    sy.set_defaults(func=cmd_synth)
 
     r = sub.add_parser("run", help="the whole flow on a config (default: embedded digits)")
     r.add_argument("config", nargs="?", help="run config (default: flow/configs/digits.yaml)")

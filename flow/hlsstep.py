@@ -82,6 +82,9 @@ def hls(run: RunDir, *, board: str | None = None, backend: str | None = None,
                         "mismatched_images": mismatched, "predict_s": predict_s},
                "replay": replay}
         atomic_write(folder / "summary.json", json.dumps(res, indent=1, default=str))
+    # the project was written in hls.partial/ and renamed: keep its recorded folder true
+    yml = run / "hls" / "prj" / "hls4ml_config.yml"
+    yml.write_text(yml.read_text().replace("hls.partial", "hls"))
     res["seconds"] = round(time.time() - t0, 3)
     run.record_step("hls", status="done", seconds=res["seconds"], board=b.name,
                     bit_exact=res["csim"]["bit_exact"])

@@ -186,8 +186,9 @@ class RtlSim:
 
     def run(self, codes_hwc: np.ndarray, trials: Sequence[dict], work: Path,
             out_file: Path | None = None) -> list[TrialResult]:
-        """Run ``trials`` (dicts with ``id``, ``flips``, optional ``scores``/``timing``) on the
-        images, one simulator process for all of them. Results are appended to ``out_file``
+        """Run ``trials`` (dicts with ``id``, ``flips``, optional ``scores``/``timing`` and
+        ``n_images``, to run only the first images) on the images, one simulator process for
+        all of them. Results are appended to ``out_file``
         (JSON lines, one per finished trial) and returned."""
         from cocotb_tools.runner import get_results
         if self._runner is None:
@@ -226,7 +227,8 @@ class RtlSim:
             raise SimError(f"sim: {len(recs)} of {len(trials)} trials finished; "
                            f"see {self.build_dir}/sim.log")
         return [TrialResult(r["id"], np.asarray(r["preds"]), r["cycles"], r["wall_s"],
-                            np.asarray(r["scores"]).reshape(n, -1) if "scores" in r else None,
+                            np.asarray(r["scores"]).reshape(len(r["preds"]), -1)
+                            if "scores" in r else None,
                             r.get("t_first_in"),
                             np.asarray(r["t_out"]) if "t_out" in r else None) for r in recs]
 

@@ -96,17 +96,18 @@ async def run_job(dut) -> None:
     with open(job["out"], "a") as out:
         for trial in job["trials"]:
             masks = mems.apply(trial["flips"])
-            wall = await _run_batch(dut, n)
-            preds = [int(dut.preds[i].value) for i in range(n)]
+            m = int(trial.get("n_images", n))      # a trial may run the first m images only
+            wall = await _run_batch(dut, m)
+            preds = [int(dut.preds[i].value) for i in range(m)]
             rec = {"id": trial["id"], "n_faults": trial.get("n_faults"), "preds": preds,
                    "cycles": int(dut.cycles.value), "wall_s": wall}
             if trial.get("scores"):
                 bits = int(job["score_bits"])
-                raw = [int(dut.scores[i].value) for i in range(n * classes)]
+                raw = [int(dut.scores[i].value) for i in range(m * classes)]
                 rec["scores"] = [v - (1 << bits) if v >> (bits - 1) else v for v in raw]
             if trial.get("timing"):
                 rec["t_first_in"] = int(dut.t_first_in.value)
-                rec["t_out"] = [int(dut.t_out[i].value) for i in range(n)]
+                rec["t_out"] = [int(dut.t_out[i].value) for i in range(m)]
             mems.restore(masks)
             out.write(json.dumps(rec) + "\n")
             out.flush()

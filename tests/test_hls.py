@@ -30,8 +30,8 @@ from flow.session import open_session
 pytestmark = pytest.mark.slow
 
 MAPS = 50
-# C-sim of the streaming CNN takes ~15 ms per image: replay on the first 40 test images
-REPLAY_IMAGES = {"mlp": None, "cnn": 40, "bmlp": None}
+# C-sim of the streaming CNN takes ~18 ms per image: replay on the first 20 test images
+REPLAY_IMAGES = {"mlp": None, "cnn": 20, "bmlp": None}
 
 _cache: dict = {}
 
@@ -175,6 +175,7 @@ def test_hetq_hls_command(mlp_run, tmp_path):
     assert res["csim"]["bit_exact"] and res["replay"]["equal"] == 5
     assert res["board"]["part"] == "xczu7ev-ffvc1156-2-e" and res["protected"] == ["fc2"]
     assert (run / "hls" / "summary.json").is_file()
+    assert "partial" not in (run / "hls" / "prj" / "hls4ml_config.yml").read_text()
     plan_sha = res["plan_sha256"]
     assert plan_sha in (run / "hls" / "prj" / "firmware" / "hetq_plan.h").read_text()
     bad = _hetq("hls", str(run), "--board", "zcu999")
@@ -201,7 +202,11 @@ def test_cifar_form_networks(arch, tmp_path):
         "model": {"arch": arch, "width": 0.125, "default_weight_bits": 4, "act_bits": 8},
         "train": {"epochs": 1}})
     ds = load_data(cfg)
-    model, _ = train(cfg, ds, torch.device("cpu"), progress=False)
+    if arch == "resnet18":          # the conversion fails whatever the weights: no training
+        from flow.train import model_from_config
+        model = model_from_config(cfg, ds.input_shape, ds.num_classes)
+    else:
+        model, _ = train(cfg, ds, torch.device("cpu"), progress=False)
     net = lower(model)
     image = MemoryImage.build(net, [net.layers()[1]])        # one layer protected
     ex = Executor(net, image, "cpu")
