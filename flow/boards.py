@@ -9,7 +9,6 @@ one-line :class:`~flow.errors.ConfigError` naming the file, the field and the va
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import flow
-from flow.config import read_yaml
+from flow.config import one_line, read_yaml
 from flow.errors import ConfigError
 
 BOARDS_DIR = Path(flow.__file__).resolve().parent.parent / "boards"
@@ -74,32 +73,6 @@ class Board:
                 "capacity": dict(self.capacity), "source": self.source, "path": str(self.path)}
 
 
-def _model_for(loc: tuple) -> type[BaseModel]:
-    model: type[BaseModel] = _BoardFile
-    for p in loc:
-        fld = model.model_fields.get(str(p))
-        ann = getattr(fld, "annotation", None) if fld else None
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-    return model
-
-
-def _one_line(err: ValidationError, source: str) -> str:
-    errs = err.errors()
-    # A misspelled key is both "unknown" and "missing": report the unknown one, with a hint.
-    e = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
-    loc = ".".join(str(p) for p in e["loc"]) or "board"
-    if e["type"] == "extra_forbidden":
-        model = _model_for(e["loc"][:-1])
-        near = difflib.get_close_matches(str(e["loc"][-1]), list(model.model_fields), n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        return f"{source}: {loc}: unknown key{hint}"
-    if e["type"] == "missing":
-        return f"{source}: {loc}: missing required key"
-    msg = e["msg"].removeprefix("Value error, ")
-    return f"{source}: {loc}: {msg} (got {e.get('input')!r})"
-
-
 def _load_file(path: Path) -> Board:
     src = str(path)
     obj = read_yaml(path, "board")
@@ -109,7 +82,7 @@ def _load_file(path: Path) -> Board:
     try:
         b = _BoardFile.model_validate(obj)
     except ValidationError as e:
-        raise ConfigError(_one_line(e, src)) from None
+        raise ConfigError(one_line(e, src, _BoardFile)) from None
     if b.name != path.stem:
         raise ConfigError(f"{src}: name: must equal the file name '{path.stem}' "
                           f"(got {b.name!r})")

@@ -354,13 +354,18 @@ def _hls_text(res: dict) -> str:
         f"{r['csim_predict_ms']:.1f} ms to classify {r['images']} images"])
 
 
+def _board(args: argparse.Namespace, cfg):
+    """The board of ``--board`` / ``--boards-dir``, else of the config's ``hls`` section."""
+    from flow.boards import get_board
+    extra = [Path(d) for d in (args.boards_dir, cfg.hls.boards_dir) if d]
+    return get_board(args.board or cfg.hls.board, extra)
+
+
 def cmd_hls(args: argparse.Namespace) -> int:
     from flow.rundir import RunDir
     run = RunDir(args.run_dir)
     cfg = run.config()
-    from flow.boards import get_board
-    extra = [Path(d) for d in (args.boards_dir, cfg.hls.boards_dir) if d]
-    get_board(args.board or cfg.hls.board, extra)     # an unknown board fails before any work
+    _board(args, cfg)                   # an unknown board fails before any work
     from flow.hlsstep import hls
     res = hls(run, board=args.board, backend=args.backend, boards_dir=args.boards_dir,
               progress=not args.json)
@@ -385,12 +390,10 @@ def _synth_text(res: dict) -> str:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from flow.boards import get_board
     from flow.rundir import RunDir
     run = RunDir(args.run_dir)
     cfg = run.config()
-    extra = [Path(d) for d in (args.boards_dir, cfg.hls.boards_dir) if d]
-    board = get_board(args.board or cfg.hls.board, extra)
+    board = _board(args, cfg)
     if not (run / "rtl" / "manifest.json").is_file():
         raise ConfigError(f"run_dir: '{run.path}' has no RTL project (run 'hetq rtl' first)")
     from flow.synth import synthesize
@@ -419,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp):
         sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+    def board_args(sp):
+        sp.add_argument("--board", help="target board (default: config hls.board, pynq-z2)")
+        sp.add_argument("--boards-dir", help="extra folder of board YAML files")
 
     def scale_out(sp):
         sp.add_argument("--executor", choices=["local", "ray"], default="local",
@@ -519,18 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
     hl = sub.add_parser("hls", help="hls4ml project of a run for a board, checked bit-exact "
                         "in C-sim with fault replay")
     hl.add_argument("run_dir")
-    hl.add_argument("--board", help="target board (default: config hls.board, pynq-z2)")
+    board_args(hl)
     hl.add_argument("--backend", choices=["Vitis", "Vivado"],
                     help="hls4ml backend (default: config hls.backend, Vitis)")
-    hl.add_argument("--boards-dir", help="extra folder of board YAML files")
     common(hl)
     hl.set_defaults(func=cmd_hls)
 
     sy = sub.add_parser("synth", help="Yosys synthesis of the run's RTL for a board: LUT, FF, "
                         "BRAM, DSP per stage and in total, utilization, fit")
     sy.add_argument("run_dir")
-    sy.add_argument("--board", help="target board (default: config hls.board, pynq-z2)")
-    sy.add_argument("--boards-dir", help="extra folder of board YAML files")
+    board_args(sy)
     common(sy)
     sy.set_defaults(func=cmd_synth)
 

@@ -180,13 +180,16 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _one_line(err: ValidationError, source: str) -> str:
-    e = err.errors()[0]
+def one_line(err: ValidationError, source: str, root: type[BaseModel]) -> str:
+    """A pydantic error of a ``root`` document as one line: the field and the value, or for an
+    unknown key the nearest known one. A misspelled key is both "unknown" and "missing": the
+    unknown one is reported, with its hint."""
+    errs = err.errors()
+    e = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
     loc = ".".join(str(p) for p in e["loc"]) or "config"
     if e["type"] == "extra_forbidden":
-        parent = e["loc"][:-1]
-        model: type[BaseModel] = RunConfig
-        for p in parent:
+        model = root
+        for p in e["loc"][:-1]:
             fld = model.model_fields.get(str(p))
             ann = getattr(fld, "annotation", None) if fld else None
             if isinstance(ann, type) and issubclass(ann, BaseModel):
@@ -194,6 +197,8 @@ def _one_line(err: ValidationError, source: str) -> str:
         near = difflib.get_close_matches(str(e["loc"][-1]), list(model.model_fields), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         return f"{source}: {loc}: unknown key{hint}"
+    if e["type"] == "missing":
+        return f"{source}: {loc}: missing required key"
     msg = e["msg"].removeprefix("Value error, ")
     return f"{source}: {loc}: {msg} (got {e.get('input')!r})"
 
@@ -208,7 +213,7 @@ def parse_config(obj: object, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(obj)
     except ValidationError as e:
-        raise ConfigError(_one_line(e, source)) from None
+        raise ConfigError(one_line(e, source, RunConfig)) from None
 
 
 def read_yaml(path: Path, what: str) -> object:

@@ -20,7 +20,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +157,7 @@ class HlsProject:
     folder: Path
     conv: bool
     layouts: dict          # image memory -> (txt path, position of each image word, kind)
+    dirty: set = field(default_factory=set)   # memories whose weight files hold faults
 
     # -- inputs and outputs ---------------------------------------------------------------------
     def inputs(self, codes: np.ndarray) -> np.ndarray:
@@ -213,12 +214,14 @@ class HlsProject:
                            f"memories only")
         if len(fmap) and set(np.unique(fmap.kind)) != {"flip"}:
             raise HlsError("hls: only bit flips can be replayed in C-sim")
-        for name in self.layouts:
+        # only files this map changes, or the previous one left changed, are rewritten
+        for name in touched | self.dirty:
             words = self.image.memory(name).words.copy()
             sel = fmap.memory == name
             if sel.any():
                 np.bitwise_xor.at(words, fmap.word[sel], np.int64(1) << fmap.bit[sel])
             self._write_weights(name, words)
+        self.dirty = touched
         self.reload()
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from flow.boards import get_board
-from flow.faults import Injector, SeuSampler, trial_rng
+from flow.faults import FaultMap, Injector, SeuSampler, trial_rng
 from flow.hls import build
 from flow.rundir import RunDir, atomic_write, sha256_file
 from flow.session import Session, open_session
@@ -44,7 +44,7 @@ def _replay(s: Session, prj, codes, ref_clean, maps: int, ber: float, seed: int,
             ref = s.executor.run(codes, quantized=True).cpu().numpy().astype(np.int64)
         equal += int(np.array_equal(hls, ref))
         changed += int((ref.argmax(1) != ref_clean.argmax(1)).any())
-    prj.replay(sampler.faults_at(np.zeros(0, dtype=np.int64)))     # fault-free weights back
+    prj.replay(FaultMap((), (), (), ()))                            # fault-free weights back
     n = max(maps, 1)
     return {"maps": maps, "ber": ber, "seed": seed, "equal": equal,
             "maps_changing_predictions": changed, "replay_ms": 1e3 * t_replay / n,

@@ -110,7 +110,8 @@ def simulate(run: RunDir, bers: list[float], trials: int, seed: int, *, limit: i
         out_dir.mkdir(parents=True, exist_ok=True)
         results = out_dir / "trials.jsonl"
         _ingest(store, cid, results, y)           # trials a crashed run finished
-        todo = [(b, t) for b in bers for t in range(trials) if t not in store.done(cid, b)]
+        done = {b: store.done(cid, b) for b in bers}
+        todo = [(b, t) for b in bers for t in range(trials) if t not in done[b]]
         bar = tqdm(total=len(todo), desc="rtl campaign", unit="trial",
                    disable=not progress or None)
         for i in range(0, len(todo), chunk):
@@ -145,14 +146,17 @@ def _ingest(store: TrialStore, cid: str, results: Path, y: np.ndarray) -> None:
     """Store the trials an interrupted run wrote to ``results`` but did not store yet."""
     if not results.is_file():
         return
+    done: dict[float, set[int]] = {}
     for line in results.read_text().splitlines():
         try:
             r = json.loads(line)
         except json.JSONDecodeError:        # a line cut by the crash
             continue
         b, t = r["id"]
-        if t in store.done(cid, b):
+        seen = done.setdefault(b, store.done(cid, b))
+        if t in seen:
             continue
+        seen.add(t)
         store.add(cid, b, t, n_faults=int(r.get("n_faults", -1)),
                   correct=int((np.asarray(r["preds"]) == y).sum()), total=len(y),
                   seconds=r["wall_s"])

@@ -1,12 +1,20 @@
 """Shared fixtures: small trained runs, built once per test session in temporary folders."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from flow.cli import main
+
+
+def hetq_cli(*args: str) -> subprocess.CompletedProcess:
+    """Run the ``hetq`` command line in a subprocess (captured text output)."""
+    return subprocess.run([sys.executable, "-m", "flow.cli", *map(str, args)],
+                          capture_output=True, text=True)
 
 
 def write_config(path: Path, obj: dict) -> Path:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
+from conftest import hetq_cli
 import yaml
 
 from flow.boards import load_boards
@@ -158,10 +157,6 @@ def test_every_board_gets_a_project(mlp_run, tmp_path):
     assert 'set backend "vivado"' in (prj.folder / "project.tcl").read_text()
 
 
-def _hetq(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flow.cli", *args], capture_output=True,
-                          text=True)
-
 
 def test_hetq_hls_command(mlp_run, tmp_path):
     run = tmp_path / "run"
@@ -169,7 +164,7 @@ def test_hetq_hls_command(mlp_run, tmp_path):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     cfg["hls"] = {"replay_maps": 5}
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    r = _hetq("hls", str(run), "--board", "zcu104", "--json")
+    r = hetq_cli("hls", str(run), "--board", "zcu104", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout)
     assert res["csim"]["bit_exact"] and res["replay"]["equal"] == 5
@@ -178,10 +173,10 @@ def test_hetq_hls_command(mlp_run, tmp_path):
     assert "partial" not in (run / "hls" / "prj" / "hls4ml_config.yml").read_text()
     plan_sha = res["plan_sha256"]
     assert plan_sha in (run / "hls" / "prj" / "firmware" / "hetq_plan.h").read_text()
-    bad = _hetq("hls", str(run), "--board", "zcu999")
+    bad = hetq_cli("hls", str(run), "--board", "zcu999")
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
     assert "unknown board 'zcu999'" in bad.stderr and "pynq-z2" in bad.stderr
-    boards = json.loads(_hetq("boards", "--json").stdout)["boards"]
+    boards = json.loads(hetq_cli("boards", "--json").stdout)["boards"]
     assert {b["name"] for b in boards} >= {"pynq-z2", "zcu102", "zcu104", "ultra96-v2",
                                            "kv260", "alveo-u50", "alveo-u250"}
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import hetq_cli
 import yaml
 
 from flow.config import RtlConfig
@@ -104,10 +104,6 @@ def test_folding_meets_target_with_fewest_lanes():
     assert 32 % pe == 0 and 16 % simd == 0 and 64 * (32 // pe) * 9 * (16 // simd) <= 1000
 
 
-def _hetq(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flow.cli", *args], capture_output=True,
-                          text=True)
-
 
 def test_bad_folding_is_one_line_error(mlp_run, tmp_path):
     run = tmp_path / "run"
@@ -117,7 +113,7 @@ def test_bad_folding_is_one_line_error(mlp_run, tmp_path):
                            ({"fc1": {"pe": 3, "simd": 1}}, "rtl.folding.fc1.pe: 3")):
         cfg["rtl"] = {"target_cycles": 256, "folding": folding}
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-        r = _hetq("rtl", str(run))
+        r = hetq_cli("rtl", str(run))
         assert r.returncode == 2 and field in r.stderr and len(r.stderr.splitlines()) == 1
         assert not (run / "rtl").exists()
 
@@ -125,9 +121,9 @@ def test_bad_folding_is_one_line_error(mlp_run, tmp_path):
 def test_sim_without_project_is_one_line_error(mlp_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(mlp_run, run)
-    r = _hetq("sim", str(run), "--trials", "2")
+    r = hetq_cli("sim", str(run), "--trials", "2")
     assert r.returncode == 2 and "hetq rtl" in r.stderr and len(r.stderr.splitlines()) == 1
-    r = _hetq("sim", str(run), "--trials", "0")
+    r = hetq_cli("sim", str(run), "--trials", "0")
     assert r.returncode == 2 and "--trials: 0" in r.stderr
 
 
@@ -135,11 +131,11 @@ def test_sim_without_project_is_one_line_error(mlp_run, tmp_path):
 def test_hetq_sim_campaign_equals_software(mlp_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(mlp_run, run)
-    assert _hetq("rtl", str(run)).returncode == 0
-    r = _hetq("sim", str(run), "--ber", "1e-3", "1e-2", "--trials", "6", "--json")
+    assert hetq_cli("rtl", str(run)).returncode == 0
+    r = hetq_cli("sim", str(run), "--ber", "1e-3", "1e-2", "--trials", "6", "--json")
     assert r.returncode == 0, r.stderr
     hw = json.loads(r.stdout)
-    sw = json.loads(_hetq("inject", str(run), "--ber", "1e-3", "1e-2", "--trials", "6",
+    sw = json.loads(hetq_cli("inject", str(run), "--ber", "1e-3", "1e-2", "--trials", "6",
                           "--json").stdout)
     assert hw["check"]["bit_exact"] and hw["check"]["images"] == 359
     assert hw["faulty_inferences_per_s"] > 0 and hw["check"]["sim_cycles_per_s"] > 0
@@ -148,6 +144,6 @@ def test_hetq_sim_campaign_equals_software(mlp_run, tmp_path):
         assert a["accuracy_mean"] == pytest.approx(b["accuracy_mean"], abs=1e-12)
     assert (Path(hw["out_dir"]) / "summary.csv").is_file()
     # stored per trial: a rerun simulates nothing new and reports the same summary
-    again = json.loads(_hetq("sim", str(run), "--ber", "1e-3", "1e-2", "--trials", "6",
+    again = json.loads(hetq_cli("sim", str(run), "--ber", "1e-3", "1e-2", "--trials", "6",
                              "--json").stdout)
     assert again["summary"] == hw["summary"] and again["faulty_inferences_per_s"] is None

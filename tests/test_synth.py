@@ -4,10 +4,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
+from conftest import hetq_cli
 
 from flow.boards import get_board
 from flow.image import MemoryImage
@@ -19,10 +18,6 @@ from flow.synth import fit, synthesize
 pytestmark = pytest.mark.slow
 
 
-def _hetq(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flow.cli", *args], capture_output=True,
-                          text=True)
-
 
 @pytest.fixture(scope="module")
 def synthesized(mlp_run, tmp_path_factory):
@@ -30,8 +25,8 @@ def synthesized(mlp_run, tmp_path_factory):
     RTL for zcu104 (UltraScale+); and the unprotected MLP for pynq-z2."""
     run = tmp_path_factory.mktemp("synth") / "run"
     shutil.copytree(mlp_run, run)
-    assert _hetq("rtl", str(run)).returncode == 0
-    r = _hetq("synth", str(run), "--board", "pynq-z2", "--json")
+    assert hetq_cli("rtl", str(run)).returncode == 0
+    r = hetq_cli("synth", str(run), "--board", "pynq-z2", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     out = {"plan": json.loads(r.stdout)}
     assert (run / "synth" / "pynq-z2" / "report.json").is_file()
