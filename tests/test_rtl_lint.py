@@ -28,6 +28,9 @@ VARIANTS = {
     "requant": [["-GSHIFT=-3", "-GLANES=2"], ["-GSHIFT=2"]],
     "maxpool": [["-GLANES=4", "-GSIGNED=1"], ["-GH=7", "-GW=7", "-GK=2"]],
     "threshold_unit": [["-GLANES=4", "-GNF=3"]],
+    "frame_buffer": [["-GWLANES=4", "-GRLANES=2"], ["-GWLANES=2", "-GRLANES=8"],
+                     ["-GN=24", "-GWLANES=6", "-GRLANES=4"], ["-GN=24", "-GWLANES=4", "-GRLANES=6"],
+                     ["-GN=392", "-GBITS=8", "-GWLANES=2", "-GRLANES=8"]],
 }
 
 
