@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,7 +19,13 @@ setup: $(VENV)/.installed
 run: setup
 	$(BIN)/hetq run
 
-test: setup
+# Debian's headless Chromium, for the test that opens the report (root, or sudo, needed once)
+chromium:
+	@command -v chromium >/dev/null || { SUDO=$$(command -v sudo || true); \
+	  $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && \
+	  $$SUDO apt-get install -y -q chromium; }; }
+
+test: setup chromium
 	$(BIN)/python -m pytest -q
 
 bench: setup

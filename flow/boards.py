@@ -109,12 +109,13 @@ def load_boards(extra_dirs: Sequence[Path] = ()) -> dict[str, Board]:
     return dict(sorted(boards.items()))
 
 
-def get_board(name: str, extra_dirs: Sequence[Path] = ()) -> Board:
+def get_board(name: str, extra_dirs: Sequence[Path] = (), field: str = "board") -> Board:
     """The board called ``name`` (shipped or from ``extra_dirs``, see :func:`load_boards`).
 
-    Raises :class:`~flow.errors.ConfigError` listing the known boards if there is none.
+    Raises :class:`~flow.errors.ConfigError` naming ``field`` and listing the known boards if
+    there is none.
     """
     boards = load_boards(extra_dirs)
     if name not in boards:
-        raise ConfigError(f"board: unknown board {name!r} (known: {', '.join(sorted(boards))})")
+        raise ConfigError(f"{field}: unknown board {name!r} (known: {', '.join(sorted(boards))})")
     return boards[name]

@@ -125,7 +125,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     cfg = run.config()
     if args.map is not None:
         return _replay_map(args)
-    bers = [check_ber(b) for b in (args.ber or cfg.campaign.bers)]
+    bers = [check_ber(b) for b in (args.ber or cfg.sim.bers or cfg.campaign.bers)]
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials: {args.trials} must be >= 1")
     _check_seed(args.seed)
@@ -238,33 +238,73 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_text(run, results: dict) -> str:
+    """What ``hetq run`` prints at the end: one line per step that ran, and the report."""
+    lines = []
+    for name, res in results.items():
+        if name == "train":
+            lines.append(f"train: test accuracy {_pct(res['test_accuracy_integer'])}")
+        elif name == "rank":
+            lines.append(f"rank: {' > '.join(res['ranking'])} ({res['inferences']} inferences)")
+        elif name == "search":
+            lines.append(f"search: q = {res['q']}, protected: {', '.join(res['protected']) or 'none'}")
+        elif name == "inject":
+            lines.append(_summary_text(res))
+        elif name == "hls":
+            lines.append("hls: C-sim " + ("bit-exact" if res["csim"]["bit_exact"] else "DIFFERS")
+                         + f" on {res['csim']['images']} images; {res['replay']['equal']}/"
+                         f"{res['replay']['maps']} fault maps equal")
+        elif name == "sim":
+            lines.append(_sim_text(res))
+        elif name == "synth":
+            for d, boards in res["designs"].items():
+                for b, r in boards.items():
+                    t = r["total"]
+                    lines.append(f"synth {d} on {b}: {t['lut']} LUT, {t['ff']} FF, "
+                                 f"{t['bram18']} BRAM18, {t['dsp']} DSP, "
+                                 + ("fits" if r["fits"] else
+                                    f"DOES NOT FIT ({', '.join(r['over_capacity'])})"))
+        elif name == "report":
+            lines.append(f"report: {res['report']}")
+    return "\n".join(lines)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flow.config import load_config
     cfg = load_config(args.config)       # config mistakes surface before torch is imported
     from flow.rundir import RunDir
     from flow.steps import STEPS, validate
+    names = list(STEPS)
+    for opt, val in (("--from", args.from_step), ("--to", args.to_step)):
+        if val is not None and val not in names:
+            raise ConfigError(f"{opt}: unknown step '{val}' (steps: {', '.join(names)})")
+    stop = names.index(args.to_step) if args.to_step else len(names) - 1
     validate(cfg)
     run = RunDir(args.out)
+    done = {n: run.exists() and run.step_done(n) for n in names}
+    if args.from_step is not None:
+        start = names.index(args.from_step)
+        missing = [n for n in names[:start] if not done[n]]
+        if missing:
+            raise ConfigError(f"--from: step '{args.from_step}' needs '{missing[0]}' finished "
+                              f"first (run without --from to resume)")
+        if start > stop:
+            raise ConfigError(f"--to: step '{args.to_step}' comes before --from "
+                              f"'{args.from_step}'")
+    else:   # resume after the last finished step
+        start = next((i for i, n in enumerate(names) if not done[n]), len(names))
     run.init(cfg.to_yaml(), cfg.seed)
     results = {}
-    for name, step in STEPS.items():
-        if run.step_done(name) and name == "train":
-            results[name] = {"status": "done", "skipped": True}
+    for i, name in enumerate(names[:stop + 1]):
+        if i < start:
             if not args.json:
-                print(f"[{name}] already done, skipped", file=sys.stderr)
+                print(f"[{i + 1}/{len(names)}] {name}: done, skipped", file=sys.stderr)
             continue
         if not args.json:
-            print(f"[{name}]", file=sys.stderr)
-        results[name] = step(run, cfg, not args.json)
-    text = ""
-    if "train" in results and not results["train"].get("skipped"):
-        text += (f"trained {cfg.model.arch}: test accuracy "
-                 f"{_pct(results['train']['test_accuracy_integer'])}\n")
-    if "rank" in results:
-        r = results["rank"]
-        text += (f"layer vulnerability (GA, {r['inferences']} inferences): "
-                 f"{' > '.join(r['ranking'])}\n")
-    text += _summary_text(results["inject"])
+            print(f"[{i + 1}/{len(names)}] {name}", file=sys.stderr)
+        run.invalidate_after(name, names)
+        results[name] = STEPS[name](run, cfg, not args.json)
+    text = _run_text(run, results) or f"every step up to '{names[stop]}' is done: {run.path}"
     _emit(args, {"run_dir": str(run.path), "steps": results}, text)
     return 0
 
@@ -309,18 +349,16 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from flow.rundir import RunDir
     run = RunDir(args.run_dir)
     cfg = run.config()
-    bers = [check_ber(b) for b in (args.ber or cfg.campaign.bers)]
+    bers = [check_ber(b) for b in (args.ber or cfg.sim.bers or cfg.campaign.bers)]
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials: {args.trials} must be >= 1")
     if args.images is not None and args.images < 1:
         raise ConfigError(f"--images: {args.images} must be >= 1")
     _check_seed(args.seed)
-    from flow.campaign import default_trials
     from flow.hwsteps import simulate
-    c = cfg.campaign
-    res = simulate(run, bers, default_trials(args.trials if args.trials is not None
-                                             else c.trials, c.margin, c.confidence),
-                   cfg.seed if args.seed is None else args.seed, limit=args.images,
+    res = simulate(run, bers, args.trials if args.trials is not None else cfg.sim.trials,
+                   cfg.seed if args.seed is None else args.seed,
+                   limit=args.images if args.images is not None else cfg.sim.images,
                    progress=not args.json)
     _emit(args, res, _sim_text(res))
     return 0 if res["check"]["bit_exact"] else 1
@@ -393,14 +431,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from flow.rundir import RunDir
     run = RunDir(args.run_dir)
     cfg = run.config()
-    board = _board(args, cfg)
-    if not (run / "rtl" / "manifest.json").is_file():
-        raise ConfigError(f"run_dir: '{run.path}' has no RTL project (run 'hetq rtl' first)")
-    from flow.synth import synthesize
-    res = synthesize(run / "rtl", board, run / "synth" / board.name)
-    from flow.rundir import atomic_write
-    atomic_write(run / "synth" / board.name / "report.json", json.dumps(res, indent=1))
-    _emit(args, res, _synth_text(res))
+    if args.boards_dir:
+        cfg = cfg.model_copy(update={"hls": cfg.hls.model_copy(
+            update={"boards_dir": args.boards_dir})})
+    boards = [args.board] if args.board else None
+    from flow.synth import synthesize_run   # checks every board before any work
+    res = synthesize_run(run, cfg, boards=boards, progress=not args.json)
+    text = "\n\n".join(f"[{d}]\n" + _synth_text(r) for d, v in res["designs"].items()
+                         for r in v.values())
+    _emit(args, res, text)
     return 0
 
 
@@ -511,10 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("sim", help="Verilator + cocotb: bit-exactness, cycles and an RTL "
                         "fault campaign (same fault maps as 'hetq inject')")
     sm.add_argument("run_dir")
-    sm.add_argument("--ber", type=float, nargs="+", help="bit error rates (default: config)")
-    sm.add_argument("--trials", type=int, help="trials per BER (default: config, else Leveugle)")
+    sm.add_argument("--ber", type=float, nargs="+",
+                    help="bit error rates (default: sim.bers, else campaign.bers)")
+    sm.add_argument("--trials", type=int, help="trials per BER (default: sim.trials, 20)")
     sm.add_argument("--seed", type=int, help="campaign seed (default: the run's seed)")
-    sm.add_argument("--images", type=int, help="first N test images only (default: all)")
+    sm.add_argument("--images", type=int,
+                    help="first N test images only (default: sim.images, else all)")
     common(sm)
     sm.set_defaults(func=cmd_sim)
 
@@ -532,16 +573,22 @@ def build_parser() -> argparse.ArgumentParser:
     common(hl)
     hl.set_defaults(func=cmd_hls)
 
-    sy = sub.add_parser("synth", help="Yosys synthesis of the run's RTL for a board: LUT, FF, "
+    sy = sub.add_parser("synth", help="Yosys synthesis of the run's RTL (and its unprotected "
+                        "baseline) for --board, else every board of report.boards: LUT, FF, "
                         "BRAM, DSP per stage and in total, utilization, fit")
     sy.add_argument("run_dir")
     board_args(sy)
     common(sy)
     sy.set_defaults(func=cmd_synth)
 
-    r = sub.add_parser("run", help="the whole flow on a config (default: embedded digits)")
+    r = sub.add_parser("run", help="the whole flow on a config (default: embedded digits): "
+                       "train, rank, search, inject, hls, rtl, sim, synth, report; a rerun "
+                       "resumes after the last finished step")
     r.add_argument("config", nargs="?", help="run config (default: flow/configs/digits.yaml)")
     r.add_argument("--out", default="runs/digits", help="run directory (default: runs/digits)")
+    r.add_argument("--from", dest="from_step", metavar="STEP",
+                   help="rerun from STEP (earlier steps must be finished)")
+    r.add_argument("--to", dest="to_step", metavar="STEP", help="stop after STEP")
     common(r)
     r.set_defaults(func=cmd_run)
 

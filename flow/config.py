@@ -62,6 +62,16 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(default=0.0, ge=0)
 
 
+def _check_bers(v: list[float]) -> list[float]:
+    """A non-empty list of BERs in [0, 1]."""
+    for b in v:
+        if not 0.0 <= b <= 1.0:
+            raise ValueError(f"BER {b} is outside [0, 1]")
+    if not v:
+        raise ValueError("needs at least one BER")
+    return v
+
+
 class CampaignConfig(_Strict):
     """Fault campaign: BER points, trials per point (explicit, or Leveugle from margin/confidence)."""
 
@@ -78,12 +88,7 @@ class CampaignConfig(_Strict):
     @field_validator("bers")
     @classmethod
     def _ber_range(cls, v: list[float]) -> list[float]:
-        for b in v:
-            if not 0.0 <= b <= 1.0:
-                raise ValueError(f"BER {b} is outside [0, 1]")
-        if not v:
-            raise ValueError("needs at least one BER")
-        return v
+        return _check_bers(v)
 
 
 class RankConfig(_Strict):
@@ -158,6 +163,28 @@ class HlsConfig(_Strict):
     reuse_factor: int = Field(default=4, ge=1)
     replay_maps: int = Field(default=50, ge=0)
     replay_ber: float = Field(default=1e-2, ge=0, le=1)
+    replay_images: int | None = Field(default=None, ge=1)
+
+
+class SimConfig(_Strict):
+    """The RTL fault campaign of ``hetq sim`` and ``hetq run`` (Verilator, cycle-accurate)."""
+
+    bers: list[float] | None = None
+    trials: int = Field(default=20, ge=1)
+    images: int | None = Field(default=None, ge=1)
+
+    @field_validator("bers")
+    @classmethod
+    def _ber_range(cls, v: list[float] | None) -> list[float] | None:
+        return v if v is None else _check_bers(v)
+
+
+class ReportConfig(_Strict):
+    """The designer report of ``hetq run``: boards to synthesize for, baseline design."""
+
+    boards: list[str] = Field(default_factory=lambda: ["pynq-z2", "zcu104"], min_length=1)
+    baseline: bool = True
+    synth_workers: int = Field(default=2, ge=1)
 
 
 class RunConfig(_Strict):
@@ -174,6 +201,8 @@ class RunConfig(_Strict):
     table: TableConfig = Field(default_factory=TableConfig)
     rtl: RtlConfig = Field(default_factory=RtlConfig)
     hls: HlsConfig = Field(default_factory=HlsConfig)
+    sim: SimConfig = Field(default_factory=SimConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (every key, defaults filled in)."""

@@ -72,7 +72,9 @@ def hls(run: RunDir, *, board: str | None = None, backend: str | None = None,
         hls_scores = prj.scores(prj.inputs(codes.cpu().numpy()))
         predict_s = time.perf_counter() - t1
         mismatched = int((hls_scores != ref).any(axis=1).sum())
-        replay = _replay(s, prj, codes, ref, h.replay_maps, h.replay_ber, cfg.seed, progress)
+        n = h.replay_images or codes.shape[0]
+        replay = _replay(s, prj, codes[:n], ref[:n], h.replay_maps, h.replay_ber, cfg.seed,
+                         progress)
         res = {"board": b.to_json(), "backend": backend or h.backend,
                "reuse_factor": h.reuse_factor, "io_type": "io_stream" if prj.conv
                else "io_parallel", "qonnx": str(run / "hls" / "model.qonnx.onnx"),

@@ -10,6 +10,7 @@ are stored in the run's ``campaigns.sqlite`` like software campaigns (spec field
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from tqdm import tqdm
 
 from flow.campaign import CampaignSpec
 from flow.errors import RunDirError
+from flow.executor import Executor
 from flow.faults import SeuSampler, check_ber, trial_rng
+from flow.image import MemoryImage
 from flow.rtl import design
 from flow.rtlgen import RtlManifest, write_project
 from flow.rtlsim import RtlSim, image_codes_hwc, measured_timing
@@ -27,19 +30,36 @@ from flow.session import Session, open_session
 from flow.store import TrialStore, export_csv, export_json
 
 
-def generate(run: RunDir, progress: bool = True) -> dict:
-    """Write ``RUN_DIR/rtl/`` for the run's plan (replacing an older project)."""
+BASELINE = "rtl_base"
+
+
+def generate(run: RunDir, progress: bool = True, baseline: bool | None = None) -> dict:
+    """Write ``RUN_DIR/rtl/`` for the run's plan (replacing an older project).
+
+    With ``baseline`` (default: the config's ``report.baseline``) and at least one protected
+    layer, also write ``RUN_DIR/rtl_base/``: the same network and folding with no layer
+    protected, the reference the report measures the cost of protection against.
+    """
     t0 = time.time()
     s = open_session(run.path, "cpu")
     d = design(s.net, s.image, s.cfg.rtl)
     with run.step_folder("rtl") as folder:
         man = write_project(folder, d, s.image, s.checkpoint_sha256)
+    base = None
+    if (s.cfg.report.baseline if baseline is None else baseline) and any(
+            m.protected for m in s.image.memories.values()):
+        img = MemoryImage.build(s.net, [])
+        with run.step_folder(BASELINE) as folder:
+            base = write_project(folder, design(s.net, img, s.cfg.rtl), img, s.checkpoint_sha256)
+    else:
+        shutil.rmtree(run / BASELINE, ignore_errors=True)
     res = {"project": str(run / "rtl"), "stages": man["stages"], "analytic": man["analytic"],
            "memories": [{k: m[k] for k in ("memory", "hier", "word_bits", "depth", "protected")}
                         for m in man["memories"]],
+           "baseline": None if base is None else str(run / BASELINE),
            "seconds": round(time.time() - t0, 3)}
     run.record_step("rtl", status="done", seconds=res["seconds"], project=res["project"],
-                    analytic=man["analytic"])
+                    baseline=res["baseline"], analytic=man["analytic"])
     return res
 
 
@@ -84,9 +104,33 @@ def check(s: Session, sim: RtlSim, hwc: np.ndarray, ref: np.ndarray, work: Path)
             "sim_cycles_per_s": r.cycles / r.wall_s, "inferences_per_s": hwc.shape[0] / r.wall_s}
 
 
+def check_baseline(run: RunDir, s: Session, limit: int | None = None) -> dict | None:
+    """Clean bit-exactness and cycles of the unprotected baseline (``rtl_base/``), if present."""
+    folder = run / BASELINE
+    if not (folder / "manifest.json").is_file():
+        return None
+    man = RtlManifest.load(folder)
+    if man.obj.get("checkpoint_sha256") != s.checkpoint_sha256:
+        raise RunDirError(f"rtl: the project in '{folder}' belongs to another checkpoint "
+                          f"(rerun 'hetq rtl')")
+    img = MemoryImage.build(s.net, [])
+    base = Session(s.run, s.cfg, s.data, s.model, s.net, img,
+                   Executor(s.net, img, s.executor.device), s.plan, s.checkpoint_sha256)
+    hwc, _, ref = _test_codes(base, limit)
+    sim = RtlSim(folder, build_dir=folder / "sim_build", n_max=max(hwc.shape[0], 1))
+    build_s = sim.build()
+    res = check(base, sim, hwc, ref, folder / "work")
+    res["build_seconds"] = round(build_s, 3)
+    return res
+
+
 def simulate(run: RunDir, bers: list[float], trials: int, seed: int, *, limit: int | None = None,
              chunk: int = 100, progress: bool = True) -> dict:
-    """Bit-exactness check, then the RTL fault campaign; results in ``sim/<campaign>/``."""
+    """Bit-exactness check, then the RTL fault campaign; results in ``sim/<campaign>/``.
+
+    When the run has an unprotected baseline project (``rtl_base/``), its clean bit-exactness
+    and cycles are measured too (``baseline_check`` in the result).
+    """
     t0 = time.time()
     bers = [check_ber(b) for b in bers]
     s = open_session(run.path, "cpu")
@@ -129,8 +173,10 @@ def simulate(run: RunDir, bers: list[float], trials: int, seed: int, *, limit: i
             bar.update(len(batch))
         bar.close()
         summary = store.summary(cid, clean_accuracy=clean_correct / len(y))
+    base = check_baseline(run, s, limit)
     res = {"campaign": cid, "clean_accuracy": clean_correct / len(y),
            "bits": sampler.total_bits, "trials": trials, "summary": summary, "check": clean,
+           "baseline_check": base,
            "build_seconds": round(build_s, 3),
            "faulty_inferences_per_s": inferences / wall if wall else None,
            "spec": spec.to_json(), "out_dir": str(out_dir)}
@@ -138,7 +184,8 @@ def simulate(run: RunDir, bers: list[float], trials: int, seed: int, *, limit: i
     export_json(res, out_dir / "summary.json")
     res["seconds"] = round(time.time() - t0, 3)
     run.record_step("sim", status="done", seconds=res["seconds"], campaign=cid,
-                    out_dir=str(out_dir), bit_exact=clean["bit_exact"])
+                    out_dir=str(out_dir), bit_exact=clean["bit_exact"]
+                    and (base is None or base["bit_exact"]))
     return res
 
 

