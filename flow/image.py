@@ -97,6 +97,8 @@ def stored_width(fmt: Fixed, protected: bool) -> int:
 class MemoryImage:
     """All memories of a network, built from its integer network and the set of protected layers."""
 
+    KINDS: tuple[str, ...] = ALL_KINDS      # memory kinds this image holds (fault targets)
+
     def __init__(self, memories: Iterable[Memory]) -> None:
         self.memories: dict[str, Memory] = {m.name: m for m in memories}
 
@@ -133,10 +135,10 @@ class MemoryImage:
                 layers: Iterable[str] | None = None) -> list[Memory]:
         """Memories of the given kinds (and layers, if given), in network order."""
         kinds = tuple(kinds)
-        bad = [k for k in kinds if k not in ALL_KINDS]
+        bad = [k for k in kinds if k not in self.KINDS]
         if bad:
             raise FaultMapError(f"fault.kinds: unknown memory kind '{bad[0]}' "
-                                f"(known: {', '.join(ALL_KINDS)})")
+                                f"(known: {', '.join(self.KINDS)})")
         names = None if layers is None else set(layers)
         if names is not None:
             known = {m.layer for m in self.memories.values()}
