@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from flow.errors import FaultMapError
-from flow.image import Memory, MemoryImage
+from flow.image import Memory, MemoryImage, decode, encode
 from flow.precision import Fixed
 
 FLOAT_KINDS = ("weight", "bias", "bn", "rprelu", "rsign", "scale")
@@ -74,7 +74,13 @@ class FloatImage(MemoryImage):
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> "FloatImage":
-        """One memory per entry of ``model.stored_parameters()`` (read from its current values)."""
+        """One memory per entry of ``model.stored_parameters()`` (read from its current values).
+
+        A parameter named in the model's ``stored_formats`` (a ZOBNN network,
+        :func:`flow.zobnn.zobnn`) holds integer codes and is stored as two's complement words of
+        that :class:`Fixed` format; the others are float32 (or 1-bit binary) words.
+        """
+        formats = getattr(model, "stored_formats", {})
         mems, tensors = [], {}
         for p in model.stored_parameters():
             if p.kind not in FLOAT_KINDS:
@@ -86,6 +92,15 @@ class FloatImage(MemoryImage):
             if p.binary:
                 mem = Memory(p.name, p.layer, p.kind, BINARY, False, 1, tuple(p.tensor.shape),
                              binary_words(vals))
+            elif p.name in formats:
+                fmt = formats[p.name]
+                codes = vals.astype(np.int64)
+                lo, hi = -(1 << (fmt.bits - 1)), (1 << (fmt.bits - 1)) - 1
+                if not np.array_equal(codes, vals) or codes.min() < lo or codes.max() > hi:
+                    raise FaultMapError(f"stored parameter '{p.name}': values are not "
+                                        f"{fmt.bits}-bit integers")
+                mem = Memory(p.name, p.layer, p.kind, fmt, False, fmt.bits,
+                             tuple(p.tensor.shape), encode(codes, fmt, False))
             else:
                 mem = Memory(p.name, p.layer, p.kind, FLOAT32, False, 32,    # type: ignore[arg-type]
                              tuple(p.tensor.shape), float_words(vals))
@@ -97,9 +112,11 @@ class FloatImage(MemoryImage):
         """Decoded values of memory ``name`` (all, or the words ``idx``), as float32."""
         m = self.memory(name)
         w = m.words if idx is None else m.words[idx]
-        if m.width == 1:
+        if isinstance(m.fmt, Float32):
+            return float_values(w)
+        if m.fmt.bipolar:
             return (2.0 * w - 1.0).astype(np.float32)
-        return float_values(w)
+        return decode(w, m.fmt, False).astype(np.float32)
 
 
 class TorchExecutor:

@@ -1,0 +1,88 @@
+"""ZOBNN selective quantization (flow.zobnn) on trained digits BNNs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flow.bnn import accuracy, build_bnn, train_bnn
+from flow.campaign import CampaignSpec, run_campaign
+from flow.data import load_dataset
+from flow.errors import ConfigError
+from flow.faults import FaultMap, Injector
+from flow.floatimage import FloatImage, TorchExecutor
+from flow.zobnn import zobnn
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("digits", None, seed=0, val_fraction=0.1, test_fraction=0.2, limit=None)
+
+
+@pytest.fixture(scope="module", params=["breact", "bdorefa"])
+def trained(request, data):
+    torch.set_num_threads(1)
+    m = build_bnn(request.param, data.input_shape, data.num_classes, width=0.5, seed=0)
+    train_bnn(m, data, epochs=6, seed=0, progress=False)
+    return m
+
+
+def _count(model) -> int:
+    return sum(p.tensor.numel() for p in model.stored_parameters())
+
+
+def test_16_bit_zobnn_keeps_the_accuracy_and_adds_nothing(trained, data):
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    q, info = zobnn(trained, 16)
+    for k, v in trained.state_dict().items():                  # the original is untouched
+        assert torch.equal(v, before[k]), k
+    base = accuracy(trained, data.test.x, data.test.y)
+    acc = accuracy(q, data.test.x, data.test.y)
+    assert abs(acc - base) <= 0.01
+    assert _count(q) == _count(trained)                        # no parameter added
+    assert len(list(q.modules())) == len(list(trained.modules()))
+    assert info.delta == pytest.approx(info.max_abs / (2 ** 15 - 1))
+    for p in q.stored_parameters():
+        if p.name in info.quantized:
+            t = p.tensor
+            assert torch.equal(t, torch.round(t)) and t.abs().max() <= 2 ** 15 - 1, p.name
+
+
+def test_the_image_stores_codes_and_a_flip_stays_bounded(trained, data):
+    q, info = zobnn(trained, 8)
+    image = FloatImage.from_model(q)
+    widths = {m.name: m.width for m in image.memories.values()}
+    assert all(widths[n] == 8 for n in info.quantized)
+    assert all(widths[n] == 32 for n in info.float32 + info.accumulator)
+    ex = TorchExecutor(q, image)
+    name = info.quantized[0]
+    clean = {n: image.values(n).copy() for n in image.memories}
+    fmap = FaultMap(np.array([name] * 8), np.zeros(8, np.int64), np.arange(8),
+                    np.array(["flip"] * 8))
+    with Injector(image, ex).injected(fmap):
+        v = q.get_parameter(name) if name in dict(q.named_parameters()) else q.get_buffer(name)
+        x = float(v.detach().view(-1)[0])
+        assert -128 <= x <= 127 and x != clean[name][0]
+    for n in image.memories:
+        assert np.array_equal(image.values(n), clean[n])
+
+
+def test_zobnn_refuses_bad_bits_and_float_networks(data):
+    f = build_bnn("breact_float", data.input_shape, data.num_classes, width=0.25, seed=0)
+    with pytest.raises(ConfigError, match="has no binary layer"):
+        zobnn(f, 16)
+    b = build_bnn("breact", data.input_shape, data.num_classes, width=0.25, seed=0)
+    with pytest.raises(ConfigError, match="zobnn.bits: 20"):
+        zobnn(b, 20)
+
+
+def test_zobnn_survives_faults_that_break_the_float_parameters(trained, data, tmp_path):
+    """Same seeded maps over each network's own stored bits at fault rate 1e-3."""
+    res = {}
+    for name, model in (("bnn", trained), ("zobnn", zobnn(trained, 16)[0])):
+        image = FloatImage.from_model(model)
+        spec = CampaignSpec(bers=(1e-3,), trials=30, seed=0, kinds=image.KINDS)
+        r = run_campaign(TorchExecutor(model, image), image, data.test.x, data.test.y, spec,
+                         tmp_path / f"{name}.sqlite", progress=False)
+        res[name] = r["summary"][0]
+    assert res["zobnn"]["accuracy_low"] > res["bnn"]["accuracy_high"]
