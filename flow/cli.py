@@ -443,6 +443,26 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zobnn(args: argparse.Namespace) -> int:
+    from flow.config import load_config
+    cfg = load_config(args.config)
+    if args.trials is not None:
+        if args.trials < 2:
+            raise ConfigError(f"--trials: {args.trials} must be >= 2")
+        cfg = cfg.model_copy(update={"zobnn": cfg.zobnn.model_copy(
+            update={"trials": args.trials})})
+    from flow.rundir import RunDir
+    from flow.session import load_data
+    load_data(cfg)                            # a missing data folder fails before anything
+    run = RunDir(args.out)
+    run.init(cfg.to_yaml(), cfg.seed)
+    from flow.zobnnstudy import run_study
+    res = run_study(run, cfg, progress=not args.json)
+    text = res.pop("markdown") + f"\nfiles: {run / 'zobnn'}"
+    _emit(args, res, text)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from flow.bench import bench_fi, bench_text
     res = bench_fi(repeats=args.repeats, seed=args.seed, epochs=args.epochs,
@@ -591,6 +611,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--to", dest="to_step", metavar="STEP", help="stop after STEP")
     common(r)
     r.set_defaults(func=cmd_run)
+
+    zb = sub.add_parser("zobnn", help="the ZOBNN study: binary networks with float parameters vs "
+                        "deliberately quantized ones (Table I, Figs. 3-4, Table II)")
+    zb.add_argument("config", nargs="?", help="run config with a zobnn section (default: "
+                    "flow/configs/digits.yaml)")
+    zb.add_argument("--out", default="runs/zobnn", help="run directory (default: runs/zobnn)")
+    zb.add_argument("--trials", type=int, help="fault maps per fault rate (default: "
+                    "zobnn.trials, 500)")
+    common(zb)
+    zb.set_defaults(func=cmd_zobnn)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True, parser_class=_Parser)

@@ -187,6 +187,35 @@ class ReportConfig(_Strict):
     synth_workers: int = Field(default=2, ge=1)
 
 
+class ZobnnConfig(_Strict):
+    """The ZOBNN study of ``hetq zobnn`` (binary networks with quantized float parameters)."""
+
+    archs: list[Literal["breact", "bdorefa"]] = Field(
+        default_factory=lambda: ["breact", "bdorefa"], min_length=1)
+    width: float = Field(default=1.0, gt=0)
+    epochs: int = Field(default=8, ge=1)
+    lr: float = Field(default=5e-3, gt=0)
+    bits: list[int] = Field(default_factory=lambda: [16, 14, 12, 10, 8], min_length=1)
+    study_bits: int = Field(default=16, ge=2, le=16)
+    bers: list[float] = Field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3])
+    ber: float = Field(default=1e-4, ge=0, le=1)
+    trials: int = Field(default=500, ge=2)
+    timing_repeats: int = Field(default=20, ge=1)
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: list[int]) -> list[int]:
+        for b in v:
+            if not 2 <= b <= 16:
+                raise ValueError(f"bit-width {b} is outside 2..16")
+        return v
+
+    @field_validator("bers")
+    @classmethod
+    def _bers(cls, v: list[float]) -> list[float]:
+        return _check_bers(v)
+
+
 class RunConfig(_Strict):
     """A whole run: seed, device, data, model, training, campaign, ranking, search."""
 
@@ -203,6 +232,7 @@ class RunConfig(_Strict):
     hls: HlsConfig = Field(default_factory=HlsConfig)
     sim: SimConfig = Field(default_factory=SimConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    zobnn: ZobnnConfig = Field(default_factory=ZobnnConfig)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (every key, defaults filled in)."""

@@ -99,3 +99,33 @@ def plot_bars(values: Mapping[str, float], path: Path, *, title: str, ylabel: st
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def plot_boxes(groups: Mapping[str, Mapping[float, list[float]]], path: Path, *,
+               title: str) -> Path:
+    """Box plots of per-trial accuracies (%) at each BER, one colour per group (the ZOBNN
+    paper's Fig. 4); written as a PNG."""
+    fig = Figure(figsize=(7.0, 4.0), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    bers = sorted({b for g in groups.values() for b in g})
+    n = len(groups)
+    width = 0.8 / max(n, 1)
+    for i, (name, by_ber) in enumerate(groups.items()):
+        pos = [j + (i - (n - 1) / 2) * width for j in range(len(bers))]
+        data = [[100.0 * a for a in by_ber.get(b, [])] for b in bers]
+        bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True,
+                        showfliers=True, flierprops={"markersize": 2},
+                        medianprops={"color": "black"})
+        color = f"C{i}"
+        for box in bp["boxes"]:
+            box.set_facecolor(color)
+            box.set_alpha(0.5)
+        ax.plot([], [], color=color, linewidth=6, alpha=0.5, label=name)
+    ax.set_xticks(range(len(bers)), [f"{b:g}" for b in bers])
+    ax.set_xlabel("fault rate (BER)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)

@@ -131,3 +131,53 @@ def zobnn(model: BNNModel, bits: int) -> tuple[BNNModel, ZobnnInfo]:
     info = ZobnnInfo(bits, delta, max_abs, tuple(p.name for p in scaled),
                      tuple(sorted(slopes)), (out_bias,) if out_bias else ())
     return q, info
+
+
+class QD(nn.Module):
+    """An explicit dequantization-quantization pair in front of a layer, as conventional
+    quantization has it between consecutive layers (Eq. 4): ``layer(Q(D(x)))``, where
+    ``D(x) = delta * x`` and ``Q(x) = round(x / delta)``; ``delta`` is a stored parameter."""
+
+    def __init__(self, layer: nn.Module, delta: float) -> None:
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("delta", torch.tensor(float(delta)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(torch.round(x * self.delta / self.delta))
+
+
+class Dequantize(nn.Module):
+    """The final D of conventional quantization (``scale * x``) after the output layer."""
+
+    def __init__(self, layer: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x) * self.scale
+
+
+def _wrap(module: nn.Module, delta: float) -> None:
+    from flow.bnn import RSign
+    for name, child in module.named_children():
+        if isinstance(child, (QBatchNorm2d, RPReLU, RSign)):
+            setattr(module, name, QD(child, delta))
+        else:
+            _wrap(child, delta)
+
+
+@torch.no_grad()
+def conventional(zobnn_model: BNNModel, info: ZobnnInfo) -> nn.Module:
+    """The same integer network with the Q and D layers of conventional quantization kept
+    (Eq. 4): a D-Q pair before every S-type layer and a D after the output layer. For the
+    inference-time comparison (the paper's Table II); its outputs are those of ZOBNN up to the
+    rounding of the activations."""
+    m = copy.deepcopy(zobnn_model).eval()
+    _wrap(m, info.delta)
+    last = [n for n, mod in m.named_modules() if isinstance(mod, nn.Linear)][-1]
+    parent, _, attr = last.rpartition(".")
+    owner = m.get_submodule(parent) if parent else m
+    setattr(owner, attr, Dequantize(getattr(owner, attr), info.delta * info.delta))
+    return m

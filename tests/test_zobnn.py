@@ -86,3 +86,25 @@ def test_zobnn_survives_faults_that_break_the_float_parameters(trained, data, tm
                          tmp_path / f"{name}.sqlite", progress=False)
         res[name] = r["summary"][0]
     assert res["zobnn"]["accuracy_low"] > res["bnn"]["accuracy_high"]
+
+
+def test_hetq_zobnn_writes_the_study(tmp_path):
+    from conftest import hetq_cli, write_config
+    cfg = write_config(tmp_path / "z.yaml", {"seed": 0, "zobnn": {
+        "archs": ["bdorefa"], "width": 0.5, "epochs": 3, "bits": [16, 8],
+        "bers": [1e-4, 1e-3], "trials": 6, "timing_repeats": 2}})
+    r = hetq_cli("zobnn", cfg, "--out", tmp_path / "run", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+    res = json.loads(r.stdout)["archs"]["bdorefa"]
+    t1 = {row["bits"]: row for row in res["table1"]}
+    assert t1[16]["stored_bits"] < t1[32]["stored_bits"] and t1[8]["stored_bits"] < t1[16][
+        "stored_bits"]
+    assert {row["network"] for row in res["faults"]} == {"float", "bnn", "zobnn"}
+    assert set(res["timing_s"]) == {"bnn", "conventional", "zobnn"}
+    for f in ("study.md", "result.json", "fig3_bdorefa.png", "fig4_bdorefa.png",
+              "faults_bdorefa.csv", "table1_bdorefa.csv"):
+        assert (tmp_path / "run" / "zobnn" / f).is_file()
+    bad = write_config(tmp_path / "bad.yaml", {"zobnn": {"bits": [20]}})
+    r = hetq_cli("zobnn", bad, "--out", tmp_path / "bad")
+    assert r.returncode == 2 and "zobnn.bits" in r.stderr and not (tmp_path / "bad").exists()
