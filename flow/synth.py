@@ -10,6 +10,7 @@ fit is flagged.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from flow.boards import Board
 from flow.errors import HetqError
-from flow.rtlgen import LIBRARY
+from flow.rtlgen import LIBRARY, project_hash
 
 # Xilinx primitive -> resource class
 _LUT = ("LUT1", "LUT2", "LUT3", "LUT4", "LUT5", "LUT6")
@@ -146,12 +147,23 @@ def fit(total: dict[str, int], board: Board) -> dict:
 DESIGNS = {"protected": "rtl", "baseline": "rtl_base"}
 
 
+def _sources_sha(project: Path) -> str:
+    """SHA-256 of what Yosys reads: the SystemVerilog sources and the memory files."""
+    h = hashlib.sha256(project_hash(project).encode())
+    for f in sorted((project / "mem").glob("*.mem")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def synthesize_run(run, cfg, *, boards: list[str] | None = None, progress: bool = True) -> dict:
     """Yosys for each RTL project of ``run`` (the plan's design and its unprotected baseline)
     and each board (default ``report.boards``), ``report.synth_workers`` at a time.
 
     Writes ``synth/<design>/<board>/`` (``report.json``, ``yosys.log``, ``stat.json``,
-    ``netlist.json``) and returns ``{design: {board: report}}``.
+    ``netlist.json``) and returns ``{design: {board: report}}``. Each report is written as its
+    synthesis finishes and records the SHA-256 of the project's sources; a rerun keeps a report
+    whose sources are unchanged instead of running Yosys again.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -177,7 +189,15 @@ def synthesize_run(run, cfg, *, boards: list[str] | None = None, progress: bool 
     def one(job):
         d, fam = job
         first = families[fam][0]
-        res = synthesize(designs[d], first, run / "synth" / d / first.name)
+        folder = run / "synth" / d / first.name
+        sha = _sources_sha(designs[d])
+        old = folder / "report.json"
+        if old.is_file():               # a finished synthesis of the same sources: keep it
+            prev = json.loads(old.read_text())
+            if prev.get("project_sha256") == sha and prev.get("family") == fam:
+                return d, fam, prev
+        res = synthesize(designs[d], first, folder)
+        res["project_sha256"] = sha
         return d, fam, res
 
     with ThreadPoolExecutor(max_workers=cfg.report.synth_workers) as pool, \

@@ -204,6 +204,15 @@ def test_rerun_resumes_and_from_to_select_steps(flow_run, tmp_path):
     r = hetq_cli("run", flow_run["config"], "--out", run, "--from", "report")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "[9/9] report" in r.stderr and "[8/9] synth: done, skipped" in r.stderr
+    # a finished synthesis of unchanged sources is kept, not run again
+    log = run / "synth" / "protected" / "pynq-z2" / "yosys.log"
+    stamp = log.stat().st_mtime_ns
+    r = hetq_cli("synth", run, "--board", "pynq-z2", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads(r.stdout)["designs"]["protected"]["pynq-z2"]
+    first = json.loads((flow_run["run"] / "synth" / "protected" / "pynq-z2" / "report.json")
+                       .read_text())
+    assert again["total"] == first["total"] and log.stat().st_mtime_ns == stamp
     r = hetq_cli("run", flow_run["config"], "--out", run, "--from", "bogus")
     assert r.returncode == 2 and "--from: unknown step 'bogus'" in r.stderr
 
