@@ -119,3 +119,8 @@ def get_board(name: str, extra_dirs: Sequence[Path] = (), field: str = "board") 
     if name not in boards:
         raise ConfigError(f"{field}: unknown board {name!r} (known: {', '.join(sorted(boards))})")
     return boards[name]
+
+
+def config_board_dirs(cfg, *more: str | None) -> list[Path]:
+    """Extra board folders of a run: ``more`` (command-line ones) first, then ``hls.boards_dir``."""
+    return [Path(d) for d in (*more, cfg.hls.boards_dir) if d]

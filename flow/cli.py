@@ -394,9 +394,8 @@ def _hls_text(res: dict) -> str:
 
 def _board(args: argparse.Namespace, cfg):
     """The board of ``--board`` / ``--boards-dir``, else of the config's ``hls`` section."""
-    from flow.boards import get_board
-    extra = [Path(d) for d in (args.boards_dir, cfg.hls.boards_dir) if d]
-    return get_board(args.board or cfg.hls.board, extra)
+    from flow.boards import config_board_dirs, get_board
+    return get_board(args.board or cfg.hls.board, config_board_dirs(cfg, args.boards_dir))
 
 
 def cmd_hls(args: argparse.Namespace) -> int:

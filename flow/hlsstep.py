@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from flow.boards import get_board
+from flow.boards import config_board_dirs, get_board
 from flow.faults import FaultMap, Injector, SeuSampler, trial_rng
 from flow.hls import build
 from flow.rundir import RunDir, atomic_write, sha256_file
@@ -57,7 +56,7 @@ def hls(run: RunDir, *, board: str | None = None, backend: str | None = None,
     t0 = time.time()
     cfg = run.config()
     h = cfg.hls
-    extra = [Path(d) for d in (boards_dir, h.boards_dir) if d]
+    extra = config_board_dirs(cfg, boards_dir)
     b = get_board(board or h.board, extra)
     s = open_session(run.path, "cpu")
     plan_sha = sha256_file(run / "plan.json")

@@ -66,10 +66,8 @@ def step_train(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
 
 def validate(cfg: RunConfig) -> None:
     """Check everything a run needs before anything is written: boards, data, model, layers."""
-    from pathlib import Path
-
-    from flow.boards import get_board
-    extra = [Path(cfg.hls.boards_dir)] if cfg.hls.boards_dir else []
+    from flow.boards import config_board_dirs, get_board
+    extra = config_board_dirs(cfg)
     get_board(cfg.hls.board, extra, "hls.board")
     for b in cfg.report.boards:
         get_board(b, extra, "report.boards")

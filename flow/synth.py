@@ -169,11 +169,11 @@ def synthesize_run(run, cfg, *, boards: list[str] | None = None, progress: bool 
 
     from tqdm import tqdm
 
-    from flow.boards import get_board
+    from flow.boards import config_board_dirs, get_board
     from flow.errors import RunDirError
     from flow.rundir import atomic_write
     t0 = time.time()
-    extra = [Path(cfg.hls.boards_dir)] if cfg.hls.boards_dir else []
+    extra = config_board_dirs(cfg)
     bs = [get_board(b, extra) for b in (boards or cfg.report.boards)]
     designs = {d: run / f for d, f in DESIGNS.items() if (run / f / "manifest.json").is_file()}
     if "protected" not in designs:
