@@ -612,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     zb = sub.add_parser("zobnn", help="the ZOBNN study: binary networks with float parameters vs "
-                        "deliberately quantized ones (Table I, Figs. 3-4, Table II)")
+                        "deliberately quantized ones (Table I, Figs. 3-4, Table II) and the "
+                        "ZOBNN network's integer hardware (RTL in Verilator, SEU maps)")
     zb.add_argument("config", nargs="?", help="run config with a zobnn section (default: "
                     "flow/configs/digits.yaml)")
     zb.add_argument("--out", default="runs/zobnn", help="run directory (default: runs/zobnn)")

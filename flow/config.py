@@ -80,7 +80,7 @@ class CampaignConfig(_Strict):
     margin: float = Field(default=0.05, gt=0, lt=1)
     confidence: float = Field(default=0.95, gt=0, lt=1)
     fault: Literal["flip", "stuck0", "stuck1"] = "flip"
-    kinds: list[Literal["weight", "bias", "threshold", "direction"]] = Field(
+    kinds: list[Literal["weight", "bias", "threshold", "direction", "scale", "offset"]] = Field(
         default_factory=lambda: ["weight"])
     layers: list[str] | None = None
     bits: list[int] | None = None
@@ -201,6 +201,11 @@ class ZobnnConfig(_Strict):
     ber: float = Field(default=1e-4, ge=0, le=1)
     trials: int = Field(default=500, ge=2)
     timing_repeats: int = Field(default=20, ge=1)
+    hardware: bool = True
+    rtl_target_cycles: int = Field(default=2304, ge=1)
+    rtl_images: int = Field(default=100, ge=1, le=1024)
+    rtl_bers: list[float] = Field(default_factory=lambda: [1e-4, 1e-3])
+    rtl_trials: int = Field(default=10, ge=0)
 
     @field_validator("bits")
     @classmethod
@@ -210,7 +215,7 @@ class ZobnnConfig(_Strict):
                 raise ValueError(f"bit-width {b} is outside 2..16")
         return v
 
-    @field_validator("bers")
+    @field_validator("bers", "rtl_bers")
     @classmethod
     def _bers(cls, v: list[float]) -> list[float]:
         return _check_bers(v)

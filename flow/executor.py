@@ -2,7 +2,7 @@
 
 It computes exactly what hardware computes: integer multiply-accumulate, power-of-two
 requantization with round-half-to-even and saturation (as Brevitas' quantizers), max-pool,
-threshold compare for binary layers. Integer tensors are carried in float32 (or float64 where a
+threshold compare for binary layers, per-channel integer affine (a batch-norm that feeds no sign). Integer tensors are carried in float32 (or float64 where a
 layer's worst-case accumulator reaches 2**24), so every value and every partial sum is an exact
 integer and PyTorch's fast convolution and matrix kernels can be used, on CPU or CUDA.
 
@@ -86,7 +86,8 @@ class Executor:
         dtype = torch.float32
         for node in self.net.nodes:
             if name in (node.attrs.get("weight"), node.attrs.get("bias"),
-                        node.attrs.get("threshold")):
+                        node.attrs.get("threshold"), node.attrs.get("scale"),
+                        node.attrs.get("offset")):
                 dtype = self._dtype[node.name]
         codes = self.image.codes(name).reshape(p.codes.shape)
         return torch.as_tensor(codes, dtype=dtype, device=self.device).contiguous()
@@ -126,9 +127,15 @@ class Executor:
             y = y.round_().clamp_(node.lo, node.hi)
             return y if y.dtype == torch.float32 else y.to(torch.float32)
         if op == "threshold":
-            thr, d = self.tensors[a["threshold"]], self.tensors[a["direction"]]
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            thr = self.tensors[a["threshold"]].view(shape)
+            d = self.tensors[a["direction"]].view(shape)
             pos = torch.where(d > 0, x >= thr, x <= thr)
             return pos.to(torch.float32) * 2 - 1
+        if op == "affine":
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            m = self.tensors[a["scale"]].view(shape)
+            return x.to(dt) * m + self.tensors[a["offset"]].view(shape)
         if op == "maxpool":
             return _maxpool(x, a["k"])
         if op == "sumpool":

@@ -8,7 +8,8 @@ Every parameter array of the integer network (:class:`flow.ir.Param`) becomes on
   (sign) and bits n-2..0 the rest; a 2-of-3 majority voter decodes the MSB on every read;
 - a binary (bipolar) weight is 1 bit: 1 for +1, 0 for -1 (protected: 3 copies, voted);
 - biases (16-bit), batch-norm+sign thresholds and their direction bits are memories too
-  (kinds ``bias``, ``threshold``, ``direction``), stored plain.
+  (kinds ``bias``, ``threshold``, ``direction``), and so are the per-channel multipliers and
+  offsets of an integer affine batch-norm (kinds ``scale``, ``offset``), stored plain.
 
 Fault injection flips bits of these words (:mod:`flow.faults`); the executor, the HLS C-sim and
 the RTL all decode the same words with :func:`decode`. Sizes in bits come from here.
@@ -25,7 +26,7 @@ from flow.ir import IntNetwork
 from flow.precision import Fixed
 
 WEIGHT_KINDS = ("weight",)
-ALL_KINDS = ("weight", "bias", "threshold", "direction")
+ALL_KINDS = ("weight", "bias", "threshold", "direction", "scale", "offset")
 
 
 @dataclass

@@ -15,6 +15,8 @@ Ops (``Node.op``) and their attributes:
   clamp at 0 of an unsigned output).
 - ``threshold``: batch-norm + sign folded: out = +1 where ``acc >= thr`` (``dir`` = 1) or
   ``acc <= thr`` (``dir`` = 0), else -1.
+- ``affine``: per-channel ``acc * scale[c] + offset[c]`` with the parameters ``attrs['scale']``
+  and ``attrs['offset']`` (a batch-norm that feeds no sign, followed by a ``requant``).
 - ``maxpool`` (``k``), ``sumpool`` (global sum; ``frac`` grows by log2 of the area), ``flatten``,
   ``add`` (two inputs aligned to the finer scale).
 """
@@ -31,7 +33,7 @@ from flow.precision import Fixed
 class Param:
     """An integer parameter array that hardware keeps in a memory.
 
-    ``kind`` is ``weight``, ``bias``, ``threshold`` or ``direction``. ``codes`` holds the integer
+    ``kind`` is ``weight``, ``bias``, ``threshold``, ``direction``, ``scale`` or ``offset``. ``codes`` holds the integer
     values (for bipolar weights -1/+1), in PyTorch's layout (out, in[, kh, kw]).
     """
 

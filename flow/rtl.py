@@ -2,8 +2,8 @@
 
 :func:`design` turns the integer network (:mod:`flow.ir`) and its memory image into a list of
 stages, one per library module of ``rtl/`` (``mvu``, ``requant``, ``threshold_unit``,
-``maxpool``), connected by valid/ready streams. Feature maps stream in (row, column, channel)
-order, so a convolution's fan-in is walked as (kernel row, kernel column, channel) and a dense
+``affine_unit``, ``maxpool``), connected by valid/ready streams. Feature maps stream in (row,
+column, channel) order, so a convolution's fan-in is walked as (kernel row, kernel column, channel) and a dense
 layer after a flatten sees (row, column, channel) instead of PyTorch's (channel, row, column):
 the weight layout absorbs both permutations, and :class:`Layout` records them so any stored bit of
 the software image can be located in RTL (and back).
@@ -12,7 +12,7 @@ A matrix-vector unit with PE x SIMD lanes keeps its weights in one memory of NF 
 NF = out / PE, SF = fan-in / SIMD; word ``nf * SF + sf`` holds, in lane ``pe * SIMD + s``, the
 weight of output ``nf * PE + pe`` and RTL fan-in position ``sf * SIMD + s``, each lane the image's
 stored word verbatim (n bits, or n+2 with the MSB triplicated). Biases, thresholds and threshold
-directions live in NF words of PE lanes.
+directions, and the multipliers and offsets of an affine batch-norm, live in NF words of PE lanes.
 """
 from __future__ import annotations
 
@@ -169,8 +169,9 @@ class _Builder:
             handler = getattr(self, f"_op_{node.op}", None)
             if handler is None:
                 raise PlanError(f"rtl: node '{node.name}' ({node.op}) has no RTL module; the RTL "
-                                f"generator supports conv, dense, requant, threshold, maxpool "
-                                f"and flatten (networks mlp, cnn, bmlp and their like)")
+                                f"generator supports conv, dense, requant, threshold, affine, "
+                                f"maxpool and flatten (networks mlp, cnn, bmlp, ZOBNN bdorefa "
+                                f"and their like)")
             handler(node)
         last = self.stages[-1]
         c, h, w = self.net.input_shape
@@ -230,9 +231,6 @@ class _Builder:
                             f"weights, which no RTL module computes")
         else:
             mode = 0
-        if self.bipolar and pad:
-            raise PlanError(f"rtl: layer '{wmem.layer}': zero padding of bipolar inputs "
-                            f"is not representable")
         acc_bits = signed_bits(node.lo, node.hi)
         inst = f"u_{wmem.layer.replace('.', '_')}"
         params = dict(H=h, W=w, C=c, K=k, STRIDE=stride, PAD=pad, OH=oh, OW=ow, OUT=out, PE=pe,
@@ -285,6 +283,23 @@ class _Builder:
         self.stages.append(Stage(inst, "threshold_unit", params, self.bits, pe, 1, pe,
                                  self.mvu_stage.layer))
         self.bits, self.signed, self.bipolar = 1, False, True
+
+    def _op_affine(self, node: Node) -> None:
+        a = node.attrs
+        smem, omem = self.image.memory(a["scale"]), self.image.memory(a["offset"])
+        pe = self.lanes
+        nf = smem.depth // pe
+        out_bits = signed_bits(node.lo, node.hi)
+        inst = f"{self.mvu_stage.name}_aff"
+        params = dict(LANES=pe, NF=nf, INBITS=self.bits, MBITS=smem.width, OBITS=omem.width,
+                      OUTBITS=out_bits, SCALE_FILE=f"mem/{smem.name}.mem",
+                      OFFSET_FILE=f"mem/{omem.name}.mem")
+        for m, sub in ((smem, "u_scale"), (omem, "u_offset")):
+            self.layouts[m.name] = Layout(m.name, m.layer, m.kind, f"{inst}.{sub}.mem", nf, pe,
+                                          m.width, pe, 1, 1, 1)
+        self.stages.append(Stage(inst, "affine_unit", params, self.bits, pe, out_bits, pe,
+                                 self.mvu_stage.layer))
+        self.bits, self.signed = out_bits, True
 
     def _op_maxpool(self, node: Node) -> None:
         h, w, c = self.shape

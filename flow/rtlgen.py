@@ -24,7 +24,8 @@ from flow.rundir import atomic_write
 
 MANIFEST_FORMAT = 1
 LIBRARY = ("tmr_vote", "weight_mem", "param_rom", "stream_fifo", "frame_buffer", "swg",
-           "xnor_popcount", "mvu", "requant", "threshold_unit", "maxpool", "argmax")
+           "xnor_popcount", "mvu", "requant", "threshold_unit", "affine_unit", "maxpool",
+           "argmax")
 
 
 def library_dir() -> Path:

@@ -11,7 +11,11 @@ For each binary network of ``zobnn.archs`` (trained on the config's data, with i
   confidence intervals and per-trial box plots; the robustness ratios at ``zobnn.ber``;
 - **Table II**: inference time of the float-parameter BNN, of conventional quantization (the same
   integers with explicit Q/D layers) and of ZOBNN on the same executor (PyTorch on the CPU, one
-  thread, the test set as one batch), median of ``zobnn.timing_repeats`` interleaved runs.
+  thread, the test set as one batch), median of ``zobnn.timing_repeats`` interleaved runs;
+- **hardware** (``zobnn.hardware``, on by default; :mod:`flow.zobnnhw`): the ZOBNN network as an
+  integer network and weight-memory image, its fault campaign over every memory kind, and its RTL
+  in Verilator: bit-exactness, cycles and SEU maps against the integer executor (networks that
+  :mod:`flow.zobnnlower` can lower; ``bdorefa``).
 
 Campaign trials go to ``RUN_DIR/campaigns.sqlite`` as they finish (a rerun resumes); the trained
 networks to ``RUN_DIR/zobnn/<arch>.pt``. Writes ``RUN_DIR/zobnn/`` tables (Markdown, CSV, JSON)
@@ -33,6 +37,7 @@ from flow.rundir import RunDir, atomic_write, write_json
 from flow.session import load_data
 from flow.store import TrialStore, export_csv
 from flow.zobnn import conventional, zobnn
+from flow.zobnnhw import hardware, markdown
 
 
 def _state_sha(model: torch.nn.Module) -> str:
@@ -182,6 +187,10 @@ def run_study(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
                 md += [f"Robustness at fault rate {z.ber:g}: ZOBNN / float twin "
                        f"{ratio['zobnn_over_float']:.2f}x, ZOBNN / BNN "
                        f"{ratio['zobnn_over_bnn']:.2f}x.", ""]
+            if z.hardware:
+                hw = hardware(run, arch, zq, z.study_bits, cfg, data, progress)
+                result["archs"][arch]["hardware"] = hw
+                md += markdown(arch, hw, z.bers)
             md += [f"Table II: inference time of the test set, median of {z.timing_repeats} "
                    f"(one thread)", "",
                    _md_table(["network", "ms", "vs BNN"],

@@ -8,7 +8,8 @@
 //
 // MODE 0: signed n-bit weights x m-bit activations (ASIGNED tells the activations' sign).
 // MODE 1: bipolar weights (1 bit, 1 = +1) x m-bit activations: add or subtract.
-// MODE 2: bipolar weights x bipolar activations: XNOR-popcount (see xnor_popcount).
+// MODE 2: bipolar weights x bipolar activations: XNOR-popcount (see xnor_popcount); a pixel in
+//         the zero padding contributes 0 (its whole SIMD group is padding).
 module mvu #(
     parameter int    H           = 1,
     parameter int    W           = 1,
@@ -86,7 +87,7 @@ module mvu #(
   );
 
   // stage 1 registers, aligned with the weight memory's registered output
-  logic v1, first1, last1;
+  logic v1, first1, last1, pad1;
   logic [NFW-1:0] nf1;
   logic [SIMD*ABITS-1:0] a1;
   always_ff @(posedge clk) begin
@@ -94,6 +95,7 @@ module mvu #(
     else v1 <= issue;
     if (issue) begin
       a1 <= pad ? '0 : lanes;
+      pad1 <= pad;
       first1 <= first;
       last1 <= last;
       nf1 <= nf;
@@ -117,9 +119,11 @@ module mvu #(
   for (genvar p = 0; p < PE; p++) begin : g_pe
     logic signed [ACCBITS-1:0] dot;
     if (MODE == 2) begin : g_xnor
+      logic signed [ACCBITS-1:0] pop;
       xnor_popcount #(.N(SIMD), .OBITS(ACCBITS)) u_pop (
-          .a(a1), .w(wdata[p*SIMD+:SIMD]), .sum(dot)
+          .a(a1), .w(wdata[p*SIMD+:SIMD]), .sum(pop)
       );
+      assign dot = (PAD > 0 && pad1) ? '0 : pop;
     end else begin : g_mac
       // one product per SIMD lane (constant slices), then their sum
       logic signed [ACCBITS-1:0] prod [SIMD];
@@ -147,8 +151,8 @@ module mvu #(
 
   assign push = v1 && last1;
   // the credit check guarantees room in the FIFO, so its in_ready is not needed; nf1 only
-  // addresses the bias memory
-  wire unused = &{1'b0, fifo_ready, nf1};
+  // addresses the bias memory; pad1 only matters in MODE 2
+  wire unused = &{1'b0, fifo_ready, nf1, pad1};
   always_ff @(posedge clk) begin
     if (rst) pending <= '0;
     else pending <= pending + 2'(issue && first) - 2'(push);

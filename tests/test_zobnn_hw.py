@@ -1,0 +1,191 @@
+"""A ZOBNN network as integer hardware: lowering, integer executor, RTL in Verilator (flow.zobnnlower,
+flow.zobnnhw, rtl/affine_unit.sv, the XNOR MVU with zero padding)."""
+from __future__ import annotations
+
+import itertools
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from flow.bnn import build_bnn, train_bnn
+from flow.config import RtlConfig
+from flow.data import load_dataset
+from flow.errors import PlanError
+from flow.executor import Executor
+from flow.faults import FaultMap, Injector, SeuSampler, trial_rng
+from flow.image import MemoryImage
+from flow.rtl import design
+from flow.rtlgen import write_project
+from flow.rtlsim import RtlSim, image_codes_hwc, measured_timing, verilator_env
+from flow.zobnn import zobnn
+from flow.zobnnlower import agreement, lower_zobnn
+
+BITS = 16
+IMAGES = 100
+SEU_MAPS = 12
+SEU_BER = 1e-3
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("digits", None, seed=0, val_fraction=0.1, test_fraction=0.2, limit=None)
+
+
+@pytest.fixture(scope="module")
+def zq(data):
+    torch.set_num_threads(1)
+    m = build_bnn("bdorefa", data.input_shape, data.num_classes, width=0.5, seed=0)
+    train_bnn(m, data, epochs=4, seed=0, progress=False)
+    return zobnn(m, BITS)[0]
+
+
+@pytest.fixture(scope="module")
+def net(zq, data):
+    return lower_zobnn(zq, BITS, data.input_shape, data.num_classes)
+
+
+def test_integer_network_predicts_as_the_zobnn_model(zq, net, data):
+    image = MemoryImage.build(net)
+    a = agreement(zq, Executor(net, image, "cpu"), data.test.x, data.test.y)
+    assert a["model_accuracy"] > 0.85
+    # thresholds are exact; only the last batch-norm's rounding to integer codes can move a
+    # borderline image
+    assert a["prediction_agreement"] >= 0.99, a
+    assert abs(a["integer_accuracy"] - a["model_accuracy"]) <= 0.01
+    kinds = {m.kind for m in image.memories.values()}
+    assert kinds == {"weight", "threshold", "direction", "scale", "offset", "bias"}
+    assert image.memory("bconv0.weight").width == 1
+    assert image.memory("stem.weight").width == BITS
+
+
+def _bn64(bn, v: np.ndarray) -> np.ndarray:
+    """The quantized batch-norm of Eq. 12 in float64: w (v - mu) / sigma + b, (N, C, H, W)."""
+    def col(t):
+        return t.detach().double().numpy().reshape(1, -1, 1, 1)
+    return col(bn.weight) * (v - col(bn.mean)) / col(bn.sigma) + col(bn.bias)
+
+
+def test_thresholds_and_affine_follow_the_quantized_batch_norm(zq, net, data):
+    ex = Executor(net, MemoryImage.build(net), "cpu")
+    tr = {k: v.double().numpy() for k, v in ex.run(data.test.x[:64], trace=True).items()}
+    # stem: real input, so its accumulator is at 2^-4; BN + sign = threshold, exactly
+    v = tr["stem.acc"] / 16.0
+    assert np.array_equal(np.where(_bn64(zq.stem.bn, v) >= 0, 1.0, -1.0), tr["stem.sign"])
+    for i in (0, 1):
+        alpha = zq.blocks[i].conv.alpha.double().numpy().reshape(1, -1, 1, 1)
+        v = tr[f"bconv{i}.acc"] * alpha
+        want = np.where(_bn64(zq.blocks[i].bn, v) >= 0, 1.0, -1.0)
+        assert np.array_equal(want, tr[f"bconv{i}.sign"])
+    last = len(zq.blocks) - 1
+    alpha = zq.blocks[last].conv.alpha.double().numpy().reshape(1, -1, 1, 1)
+    real = _bn64(zq.blocks[last].bn, tr[f"bconv{last}.acc"] * alpha)
+    err = np.abs(tr[f"bconv{last}.bn"] - real)
+    # rounded to the nearest code at delta from an affine exact to 2^-8 of a code
+    assert err.max() <= 0.5 + 2.0 ** -8, err.max()
+    assert np.abs(tr[f"bconv{last}.bn"]).max() > 8      # a real range, not a collapsed one
+
+
+def test_lowering_refuses_what_it_cannot_build(data):
+    res = build_bnn("breact", data.input_shape, data.num_classes, width=0.25, seed=0)
+    with pytest.raises(PlanError, match="breact"):
+        lower_zobnn(zobnn(res, 8)[0], 8, data.input_shape, data.num_classes)
+    plain = build_bnn("bdorefa", data.input_shape, data.num_classes, width=0.25, seed=0)
+    with pytest.raises(PlanError, match="not a ZOBNN network"):
+        lower_zobnn(plain.eval(), 8, data.input_shape, data.num_classes)
+
+
+_cache: dict[str, dict] = {}
+
+
+def _simulate(net, data, tmp, protected: list[str]) -> dict:
+    image = MemoryImage.build(net, protected)
+    ex = Executor(net, image, "cpu")
+    prj = tmp / "prj"
+    write_project(prj, design(net, image, RtlConfig(target_cycles=2304)), image, "0" * 64)
+    sim = RtlSim(prj, n_max=IMAGES)
+    codes = ex.quantize_input(data.test.x[:IMAGES])
+    kinds = tuple(sorted({m.kind for m in image.memories.values()}))
+    sampler = SeuSampler(image, kinds=kinds)
+    maps = [("seu", sampler.sample(SEU_BER, trial_rng(3, SEU_BER, t))) for t in range(SEU_MAPS)]
+    # one map per memory kind: the top bit of every word of its first unprotected memory
+    for kind in kinds:
+        m = next(m for m in image.memories.values() if m.kind == kind and not m.protected)
+        maps.append((kind, FaultMap([m.name] * m.depth, np.arange(m.depth),
+                                    [m.width - 1] * m.depth, ["flip"] * m.depth)))
+    for layer in protected:
+        m = image.memory(f"{layer}.weight")
+        words = np.arange(m.depth)
+        for copy in m.msb_bits():
+            maps.append(("tmr1", FaultMap([m.name] * m.depth, words, [copy] * m.depth,
+                                          ["flip"] * m.depth)))
+        for a, b in itertools.combinations(m.msb_bits(), 2):
+            maps.append(("tmr2", FaultMap([m.name] * 2 * m.depth, np.repeat(words, 2),
+                                          np.tile([a, b], m.depth), ["flip"] * 2 * m.depth)))
+    jobs = [{"id": "clean", "flips": [], "scores": True, "timing": True}]
+    jobs += [{"id": k, "flips": sim.flips(fm), "scores": True} for k, (_, fm) in enumerate(maps)]
+    res = sim.run(image_codes_hwc(codes.numpy().astype(np.int64)), jobs, tmp / "work")
+    inj = Injector(image, ex)
+    soft = []
+    for _, fm in maps:
+        with inj.injected(fm):
+            soft.append(ex.run(codes, quantized=True).numpy().astype(np.int64))
+    return {"clean": ex.run(codes, quantized=True).numpy().astype(np.int64),
+            "rtl_clean": res[0].scores, "kinds": [k for k, _ in maps],
+            "rtl": [r.scores for r in res[1:]], "soft": soft, "timing": measured_timing(res[0]),
+            "analytic": sim.manifest.obj["analytic"], "prj": prj}
+
+
+def _results(net, data, tmp_path_factory, variant: str) -> dict:
+    if variant not in _cache:
+        prot = [] if variant == "plain" else ["stem", "bconv1"]
+        _cache[variant] = _simulate(net, data, tmp_path_factory.mktemp(f"zobnn_{variant}"), prot)
+    return _cache[variant]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["plain", "tmr"])
+def test_rtl_is_bit_exact_with_the_executor(net, data, tmp_path_factory, variant):
+    r = _results(net, data, tmp_path_factory, variant)
+    assert np.array_equal(r["rtl_clean"], r["clean"])
+    assert len(np.unique(r["clean"].argmax(1))) > 5
+    m, a = r["timing"], r["analytic"]
+    assert 0.9 <= m["latency_cycles"] / a["latency_cycles"] <= 1.1
+    assert m["ii_cycles"] == a["ii_cycles"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["plain", "tmr"])
+def test_rtl_faults_in_every_memory_kind_match_the_executor(net, data, tmp_path_factory,
+                                                            variant):
+    r = _results(net, data, tmp_path_factory, variant)
+    moved = set()
+    for kind, rtl, soft in zip(r["kinds"], r["rtl"], r["soft"]):
+        assert np.array_equal(rtl, soft), kind
+        if not np.array_equal(soft, r["clean"]):
+            moved.add(kind)
+    # every parameter kind is a live fault target: flipping it changes the scores
+    assert {"seu", "weight", "threshold", "direction", "scale", "offset", "bias"} <= moved
+
+
+@pytest.mark.slow
+def test_tmr_masks_single_msb_flips_of_integer_and_binary_weights(net, data, tmp_path_factory):
+    r = _results(net, data, tmp_path_factory, "tmr")
+    singles = [k for k, kind in enumerate(r["kinds"]) if kind == "tmr1"]
+    doubles = [k for k, kind in enumerate(r["kinds"]) if kind == "tmr2"]
+    assert len(singles) == len(doubles) == 6
+    for k in singles:
+        assert np.array_equal(r["rtl"][k], r["clean"])
+    for k in doubles:
+        assert not np.array_equal(r["rtl"][k], r["clean"])
+
+
+@pytest.mark.slow
+def test_generated_zobnn_top_lints_clean(net, data, tmp_path_factory):
+    prj = _results(net, data, tmp_path_factory, "plain")["prj"]
+    files = [*sorted((prj / "src").glob("*.sv")), prj / "hetq_accel.sv", prj / "hetq_harness.sv"]
+    with verilator_env():
+        r = subprocess.run(["verilator", "--lint-only", "-Wall", "--timing", "--top-module",
+                            "hetq_accel", *map(str, files)], capture_output=True, text=True)
+    assert r.returncode == 0 and "%Warning" not in r.stderr, r.stderr
