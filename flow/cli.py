@@ -453,6 +453,9 @@ def cmd_zobnn(args: argparse.Namespace) -> int:
     from flow.rundir import RunDir
     from flow.session import load_data
     load_data(cfg)                            # a missing data folder fails before anything
+    if cfg.zobnn.hardware and cfg.zobnn.synth:
+        from flow.boards import config_board_dirs, get_board
+        get_board(cfg.hls.board, config_board_dirs(cfg), "hls.board")
     run = RunDir(args.out)
     run.init(cfg.to_yaml(), cfg.seed)
     from flow.zobnnstudy import run_study

@@ -200,12 +200,13 @@ class ZobnnConfig(_Strict):
     bers: list[float] = Field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3])
     ber: float = Field(default=1e-4, ge=0, le=1)
     trials: int = Field(default=500, ge=2)
-    timing_repeats: int = Field(default=20, ge=1)
+    timing_repeats: int = Field(default=50, ge=1)
     hardware: bool = True
     rtl_target_cycles: int = Field(default=2304, ge=1)
     rtl_images: int = Field(default=100, ge=1, le=1024)
     rtl_bers: list[float] = Field(default_factory=lambda: [1e-4, 1e-3])
     rtl_trials: int = Field(default=10, ge=0)
+    synth: bool = True
 
     @field_validator("bits")
     @classmethod

@@ -117,3 +117,25 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Median of ``values`` with a distribution-free confidence interval (order statistics).
+
+    The interval is ``[x_(j), x_(n+1-j)]`` (sorted, 1-based) with the largest ``j`` whose
+    binomial(n, 1/2) coverage ``1 - 2 P(B < j)`` is at least ``confidence``; with too few values
+    for that coverage it is the whole range. Returns (median, low, high).
+    """
+    c = _check_open_unit("confidence", confidence)
+    x = np.sort(np.asarray(values, dtype=float))
+    if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError("median_ci: needs a flat, non-empty sequence of finite values")
+    n = int(x.size)
+    # coverage of [x_(j), x_(n+1-j)] is 1 - 2 P(B <= j - 1), B ~ binomial(n, 1/2)
+    j, cdf = 1, 1 / 2.0 ** n                        # cdf = P(B <= j - 1)
+    while j + 1 <= n - j:
+        nxt = cdf + math.comb(n, j) / 2.0 ** n      # P(B <= j)
+        if 1 - 2 * nxt < c:
+            break
+        j, cdf = j + 1, nxt
+    return float(np.median(x)), float(x[j - 1]), float(x[n - j])

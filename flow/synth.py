@@ -147,7 +147,7 @@ def fit(total: dict[str, int], board: Board) -> dict:
 DESIGNS = {"protected": "rtl", "baseline": "rtl_base"}
 
 
-def _sources_sha(project: Path) -> str:
+def sources_sha(project: Path) -> str:
     """SHA-256 of what Yosys reads: the SystemVerilog sources and the memory files."""
     h = hashlib.sha256(project_hash(project).encode())
     for f in sorted((project / "mem").glob("*.mem")):
@@ -190,7 +190,7 @@ def synthesize_run(run, cfg, *, boards: list[str] | None = None, progress: bool 
         d, fam = job
         first = families[fam][0]
         folder = run / "synth" / d / first.name
-        sha = _sources_sha(designs[d])
+        sha = sources_sha(designs[d])
         old = folder / "report.json"
         if old.is_file():               # a finished synthesis of the same sources: keep it
             prev = json.loads(old.read_text())

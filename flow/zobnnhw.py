@@ -12,14 +12,19 @@ For a network :mod:`flow.zobnnlower` can lower (``bdorefa``):
    class scores against the executor, cycles against the analytic count, then
    ``zobnn.rtl_trials`` maps per fault rate of ``zobnn.rtl_bers`` (map ``t`` is the software
    campaign's trial ``t``), flipped in the RTL memories through VPI, each compared score for
-   score with the executor under the same map.
+   score with the executor under the same map;
+4. its resources from Yosys for ``hls.board`` (``zobnn.synth``).
 
-hls4ml C-sim is not run: hetq's hls4ml flow reads the QONNX graph of a Brevitas network, and the
-ZOBNN networks are plain PyTorch.
+hls4ml C-sim is not run: hetq's hls4ml flow reads the QONNX graph of a Brevitas network, the
+ZOBNN networks are plain PyTorch, and hls4ml 1.3.0 cannot compute their binary convolutions
+anyway: its zero padding writes the XNOR code 0, which its binary product reads as -1
+(``nnet_padding_stream.h`` fills 0; ``nnet_mult.h`` turns the popcount into ``2 x - n_in``,
+every input +-1), while the network pads with 0.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,6 +34,7 @@ from torch import nn
 
 from flow.campaign import CampaignSpec, run_campaign
 from flow.config import RtlConfig, RunConfig
+from flow.boards import config_board_dirs, get_board
 from flow.data import Dataset
 from flow.errors import PlanError
 from flow.executor import Executor
@@ -38,7 +44,8 @@ from flow.ir import IntNetwork
 from flow.rtl import design
 from flow.rtlgen import write_project
 from flow.rtlsim import RtlSim, image_codes_hwc, measured_timing
-from flow.rundir import RunDir, write_json
+from flow.rundir import RunDir, atomic_write, write_json
+from flow.synth import sources_sha, synthesize
 from flow.zobnnlower import agreement, lower_zobnn
 
 
@@ -78,6 +85,8 @@ def hardware(run: RunDir, arch: str, model: nn.Module, bits: int, cfg: RunConfig
            "bits_by_kind": {k: image.size_bits([k])["total"] for k in kinds},
            "agreement": agree, "campaign": camp,
            "rtl": _rtl(folder, net, image, ex, cfg, data, kinds, sha, progress)}
+    if z.synth:
+        res["synth"] = _synth(folder, cfg)
     res["seconds"] = round(time.time() - t0, 3)
     write_json(folder / "hardware.json", res)
     return res
@@ -126,6 +135,22 @@ def _rtl(folder: Path, net: IntNetwork, image: MemoryImage, ex: Executor, cfg: R
             "project": str(prj)}
 
 
+def _synth(folder: Path, cfg: RunConfig) -> dict:
+    """Yosys resources of the RTL project on ``hls.board`` (kept while the sources match)."""
+    board = get_board(cfg.hls.board, config_board_dirs(cfg), "hls.board")
+    prj, out = folder / "rtl", folder / "synth" / board.name
+    sha = sources_sha(prj)
+    old = out / "report.json"
+    if old.is_file():
+        prev = json.loads(old.read_text())
+        if prev.get("project_sha256") == sha:
+            return prev
+    res = synthesize(prj, board, out)
+    res["project_sha256"] = sha
+    atomic_write(old, json.dumps(res, indent=1))
+    return res
+
+
 def markdown(arch: str, hw: dict, bers: list[float]) -> list[str]:
     """The study.md lines of one network's hardware part."""
     if not hw["lowered"]:
@@ -156,4 +181,10 @@ def markdown(arch: str, hw: dict, bers: list[float]) -> list[str]:
              f"SEU maps gave the executor's scores exactly ({r['maps_changing_predictions']} "
              f"changed a prediction; flips by memory kind: "
              + ", ".join(f"{k} {v}" for k, v in sorted(r["flips_by_kind"].items())) + ").", ""]
+    if "synth" in hw:
+        y, t = hw["synth"], hw["synth"]["total"]
+        lines += [f"Resources (Yosys synth_xilinx, {y['board']}): {t['lut']:,} LUT, "
+                  f"{t['ff']:,} FF, {t['bram18']} BRAM18, {t['dsp']} DSP; "
+                  + ("fits." if y["fits"] else
+                     f"does not fit ({', '.join(y['over_capacity'])}).") , ""]
     return lines

@@ -11,7 +11,8 @@ For each binary network of ``zobnn.archs`` (trained on the config's data, with i
   confidence intervals and per-trial box plots; the robustness ratios at ``zobnn.ber``;
 - **Table II**: inference time of the float-parameter BNN, of conventional quantization (the same
   integers with explicit Q/D layers) and of ZOBNN on the same executor (PyTorch on the CPU, one
-  thread, the test set as one batch), median of ``zobnn.timing_repeats`` interleaved runs;
+  thread, the test set as one batch), median of ``zobnn.timing_repeats`` interleaved runs, and
+  the median of the paired per-run time ratios against the BNN with its 95 % confidence interval;
 - **hardware** (``zobnn.hardware``, on by default; :mod:`flow.zobnnhw`): the ZOBNN network as an
   integer network and weight-memory image, its fault campaign over every memory kind, and its RTL
   in Verilator: bit-exactness, cycles and SEU maps against the integer executor (networks that
@@ -35,6 +36,7 @@ from flow.config import RunConfig
 from flow.floatimage import FloatImage, TorchExecutor
 from flow.rundir import RunDir, atomic_write, write_json
 from flow.session import load_data
+from flow.stats import median_ci
 from flow.store import TrialStore, export_csv
 from flow.zobnn import conventional, zobnn
 from flow.zobnnhw import hardware, markdown
@@ -85,8 +87,13 @@ def _campaign(run: RunDir, model, arch: str, net: str, cfg: RunConfig, data,
     return res, per
 
 
-def _timing(models: dict, x: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Median seconds per test-set inference of each model, runs interleaved."""
+def _timing(models: dict, x: torch.Tensor, repeats: int) -> tuple[dict, dict]:
+    """Seconds per test-set inference of each model, runs interleaved.
+
+    Returns the median time of each model and, for each model, the median of its per-repeat
+    time ratio against the first model (paired: the runs of one repeat are back to back) with
+    the 95 % confidence interval of that median, as (median, low, high).
+    """
     times: dict[str, list[float]] = {k: [] for k in models}
     with torch.no_grad():
         for m in models.values():                 # warm-up
@@ -96,7 +103,9 @@ def _timing(models: dict, x: torch.Tensor, repeats: int) -> dict[str, float]:
                 t0 = time.perf_counter()
                 m(x)
                 times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    base = next(iter(times.values()))
+    ratios = {k: median_ci([a / b for a, b in zip(v, base)]) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, ratios
 
 
 def _md_table(head: list[str], rows: list[list]) -> str:
@@ -147,8 +156,8 @@ def run_study(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
                          / at["float"]["accuracy_mean"],
                          "zobnn_over_bnn": at["zobnn"]["accuracy_mean"]
                          / at["bnn"]["accuracy_mean"]}
-            t = _timing({"bnn": bnn, "conventional": conventional(zq, info), "zobnn": zq},
-                        data.test.x, z.timing_repeats)
+            t, tr = _timing({"bnn": bnn, "conventional": conventional(zq, info), "zobnn": zq},
+                            data.test.x, z.timing_repeats)
             labels = {"float": f"float twin ({arch}_float)", "bnn": f"BNN ({arch})",
                       "zobnn": f"ZOBNN {z.study_bits}-bit"}
             plot_accuracy_vs_ber({labels[n]: faults[n]["summary"] for n in nets},
@@ -164,9 +173,10 @@ def run_study(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
             export_csv([{"arch": arch, **r} for r in t1], out / f"table1_{arch}.csv")
             result["archs"][arch] = {
                 "table1": t1, "zobnn": info.to_json(), "faults": rows, "ratio_at_ber": ratio,
-                "timing_s": t, "timing_ratio": {"conventional_over_bnn": t["conventional"]
-                                                / t["bnn"], "zobnn_over_bnn": t["zobnn"]
-                                                / t["bnn"]}}
+                "timing_s": t, "timing_ratio": {"conventional_over_bnn": tr["conventional"][0],
+                                                "zobnn_over_bnn": tr["zobnn"][0]},
+                "timing_ratio_ci": {"conventional_over_bnn": list(tr["conventional"][1:]),
+                                    "zobnn_over_bnn": list(tr["zobnn"][1:])}}
             md += [f"## {arch}", "",
                    f"Table I: fault-free accuracy and stored bits ({len(data.test.y)} test "
                    f"images; delta at {z.study_bits} bits = {info.delta:.3e})", "",
@@ -191,10 +201,11 @@ def run_study(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
                 hw = hardware(run, arch, zq, z.study_bits, cfg, data, progress)
                 result["archs"][arch]["hardware"] = hw
                 md += markdown(arch, hw, z.bers)
-            md += [f"Table II: inference time of the test set, median of {z.timing_repeats} "
-                   f"(one thread)", "",
+            md += [f"Table II: inference time of the test set (one thread), median of "
+                   f"{z.timing_repeats} interleaved runs; time ratio to the BNN: median of the "
+                   f"paired per-run ratios [95 % CI]", "",
                    _md_table(["network", "ms", "vs BNN"],
-                             [[k, f"{1e3 * v:.2f}", f"{v / t['bnn']:.3f}x"]
+                             [[k, f"{1e3 * v:.2f}", "{:.3f}x [{:.3f}, {:.3f}]".format(*tr[k])]
                               for k, v in t.items()]), ""]
     finally:
         torch.set_num_threads(threads)

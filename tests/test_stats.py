@@ -97,3 +97,18 @@ def test_mean_ci_coverage_is_nominal() -> None:
         ci = mean_ci(sample.tolist())
         hits += ci.low <= 0.8 <= ci.high
     assert 0.93 < hits / len(samples) < 0.97
+
+
+@pytest.mark.parametrize("n", [6, 20, 50, 51])
+def test_median_ci_is_the_tightest_order_statistic_interval_with_the_coverage(n):
+    from scipy.stats import binom
+
+    from flow.stats import median_ci
+    x = np.random.default_rng(n).normal(size=n)
+    med, lo, hi = median_ci(x, 0.95)
+    s = np.sort(x)
+    j = int(np.flatnonzero(s == lo)[0]) + 1
+    assert med == np.median(x) and hi == s[n - j]
+    assert 1 - 2 * binom.cdf(j - 1, n, 0.5) >= 0.95          # covers
+    if j + 1 <= n - j:                                         # and is the tightest that does
+        assert 1 - 2 * binom.cdf(j, n, 0.5) < 0.95

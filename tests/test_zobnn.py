@@ -92,7 +92,8 @@ def test_hetq_zobnn_writes_the_study(tmp_path):
     from conftest import hetq_cli, write_config
     cfg = write_config(tmp_path / "z.yaml", {"seed": 0, "zobnn": {
         "archs": ["bdorefa"], "width": 0.5, "epochs": 3, "bits": [16, 8],
-        "bers": [1e-4, 1e-3], "trials": 6, "timing_repeats": 2}})
+        "bers": [1e-4, 1e-3], "trials": 6, "timing_repeats": 2, "rtl_images": 40,
+        "rtl_trials": 3}})
     r = hetq_cli("zobnn", cfg, "--out", tmp_path / "run", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     import json
@@ -103,8 +104,21 @@ def test_hetq_zobnn_writes_the_study(tmp_path):
     assert {row["network"] for row in res["faults"]} == {"float", "bnn", "zobnn"}
     assert set(res["timing_s"]) == {"bnn", "conventional", "zobnn"}
     for f in ("study.md", "result.json", "fig3_bdorefa.png", "fig4_bdorefa.png",
-              "faults_bdorefa.csv", "table1_bdorefa.csv"):
+              "faults_bdorefa.csv", "table1_bdorefa.csv", "hw_bdorefa/hardware.json",
+              "hw_bdorefa/rtl/manifest.json", "hw_bdorefa/synth/pynq-z2/report.json"):
         assert (tmp_path / "run" / "zobnn" / f).is_file()
+    hw = res["hardware"]
+    assert hw["lowered"] and hw["agreement"]["prediction_agreement"] >= 0.99
+    assert hw["rtl"]["bit_exact"] and hw["rtl"]["maps"] == 2 * 3
+    assert hw["rtl"]["maps_scores_equal"] == hw["rtl"]["maps"]
+    assert {r["network"] for r in res["faults"]} == {"float", "bnn", "zobnn"}
+    assert set(hw["campaign"]["summary"][0]) >= {"ber", "accuracy_mean"}
+    assert hw["synth"]["total"]["lut"] > 0 and hw["synth"]["fits"]
+    assert "bit-exact with the integer executor" in (tmp_path / "run" / "zobnn" /
+                                                      "study.md").read_text()
     bad = write_config(tmp_path / "bad.yaml", {"zobnn": {"bits": [20]}})
     r = hetq_cli("zobnn", bad, "--out", tmp_path / "bad")
     assert r.returncode == 2 and "zobnn.bits" in r.stderr and not (tmp_path / "bad").exists()
+    bad = write_config(tmp_path / "bad2.yaml", {"hls": {"board": "nope"}})
+    r = hetq_cli("zobnn", bad, "--out", tmp_path / "bad2")
+    assert r.returncode == 2 and "hls.board" in r.stderr and not (tmp_path / "bad2").exists()
