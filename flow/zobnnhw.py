@@ -30,6 +30,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from flow.campaign import CampaignSpec, run_campaign
@@ -57,6 +58,20 @@ def _net_sha(image: MemoryImage) -> str:
     return h.hexdigest()
 
 
+def input_grid(x: torch.Tensor, max_frac: int = 8) -> tuple[int, int, bool]:
+    """Fixed-point input format for pixels ``x`` (non-negative): the fewest fraction bits (up to
+    ``max_frac``) that hold every pixel exactly, the unsigned bits of the largest code, and
+    whether the grid is exact (digits: k/16, 4 fraction bits; CIFAR's k/255 is not exact)."""
+    v = x.detach().double().cpu().numpy()
+    if v.min() < 0:
+        raise PlanError("zobnn hardware: negative input pixels have no unsigned input format")
+    frac = next((f for f in range(max_frac + 1) if np.array_equal(v * 2 ** f,
+                                                                  np.round(v * 2 ** f))), None)
+    exact = frac is not None
+    frac = max_frac if frac is None else frac
+    return frac, max(1, int(np.round(v.max() * 2 ** frac)).bit_length()), exact
+
+
 def hardware(run: RunDir, arch: str, model: nn.Module, bits: int, cfg: RunConfig, data: Dataset,
              progress: bool = True) -> dict:
     """Lower, check and fault-simulate the ZOBNN network ``model``; results also in
@@ -64,8 +79,10 @@ def hardware(run: RunDir, arch: str, model: nn.Module, bits: int, cfg: RunConfig
     network that has no integer lowering."""
     t0 = time.time()
     z = cfg.zobnn
+    frac, in_bits, exact = input_grid(data.test.x)
     try:
-        net = lower_zobnn(model, bits, data.input_shape, data.num_classes)
+        net = lower_zobnn(model, bits, data.input_shape, data.num_classes, input_frac=frac,
+                          input_bits=in_bits)
     except PlanError as e:
         return {"lowered": False, "reason": str(e)}
     folder = run / "zobnn" / f"hw_{arch}"
@@ -81,6 +98,7 @@ def hardware(run: RunDir, arch: str, model: nn.Module, bits: int, cfg: RunConfig
     camp = run_campaign(ex, image, data.test.x, data.test.y, spec, run / "campaigns.sqlite",
                         progress=progress)
     res = {"lowered": True, "arch": net.arch, "bits": bits, "image_sha256": sha,
+           "input": {"frac": frac, "bits": in_bits, "exact": exact},
            "stored_bits": image.size_bits()["total"], "memories": image.summary(),
            "bits_by_kind": {k: image.size_bits([k])["total"] for k in kinds},
            "agreement": agree, "campaign": camp,
@@ -163,6 +181,8 @@ def markdown(arch: str, hw: dict, bers: list[float]) -> list[str]:
              f"{hw['stored_bits']:,} bits in {len(hw['memories'])} memories.", "",
              "| memory | kind | format | words | bits/word | bits |", "|---|---|---|---|---|---|",
              *rows, "",
+             f"Input: unsigned {hw['input']['bits']}-bit pixels with {hw['input']['frac']} "
+             f"fraction bits ({'exact' if hw['input']['exact'] else 'rounded'}). "
              f"Fault-free on {a['images']} test images: float32-evaluated ZOBNN "
              f"{100 * a['model_accuracy']:.2f} %, integer network "
              f"{100 * a['integer_accuracy']:.2f} %, predictions agree on "

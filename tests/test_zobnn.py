@@ -93,7 +93,7 @@ def test_hetq_zobnn_writes_the_study(tmp_path):
     cfg = write_config(tmp_path / "z.yaml", {"seed": 0, "zobnn": {
         "archs": ["bdorefa"], "width": 0.5, "epochs": 3, "bits": [16, 8],
         "bers": [1e-4, 1e-3], "trials": 6, "timing_repeats": 2, "rtl_images": 40,
-        "rtl_trials": 3}})
+        "rtl_trials": 3, "rtl_target_cycles": 18432}})      # a small design: Yosys in ~35 s
     r = hetq_cli("zobnn", cfg, "--out", tmp_path / "run", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     import json

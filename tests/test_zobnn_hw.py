@@ -87,6 +87,15 @@ def test_thresholds_and_affine_follow_the_quantized_batch_norm(zq, net, data):
     assert np.abs(tr[f"bconv{last}.bn"]).max() > 8      # a real range, not a collapsed one
 
 
+def test_input_grid_is_the_exact_fixed_point_format_of_the_pixels(data):
+    from flow.zobnnhw import input_grid
+    assert input_grid(data.test.x) == (4, 5, True)               # digits: k/16, up to 16/16
+    assert input_grid(torch.tensor([0.0, 1 / 255, 1.0])) == (8, 9, False)
+    assert input_grid(torch.tensor([0.5, 3.0])) == (1, 3, True)
+    with pytest.raises(PlanError, match="negative"):
+        input_grid(torch.tensor([-0.5]))
+
+
 def test_lowering_refuses_what_it_cannot_build(data):
     res = build_bnn("breact", data.input_shape, data.num_classes, width=0.25, seed=0)
     with pytest.raises(PlanError, match="breact"):
