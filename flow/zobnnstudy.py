@@ -156,19 +156,26 @@ def run_study(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
                          / at["float"]["accuracy_mean"],
                          "zobnn_over_bnn": at["zobnn"]["accuracy_mean"]
                          / at["bnn"]["accuracy_mean"]}
+            hw = hardware(run, arch, zq, z.study_bits, cfg, data, progress) if z.hardware \
+                else None
             t, tr = _timing({"bnn": bnn, "conventional": conventional(zq, info), "zobnn": zq},
                             data.test.x, z.timing_repeats)
             labels = {"float": f"float twin ({arch}_float)", "bnn": f"BNN ({arch})",
                       "zobnn": f"ZOBNN {z.study_bits}-bit"}
-            plot_accuracy_vs_ber({labels[n]: faults[n]["summary"] for n in nets},
+            curves = {n: faults[n] for n in nets}
+            if hw and hw["lowered"]:            # the integer network, every memory a target
+                curves["zobnn_integer"] = hw["campaign"]
+                labels["zobnn_integer"] = f"ZOBNN {z.study_bits}-bit integer hardware"
+            plot_accuracy_vs_ber({labels[n]: c["summary"] for n, c in curves.items()},
                                  out / f"fig3_{arch}.png",
                                  title=f"{arch}: accuracy vs fault rate ({z.trials} maps/point)",
-                                 clean={labels[n]: clean[n] for n in nets})
+                                 clean={labels[n]: c["clean_accuracy"]
+                                        for n, c in curves.items()})
             plot_boxes({labels[n]: boxes[n] for n in nets}, out / f"fig4_{arch}.png",
                        title=f"{arch}: accuracy distribution over {z.trials} fault maps")
-            rows = [{"arch": arch, "network": n, "campaign": faults[n]["campaign"],
-                     "stored_bits": faults[n]["bits"], **r}
-                    for n in nets for r in faults[n]["summary"]]
+            rows = [{"arch": arch, "network": n, "campaign": c["campaign"],
+                     "stored_bits": c["bits"], **r}
+                    for n, c in curves.items() for r in c["summary"]]
             export_csv(rows, out / f"faults_{arch}.csv")
             export_csv([{"arch": arch, **r} for r in t1], out / f"table1_{arch}.csv")
             result["archs"][arch] = {
@@ -197,8 +204,7 @@ def run_study(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
                 md += [f"Robustness at fault rate {z.ber:g}: ZOBNN / float twin "
                        f"{ratio['zobnn_over_float']:.2f}x, ZOBNN / BNN "
                        f"{ratio['zobnn_over_bnn']:.2f}x.", ""]
-            if z.hardware:
-                hw = hardware(run, arch, zq, z.study_bits, cfg, data, progress)
+            if hw is not None:
                 result["archs"][arch]["hardware"] = hw
                 md += markdown(arch, hw, z.bers)
             md += [f"Table II: inference time of the test set (one thread), median of "
