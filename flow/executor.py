@@ -2,9 +2,10 @@
 
 It computes exactly what hardware computes: integer multiply-accumulate, power-of-two
 requantization with round-half-to-even and saturation (as Brevitas' quantizers), max-pool,
-threshold compare for binary layers, per-channel integer affine (a batch-norm that feeds no sign). Integer tensors are carried in float32 (or float64 where a
-layer's worst-case accumulator reaches 2**24), so every value and every partial sum is an exact
-integer and PyTorch's fast convolution and matrix kernels can be used, on CPU or CUDA.
+threshold compare for binary layers, per-channel integer affine (a batch-norm that feeds no
+sign). Integer tensors are carried in float32 (or float64 where a layer's worst-case accumulator
+reaches 2**24), so every value and every partial sum is an exact integer and PyTorch's fast
+convolution and matrix kernels can be used, on CPU or CUDA.
 
 The executor keeps one decoded tensor per memory. Fault injection changes stored words in the
 image and calls :meth:`Executor.update` with the touched words, so no copy of the model is made.

@@ -3,8 +3,8 @@
 :func:`design` turns the integer network (:mod:`flow.ir`) and its memory image into a list of
 stages, one per library module of ``rtl/`` (``mvu``, ``requant``, ``threshold_unit``,
 ``affine_unit``, ``maxpool``), connected by valid/ready streams. Feature maps stream in (row,
-column, channel) order, so a convolution's fan-in is walked as (kernel row, kernel column, channel) and a dense
-layer after a flatten sees (row, column, channel) instead of PyTorch's (channel, row, column):
+column, channel) order, so a convolution's fan-in is walked as (kernel row, kernel column,
+channel) and a dense layer after a flatten sees (row, column, channel) instead of PyTorch's (channel, row, column):
 the weight layout absorbs both permutations, and :class:`Layout` records them so any stored bit of
 the software image can be located in RTL (and back).
 

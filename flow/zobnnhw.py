@@ -102,7 +102,7 @@ def hardware(run: RunDir, arch: str, model: nn.Module, bits: int, cfg: RunConfig
            "stored_bits": image.size_bits()["total"], "memories": image.summary(),
            "bits_by_kind": {k: image.size_bits([k])["total"] for k in kinds},
            "agreement": agree, "campaign": camp,
-           "rtl": _rtl(folder, net, image, ex, cfg, data, kinds, sha, progress)}
+           "rtl": _rtl(folder, net, image, ex, cfg, data, kinds, sha)}
     if z.synth:
         res["synth"] = _synth(folder, cfg)
     res["seconds"] = round(time.time() - t0, 3)
@@ -110,8 +110,8 @@ def hardware(run: RunDir, arch: str, model: nn.Module, bits: int, cfg: RunConfig
     return res
 
 
-def _rtl(folder: Path, net: IntNetwork, image: MemoryImage, ex: Executor, cfg: RunConfig, data: Dataset,
-         kinds: tuple[str, ...], sha: str, progress: bool) -> dict:
+def _rtl(folder: Path, net: IntNetwork, image: MemoryImage, ex: Executor, cfg: RunConfig,
+         data: Dataset, kinds: tuple[str, ...], sha: str) -> dict:
     """Verilator: clean bit-exactness and cycles, then the SEU maps against the executor."""
     z = cfg.zobnn
     n = min(z.rtl_images, len(data.test.y))

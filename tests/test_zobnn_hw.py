@@ -1,5 +1,5 @@
-"""A ZOBNN network as integer hardware: lowering, integer executor, RTL in Verilator (flow.zobnnlower,
-flow.zobnnhw, rtl/affine_unit.sv, the XNOR MVU with zero padding)."""
+"""A ZOBNN network as integer hardware: lowering, integer executor, RTL in Verilator
+(flow.zobnnlower, flow.zobnnhw, rtl/affine_unit.sv, the XNOR MVU with zero padding)."""
 from __future__ import annotations
 
 import itertools
