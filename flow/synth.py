@@ -147,13 +147,28 @@ def fit(total: dict[str, int], board: Board) -> dict:
 DESIGNS = {"protected": "rtl", "baseline": "rtl_base"}
 
 
-def sources_sha(project: Path) -> str:
+def _sources_sha(project: Path) -> str:
     """SHA-256 of what Yosys reads: the SystemVerilog sources and the memory files."""
     h = hashlib.sha256(project_hash(project).encode())
     for f in sorted((project / "mem").glob("*.mem")):
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def synthesize_cached(project: Path, board: Board, out: Path) -> dict:
+    """:func:`synthesize`, unless ``out/report.json`` already holds a synthesis of the same
+    sources and memory files (``project_sha256``) for the board's family; the caller writes the
+    report."""
+    sha = _sources_sha(project)
+    old = out / "report.json"
+    if old.is_file():
+        prev = json.loads(old.read_text())
+        if prev.get("project_sha256") == sha and prev.get("family") == board.family:
+            return prev
+    res = synthesize(project, board, out)
+    res["project_sha256"] = sha
+    return res
 
 
 def synthesize_run(run, cfg, *, boards: list[str] | None = None, progress: bool = True) -> dict:
@@ -189,16 +204,7 @@ def synthesize_run(run, cfg, *, boards: list[str] | None = None, progress: bool 
     def one(job):
         d, fam = job
         first = families[fam][0]
-        folder = run / "synth" / d / first.name
-        sha = sources_sha(designs[d])
-        old = folder / "report.json"
-        if old.is_file():               # a finished synthesis of the same sources: keep it
-            prev = json.loads(old.read_text())
-            if prev.get("project_sha256") == sha and prev.get("family") == fam:
-                return d, fam, prev
-        res = synthesize(designs[d], first, folder)
-        res["project_sha256"] = sha
-        return d, fam, res
+        return d, fam, synthesize_cached(designs[d], first, run / "synth" / d / first.name)
 
     with ThreadPoolExecutor(max_workers=cfg.report.synth_workers) as pool, \
             tqdm(total=len(jobs), desc="yosys", unit="design", disable=not progress or None) as bar:

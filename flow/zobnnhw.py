@@ -46,7 +46,7 @@ from flow.rtl import design
 from flow.rtlgen import write_project
 from flow.rtlsim import RtlSim, image_codes_hwc, measured_timing
 from flow.rundir import RunDir, atomic_write, write_json
-from flow.synth import sources_sha, synthesize
+from flow.synth import synthesize_cached
 from flow.zobnnlower import agreement, lower_zobnn
 
 
@@ -156,16 +156,9 @@ def _rtl(folder: Path, net: IntNetwork, image: MemoryImage, ex: Executor, cfg: R
 def _synth(folder: Path, cfg: RunConfig) -> dict:
     """Yosys resources of the RTL project on ``hls.board`` (kept while the sources match)."""
     board = get_board(cfg.hls.board, config_board_dirs(cfg), "hls.board")
-    prj, out = folder / "rtl", folder / "synth" / board.name
-    sha = sources_sha(prj)
-    old = out / "report.json"
-    if old.is_file():
-        prev = json.loads(old.read_text())
-        if prev.get("project_sha256") == sha:
-            return prev
-    res = synthesize(prj, board, out)
-    res["project_sha256"] = sha
-    atomic_write(old, json.dumps(res, indent=1))
+    out = folder / "synth" / board.name
+    res = synthesize_cached(folder / "rtl", board, out)
+    atomic_write(out / "report.json", json.dumps(res, indent=1))
     return res
 
 

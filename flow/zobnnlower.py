@@ -64,6 +64,17 @@ def _ints(t: torch.Tensor, what: str) -> list[int]:
     return [int(x) for x in v]
 
 
+def _bn_ints(layer: str, bn: QBatchNorm2d) -> tuple[list[int], ...]:
+    """Integer weight, bias, mean and sigma of a ZOBNN batch-norm (sigma, a divisor, > 0)."""
+    w, b = _ints(bn.weight, f"{layer}.bn.weight"), _ints(bn.bias, f"{layer}.bn.bias")
+    mu, sig = _ints(bn.mean, f"{layer}.bn.mean"), _ints(bn.sigma, f"{layer}.bn.sigma")
+    bad = next((c for c, v in enumerate(sig) if v <= 0), None)
+    if bad is not None:
+        raise PlanError(f"zobnn lower: '{layer}.bn.sigma' channel {bad} is {sig[bad]} "
+                        f"(a divisor must be positive)")
+    return w, b, mu, sig
+
+
 def _per_channel(vals: list[int], c: int) -> list[int]:
     return vals * c if len(vals) == 1 else vals
 
@@ -111,14 +122,10 @@ class _Lowering:
 
     def threshold(self, layer: str, bn: QBatchNorm2d, acc: Node, alpha: list[int]) -> Node:
         """Batch-norm + sign as integer thresholds (exact)."""
-        w, b = _ints(bn.weight, f"{layer}.bn.weight"), _ints(bn.bias, f"{layer}.bn.bias")
-        mu, sig = _ints(bn.mean, f"{layer}.bn.mean"), _ints(bn.sigma, f"{layer}.bn.sigma")
+        w, b, mu, sig = _bn_ints(layer, bn)
         f = acc.frac
         thr, direction = [], []
         for c in range(len(w)):
-            if sig[c] <= 0:
-                raise PlanError(f"zobnn lower: '{layer}.bn.sigma' channel {c} is {sig[c]} "
-                                f"(a divisor must be positive)")
             a = w[c] * alpha[c]
             bb = (b[c] * sig[c] - w[c] * mu[c]) << f
             # +1 iff a * acc + bb >= 0
@@ -141,10 +148,7 @@ class _Lowering:
 
     def affine(self, layer: str, bn: QBatchNorm2d, acc: Node, alpha: list[int]) -> Node:
         """The last batch-norm as an integer affine + round-half-even shift (codes at delta)."""
-        w, b = _ints(bn.weight, f"{layer}.bn.weight"), _ints(bn.bias, f"{layer}.bn.bias")
-        mu, sig = _ints(bn.mean, f"{layer}.bn.mean"), _ints(bn.sigma, f"{layer}.bn.sigma")
-        if min(sig) <= 0:
-            raise PlanError(f"zobnn lower: '{layer}.bn.sigma' has a non-positive divisor")
+        w, b, mu, sig = _bn_ints(layer, bn)
         scale = Fraction(1, 1 << acc.frac)
         m = [Fraction(w[c] * alpha[c], sig[c]) * scale for c in range(len(w))]
         o = [b[c] - Fraction(w[c] * mu[c], sig[c]) for c in range(len(w))]
