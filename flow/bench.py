@@ -31,7 +31,7 @@ from flow.image import MemoryImage, decode
 from flow.ir import IntNetwork
 from flow.lower import lower
 from flow.session import load_data
-from flow.train import train
+from flow.train import logits, train
 
 BERS = (1e-5, 1e-4, 1e-3, 1e-2)
 
@@ -128,7 +128,7 @@ def bench_fi(*, repeats: int = 5, seed: int = 0, epochs: int = 5, trials: int = 
     data = load_data(cfg)
     dev = torch.device("cpu")
     model, _ = train(cfg, data, dev, progress=progress)
-    net = lower(model)
+    net = lower(model, data.input_shape, "cnn")
     image = MemoryImage.build(net)
     ex = Executor(net, image, dev)
     inj = Injector(image, ex)
@@ -140,7 +140,7 @@ def bench_fi(*, repeats: int = 5, seed: int = 0, epochs: int = 5, trials: int = 
 
     xq = ex.quantize_input(x)
     with torch.no_grad():
-        clean_brevitas = _median_time(lambda: model(x).argmax(1), repeats)
+        clean_brevitas = _median_time(lambda: logits(model, x).argmax(1), repeats)
         clean_twin = _median_time(lambda: twin(x).argmax(1), repeats)
     clean_exec = _median_time(lambda: ex.predict(xq, quantized=True), repeats)
     rows = []

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from flow import __version__
 from flow.errors import ConfigError, HetqError
+from flow.image import ALL_KINDS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,16 +69,60 @@ def cmd_train(args: argparse.Namespace) -> int:
         obj = cfg.model_dump(mode="json")
         obj["train"]["epochs"] = args.epochs
         cfg = parse_config(obj, "--epochs")
+    return _new_run(args, cfg)
+
+
+def _new_run(args: argparse.Namespace, cfg) -> int:
+    """Validate ``cfg`` (nothing written on a mistake), create ``--out`` and run the train step
+    (training, or the import of a QONNX file); print what ``hetq train`` prints."""
     from flow.rundir import RunDir
     from flow.steps import step_train, validate
     validate(cfg)
     run = RunDir(args.out)
     run.init(cfg.to_yaml(), cfg.seed)
     res = step_train(run, cfg, progress=not args.json)
-    _emit(args, {"run_dir": str(run.path), **res},
-          f"trained {cfg.model.arch} -> {run.path}: test accuracy {_pct(res['test_accuracy_integer'])}"
-          f" (integer executor), {res['memory_bits']} memory bits")
+    _emit(args, {"run_dir": str(run.path), **res}, _train_text(run, res))
     return 0
+
+
+def _train_text(run, res: dict) -> str:
+    """What ``hetq train`` and ``hetq import`` print."""
+    q = res["checks"]["qonnx"]
+    verb = "trained" if res["source"] == "train" else "imported"
+    from flow.models import parse_arch
+    label = parse_arch(res["model"]).label
+    lines = [f"{verb} {label} -> {run.path}: {len(res['layers'])} weight layers "
+             f"({', '.join(res['layers'])}), test accuracy "
+             f"{_pct(res['test_accuracy_integer'])} (integer executor), "
+             f"{res['memory_bits']} memory bits",
+             f"integer network = qonnx's executor on {q['images']} test images "
+             f"({q['nodes_compared']} tensors compared)"]
+    b = res["checks"].get("brevitas")
+    if b:
+        lines.append(f"integer network = Brevitas forward on {b['equal_images']} of "
+                     f"{b['images']} test images")
+    if res.get("data_layout") not in (None, "builtin"):
+        lines.append(f"data layout: {res['data_layout']}")
+    return "\n".join(lines)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from flow.config import load_config, parse_config
+    base = load_config(args.config)
+    obj = base.model_dump(mode="json", exclude_unset=False)
+    model = Path(args.model).expanduser().resolve()
+    if model.suffix.lower() != ".onnx":
+        raise ConfigError(f"MODEL: '{args.model}' is not a .onnx file")
+    obj["model"] = {"arch": str(model), "protected": obj["model"].get("protected", [])}
+    data = Path(args.data).expanduser()
+    if data.suffix.lower() == ".npz" or data.exists():
+        obj["data"] = {**obj["data"], "name": "npz", "path": str(data.resolve()), "root": None}
+    else:
+        obj["data"] = {**obj["data"], "name": args.data, "path": None, "root": None}
+    if args.seed is not None:
+        _check_seed(args.seed)
+        obj["seed"] = args.seed
+    return _new_run(args, parse_config(obj, "hetq import"))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -88,16 +133,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name, e in s.plan["layers"].items():
         layers.append({"layer": name, **e, "memory_bits": sizes.get(name, 0)})
     acc = s.executor.correct(s.data.test.x, s.data.test.y) / len(s.data.test.y)
-    info = {"run_dir": str(s.run.path), "arch": s.cfg.model.arch, "data": s.cfg.data.name,
+    info = {"run_dir": str(s.run.path), "arch": s.net.arch, "model": s.cfg.model.arch,
+            "data": s.cfg.data.name,
             "test_accuracy": acc, "layers": layers, "memory_bits": sizes["total"],
             "memories": s.image.summary(), "steps": s.run.manifest()["steps"],
             "checkpoint_sha256": s.checkpoint_sha256}
     rows = [f"{'layer':<22} {'w bits':>6} {'a bits':>6} {'prot':>5} {'mem bits':>10} {'LVF':>8}"]
-    rows += [f"{l['layer']:<22} {l['weight_bits']:>6} {l['act_bits']:>6} "
+    rows += [f"{l['layer']:<22} {l['weight_bits']:>6} {l['act_bits'] or '-':>6} "
              f"{'yes' if l['protected'] else 'no':>5} {l['memory_bits']:>10} "
              f"{'-' if l['vulnerability'] is None else format(l['vulnerability'], '.4f'):>8}"
              for l in layers]
-    text = (f"{s.run.path}: {s.cfg.model.arch} on {s.cfg.data.name}, test accuracy {_pct(acc)}, "
+    text = (f"{s.run.path}: {s.net.arch} on {s.cfg.data.name}, test accuracy {_pct(acc)}, "
             f"{sizes['total']} memory bits\n" + "\n".join(rows))
     _emit(args, info, text)
     return 0
@@ -125,7 +171,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     cfg = run.config()
     if args.map is not None:
         return _replay_map(args)
-    bers = [check_ber(b) for b in (args.ber or cfg.sim.bers or cfg.campaign.bers)]
+    bers = [check_ber(b) for b in (args.ber or cfg.campaign.bers)]
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials: {args.trials} must be >= 1")
     _check_seed(args.seed)
@@ -200,7 +246,10 @@ def _search_text(res: dict) -> str:
              f"{'q':>3} {'accuracy':>9} {'drop':>8} {'weight bits':>12}"]
     lines += [f"{r['q']:>3} {r['accuracy']:>9.4f} {r['drop']:>8.4f} {r['weight_bits']:>12}"
               for r in res["tried"]]
-    lines.append(f"base q = {res['q']}; ranking {' > '.join(res['ranking'])} "
+    if res.get("note"):
+        lines.append(res["note"])
+    base = f"base q = {res['q']}" if res["q"] is not None else "bit-widths kept"
+    lines.append(f"{base}; ranking {' > '.join(res['ranking'])} "
                  f"({res['ga_inferences']} GA inferences)")
     for st in res["protection_steps"]:
         lines.append(f"  protect [{', '.join(st['protected'])}]: drop {st['drop']:.4f} "
@@ -221,15 +270,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_table(args: argparse.Namespace) -> int:
+def _run_config(config: str | None, out: str):
+    """The config of ``hetq run`` / ``hetq table``: CONFIG; without it the run's own config when
+    ``out`` holds a run (an imported one, say), else the embedded digits default."""
     from flow.config import load_config
-    cfg = load_config(args.config)
+    from flow.rundir import RunDir
+    if config is None and RunDir(out).exists():
+        return RunDir(out).config()
+    return load_config(config)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    cfg = _run_config(args.config, args.out)
     from flow.rundir import RunDir
     from flow.steps import step_train, validate
-    validate(cfg)
     run = RunDir(args.out)
+    trained = run.exists() and run.step_done("train")
+    validate(cfg, network=not trained)
     run.init(cfg.to_yaml(), cfg.seed)
-    if not run.step_done("train"):
+    if not trained:
         step_train(run, cfg, progress=not args.json)
     from flow.table import run_table
     res = run_table(run, progress=not args.json)
@@ -247,7 +306,8 @@ def _run_text(run, results: dict) -> str:
         elif name == "rank":
             lines.append(f"rank: {' > '.join(res['ranking'])} ({res['inferences']} inferences)")
         elif name == "search":
-            lines.append(f"search: q = {res['q']}, protected: {', '.join(res['protected']) or 'none'}")
+            q = "kept" if res["q"] is None else res["q"]
+            lines.append(f"search: q = {q}, protected: {', '.join(res['protected']) or 'none'}")
         elif name == "inject":
             lines.append(_summary_text(res))
         elif name == "hls":
@@ -270,8 +330,7 @@ def _run_text(run, results: dict) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flow.config import load_config
-    cfg = load_config(args.config)       # config mistakes surface before torch is imported
+    cfg = _run_config(args.config, args.out)   # config mistakes surface before torch is imported
     from flow.rundir import RunDir
     from flow.steps import STEPS, validate
     names = list(STEPS)
@@ -279,9 +338,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if val is not None and val not in names:
             raise ConfigError(f"{opt}: unknown step '{val}' (steps: {', '.join(names)})")
     stop = names.index(args.to_step) if args.to_step else len(names) - 1
-    validate(cfg)
     run = RunDir(args.out)
     done = {n: run.exists() and run.step_done(n) for n in names}
+    validate(cfg, network=not done["train"])
     if args.from_step is not None:
         start = names.index(args.from_step)
         missing = [n for n in names[:start] if not done[n]]
@@ -495,12 +554,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "Ray instance)")
         sp.add_argument("--workers", type=int, help="Ray actors (default: one per CPU)")
 
-    t = sub.add_parser("train", help="quantization-aware training of the config's model")
+    t = sub.add_parser("train", help="quantization-aware training of the config's model (a "
+                       "config whose model.arch is a .onnx file imports it instead)")
     t.add_argument("config", help="run config (YAML); see docs/config.md")
     t.add_argument("--out", required=True, help="run directory to create")
     t.add_argument("--epochs", type=int, help="override train.epochs")
     common(t)
     t.set_defaults(func=cmd_train)
+
+    im = sub.add_parser("import", help="make a run from a trained QONNX model (exported by "
+                        "Brevitas, converted by qonnx, or written by hand); nothing is trained")
+    im.add_argument("model", help="the QONNX file (.onnx)")
+    im.add_argument("--data", required=True, help="an .npz file (x_train, y_train, x_test, "
+                    "y_test, optionally x_val, y_val; see docs/byo.md) or a built-in data set "
+                    "(digits, digits32, mnist5k)")
+    im.add_argument("--out", required=True, help="run directory to create")
+    im.add_argument("--config", help="run config (YAML) for the other sections (campaign, rtl, "
+                    "hls, ...); its model and data are replaced (default: the digits default)")
+    im.add_argument("--seed", type=int, help="the run's seed (default: the config's)")
+    common(im)
+    im.set_defaults(func=cmd_import)
 
     i = sub.add_parser("info", help="model, plan, memory sizes and accuracy of a run")
     i.add_argument("run_dir")
@@ -515,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--margin", type=float, help="Leveugle error margin (default 0.05)")
     j.add_argument("--confidence", type=float, help="Leveugle confidence (default 0.95)")
     j.add_argument("--fault", choices=["flip", "stuck0", "stuck1"], help="fault model")
-    j.add_argument("--kinds", nargs="+", choices=["weight", "bias", "threshold", "direction"],
+    j.add_argument("--kinds", nargs="+", choices=list(ALL_KINDS),
                    help="memory kinds to target (default: weight)")
     j.add_argument("--layers", nargs="+", help="only these layers' memories")
     j.add_argument("--bits", type=int, nargs="+", help="only these bit positions (0 = LSB)")
@@ -533,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--layers", nargs="+")
     f.add_argument("--bits", type=int, nargs="+")
     f.add_argument("--fault", choices=["flip", "stuck0", "stuck1"], default="flip")
-    f.add_argument("--kinds", nargs="+", choices=["weight", "bias", "threshold", "direction"],
+    f.add_argument("--kinds", nargs="+", choices=list(ALL_KINDS),
                    default=["weight"], help="memory kinds to target (default: weight)")
     f.add_argument("--out", required=True, help="JSON file to write")
     common(f)
@@ -558,8 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tb = sub.add_parser("table", help="the paper's experiment: hom(n,-), hom(-,n+2), "
                         "het(n,n+2) for each n (Tables III-V, Figs. 3-6)")
-    tb.add_argument("config", help="run config (YAML); its 'table' section sets n, BERs, trials")
-    tb.add_argument("--out", required=True, help="run directory (trained first if new)")
+    tb.add_argument("config", nargs="?", help="run config (YAML); its 'table' section sets n, "
+                    "BERs, trials (default: the config of the run in --out)")
+    tb.add_argument("--out", required=True, help="run directory (trained first if new); a run "
+                    "that cannot be retrained (imported QONNX, binary) gets the protection "
+                    "columns at its own bit-widths")
     common(tb)
     tb.set_defaults(func=cmd_table)
 
@@ -606,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the whole flow on a config (default: embedded digits): "
                        "train, rank, search, inject, hls, rtl, sim, synth, report; a rerun "
                        "resumes after the last finished step")
-    r.add_argument("config", nargs="?", help="run config (default: flow/configs/digits.yaml)")
+    r.add_argument("config", nargs="?", help="run config (default: the config of the run in "
+                   "--out if it exists, e.g. an imported one; else flow/configs/digits.yaml)")
     r.add_argument("--out", default="runs/digits", help="run directory (default: runs/digits)")
     r.add_argument("--from", dest="from_step", metavar="STEP",
                    help="rerun from STEP (earlier steps must be finished)")

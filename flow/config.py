@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -26,23 +26,41 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Which data set, where it lives, and how it is split."""
 
-    name: Literal["digits", "digits32", "cifar10", "mnist"] = "digits"
+    name: Literal["digits", "digits32", "mnist5k", "npz", "cifar10", "mnist"] = "digits"
     root: str | None = None
+    path: str | None = None
+    layout: Literal["auto", "nchw", "nhwc"] = "auto"
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     limit: int | None = Field(default=None, ge=1)
 
 
 class ModelConfig(_Strict):
-    """Architecture, width multiplier, bit-widths and the layers protected by MSB TMR."""
+    """The network (a zoo name, a factory or a QONNX file), its bit-widths and protected layers.
+
+    ``width``, ``input_bits`` and ``act_bits`` are passed to the factory when given (the zoo's
+    factories take them); ``default_weight_bits`` and ``weight_bits`` are set on the built
+    network's layers (None keeps the network's own bit-widths).
+    """
 
     arch: str = "cnn"
-    width: float = Field(default=1.0, gt=0)
-    input_bits: int = Field(default=8, ge=2, le=16)
-    act_bits: int = Field(default=8, ge=2, le=16)
-    default_weight_bits: int = Field(default=8, ge=2, le=16)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    width: float | None = Field(default=None, gt=0)
+    input_bits: int | None = Field(default=None, ge=2, le=16)
+    act_bits: int | None = Field(default=None, ge=2, le=16)
+    default_weight_bits: int | None = Field(default=None, ge=2, le=16)
     weight_bits: dict[str, int] = Field(default_factory=dict)
     protected: list[str] = Field(default_factory=list)
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        from flow.models import parse_arch
+        try:
+            parse_arch(v)
+        except ConfigError as e:
+            raise ValueError(str(e).removeprefix("model.arch: ")) from None
+        return v
 
     @field_validator("weight_bits")
     @classmethod
@@ -268,13 +286,40 @@ def one_line(err: ValidationError, source: str, root: type[BaseModel]) -> str:
     return f"{source}: {loc}: {msg} (got {e.get('input')!r})"
 
 
-def parse_config(obj: object, source: str = "config") -> RunConfig:
-    """Validate a parsed YAML document (a mapping) into a :class:`RunConfig`."""
+def resolve_paths(obj: dict, base: Path) -> dict:
+    """A copy of a parsed config whose relative file paths (``model.arch`` files, ``data.path``,
+    ``data.root``, ``hls.boards_dir``) are made absolute against ``base``, the config's folder."""
+    from flow.models import parse_arch
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in obj.items()}
+
+    def fix(section: str, key: str) -> None:
+        sec = out.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
+            p = Path(sec[key]).expanduser()
+            sec[key] = str(p if p.is_absolute() else (base / p).resolve())
+
+    model = out.get("model")
+    if isinstance(model, dict) and isinstance(model.get("arch"), str):
+        try:
+            model["arch"] = parse_arch(model["arch"], base).text
+        except ConfigError:
+            pass                       # the schema reports it with the config's name
+    fix("data", "path")
+    fix("data", "root")
+    fix("hls", "boards_dir")
+    return out
+
+
+def parse_config(obj: object, source: str = "config", base: Path | None = None) -> RunConfig:
+    """Validate a parsed YAML document (a mapping) into a :class:`RunConfig`; with ``base``,
+    relative paths are taken relative to that folder (:func:`resolve_paths`)."""
     if obj is None:
         obj = {}
     if not isinstance(obj, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top, got "
                           f"{type(obj).__name__}")
+    if base is not None:
+        obj = resolve_paths(obj, base)
     try:
         return RunConfig.model_validate(obj)
     except ValidationError as e:
@@ -300,4 +345,4 @@ def read_yaml(path: Path, what: str) -> object:
 def load_config(path: str | Path | None) -> RunConfig:
     """Read and validate a YAML config file; ``None`` gives the shipped digits default."""
     p = DEFAULT_CONFIG if path is None else Path(path)
-    return parse_config(read_yaml(p, "config"), str(p))
+    return parse_config(read_yaml(p, "config"), str(p), base=p.resolve().parent)

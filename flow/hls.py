@@ -1,8 +1,9 @@
 """Brevitas -> QONNX -> hls4ml: the HLS project of a run, its C simulation and fault replay.
 
-The QONNX export follows the recipe that gives bit-exact C-sim (see FACTS.md): ``export_qonnx``
-with the TorchScript exporter, qonnx ``cleanup_model`` -> ``GemmToMatMul`` -> ``cleanup_model``,
-and ``ConvertToChannelsLastAndClean`` for convolutional networks. hls4ml converts it with the
+It reads the run's QONNX graph (the Brevitas export of a trained run, or an imported file) and
+follows the recipe that gives bit-exact C-sim (see FACTS.md): qonnx ``cleanup_model`` ->
+``GemmToMatMul`` -> ``cleanup_model``, and ``ConvertToChannelsLastAndClean`` for convolutional
+networks. hls4ml converts it with the
 Resource strategy (weights in memories, reuse factor from the config), ``io_parallel`` for dense
 networks and ``io_stream`` for convolutional ones, for the board's part and clock, with hetq's
 extension (:mod:`flow.hls_ext`) storing protected layers' weights as (n+2)-bit TMR words.
@@ -35,23 +36,20 @@ from flow.rtl import design, signed_bits
 BACKENDS = ("Vitis", "Vivado")
 
 
-def export_qonnx(model, input_shape: tuple[int, int, int], path: Path, channels_last: bool):
-    """Export a ZooNet to QONNX at ``path`` and return the cleaned ModelWrapper (also saved)."""
-    import torch
-    from brevitas.export import export_qonnx as brevitas_export
-    from qonnx.core.modelwrapper import ModelWrapper
+def hls_graph(qonnx_path: Path, path: Path, channels_last: bool):
+    """The run's QONNX graph in the form hls4ml reads (FACTS.md): qonnx ``cleanup_model`` ->
+    ``GemmToMatMul`` -> ``cleanup_model``, channels last for convolutional networks; saved at
+    ``path`` and returned as a ModelWrapper."""
     from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
     from qonnx.transformation.gemm_to_matmul import GemmToMatMul
     from qonnx.util.cleanup import cleanup_model
-    model = model.eval().cpu()
-    raw = path.with_suffix(".raw.onnx")
-    brevitas_export(model, torch.zeros(1, *input_shape), str(raw), dynamo=False)
-    m = cleanup_model(ModelWrapper(str(raw)))
+
+    from flow.qonnx_graph import load
+    m = cleanup_model(load(qonnx_path, "checkpoint"))
     m = cleanup_model(m.transform(GemmToMatMul()))
     if channels_last:
         m = cleanup_model(m.transform(ConvertToChannelsLastAndClean()))
     m.save(str(path))
-    raw.unlink()
     return m
 
 
@@ -251,11 +249,12 @@ def _layout(node, m, perm: np.ndarray, folder: Path) -> tuple:
                    f"'{m.name}'")
 
 
-def build(model, net: IntNetwork, image: MemoryImage, folder: Path, *, part: str,
+def build(qonnx_path: Path, net: IntNetwork, image: MemoryImage, folder: Path, *, part: str,
           clock_mhz: float, backend: str = "Vitis", reuse_factor: int = 4,
           workaround: bool = True, stamp: dict | None = None, compile: bool = True,
           replayable: bool = True) -> HlsProject:
-    """Export, convert, write and compile the hls4ml project of ``model`` into ``folder``
+    """Convert, write and compile the hls4ml project of the QONNX graph at ``qonnx_path`` into
+    ``folder``
     (with ``compile=False`` only write it; ``replayable`` locates every image word in the weight
     files, which also checks that hls4ml holds exactly the image's weights)."""
     import hls4ml
@@ -265,7 +264,7 @@ def build(model, net: IntNetwork, image: MemoryImage, folder: Path, *, part: str
     folder.mkdir(parents=True, exist_ok=True)
     conv = is_conv(net)
     with stdout_to_stderr():
-        qm = export_qonnx(model, net.input_shape, folder / "model.qonnx.onnx", channels_last=conv)
+        qm = hls_graph(qonnx_path, folder / "model.qonnx.onnx", channels_last=conv)
     with stdout_to_stderr(), _unsupported():
         cfg = hls_config(qm, net, image, backend, reuse_factor)
     kwargs = dict(hls_config=cfg, output_dir=str(folder / "prj"), backend=backend, part=part,

@@ -10,8 +10,9 @@ registered on the Vivado backend win over the Vitis ones):
   gives binary layers exact accumulator types; and replaces hls4ml's batch-norm + sign thresholds
   by the integer thresholds and direction bits of the integer network (hls4ml ignores a negative
   batch-norm scale);
-- config templates for Dense and Conv2D whose product reads protected words through the 2-of-3
-  voter of ``hls_templates/hetq_nnet.h``, and a function template for the thresholds;
+- config templates for Dense, Conv2D and PointwiseConv2D (hls4ml's form of a 1x1 convolution)
+  whose product reads protected words through the 2-of-3 voter of ``hls_templates/hetq_nnet.h``,
+  and a function template for the thresholds;
 - the source ``hls_templates/hetq_nnet.h``.
 
 What the pass needs comes from the model config: ``HLSConfig['Model']['Hetq']`` holds, per weight
@@ -135,6 +136,8 @@ def _make_templates():
         Conv2DConfigTemplate, Conv2DFunctionTemplate, conv2d_include_list)
     from hls4ml.backends.vivado.passes.core_templates import (
         DenseConfigTemplate, DenseFunctionTemplate, dense_include_list)
+    from hls4ml.backends.vivado.passes.pointwise import (
+        PointwiseConv2DConfigTemplate, PointwiseConv2DFunctionTemplate, sepconv2d_include_list)
 
     def tmr_product(node, text: str) -> str:
         tmr = node.get_attr("hetq_tmr")
@@ -171,6 +174,13 @@ def _make_templates():
             return tmr_product(node, super().format(node))
 
     @renamed
+    class HetqPointwiseConv2DConfig(PointwiseConv2DConfigTemplate):
+        """1x1 convolutions: hls4ml turns them into PointwiseConv2D, with its own template."""
+
+        def format(self, node):
+            return tmr_product(node, super().format(node))
+
+    @renamed
     class HetqDenseFunction(DenseFunctionTemplate):
         def __init__(self):
             super().__init__()
@@ -181,6 +191,12 @@ def _make_templates():
         def __init__(self):
             super().__init__()
             self.include_header = [*conv2d_include_list, f"nnet_utils/{HEADER}"]
+
+    @renamed
+    class HetqPointwiseConv2DFunction(PointwiseConv2DFunctionTemplate):
+        def __init__(self):
+            super().__init__()
+            self.include_header = [*sepconv2d_include_list, f"nnet_utils/{HEADER}"]
 
     @renamed
     class HetqThresholdFunction(BatchNormalizationQuantizedTanhFunctionTemplate):
@@ -196,8 +212,8 @@ def _make_templates():
             return (f"nnet::hetq_threshold<{p['input_t']}, {t.type.name}, {d.type.name}, "
                     f"{p['config']}>({p['input']}, {p['output']}, {t.name}, {d.name});")
 
-    return [HetqDenseConfig, HetqConv2DConfig, HetqDenseFunction, HetqConv2DFunction,
-            HetqThresholdFunction]
+    return [HetqDenseConfig, HetqConv2DConfig, HetqPointwiseConv2DConfig, HetqDenseFunction,
+            HetqConv2DFunction, HetqPointwiseConv2DFunction, HetqThresholdFunction]
 
 
 def register() -> None:

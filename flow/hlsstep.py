@@ -61,7 +61,7 @@ def hls(run: RunDir, *, board: str | None = None, backend: str | None = None,
     s = open_session(run.path, "cpu")
     plan_sha = sha256_file(run / "plan.json")
     with run.step_folder("hls") as folder:
-        prj = build(s.model, s.net, s.image, folder, part=b.part, clock_mhz=b.clock_mhz,
+        prj = build(s.qonnx, s.net, s.image, folder, part=b.part, clock_mhz=b.clock_mhz,
                     backend=backend or h.backend, reuse_factor=h.reuse_factor,
                     stamp={"plan_sha256": plan_sha, "checkpoint_sha256": s.checkpoint_sha256,
                            "board": b.name, "part": b.part})

@@ -114,7 +114,7 @@ def check_baseline(run: RunDir, s: Session, limit: int | None = None) -> dict | 
         raise RunDirError(f"rtl: the project in '{folder}' belongs to another checkpoint "
                           f"(rerun 'hetq rtl')")
     img = MemoryImage.build(s.net, [])
-    base = Session(s.run, s.cfg, s.data, s.model, s.net, img,
+    base = Session(s.run, s.cfg, s.data, s.qonnx, s.net, img,
                    Executor(s.net, img, s.executor.device), s.plan, s.checkpoint_sha256)
     hwc, _, ref = _test_codes(base, limit)
     sim = RtlSim(folder, build_dir=folder / "sim_build", n_max=max(hwc.shape[0], 1))

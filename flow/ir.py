@@ -1,6 +1,6 @@
 """The integer network: what hardware computes, as a list of nodes over integer tensors.
 
-Produced from a trained Brevitas model by :mod:`flow.lower`, stored in the weight-memory image
+Produced from a QONNX graph (a Brevitas export or a user's file) by :mod:`flow.lower`, stored in the weight-memory image
 (:mod:`flow.image`) and run by the integer executor (:mod:`flow.executor`); the HLS and RTL
 generators read the same structure. Every tensor holds integer codes; a node's ``frac`` says the
 code ``c`` stands for ``c * 2**-frac``.
@@ -87,3 +87,22 @@ class IntNetwork:
     def max_abs_code(self) -> int:
         """Largest magnitude any node's codes can take (decides the executor's float width)."""
         return max(max(abs(n.lo), abs(n.hi)) for n in self.nodes)
+
+
+def layer_act_bits(net: IntNetwork) -> dict[str, int | None]:
+    """Bits of each weight layer's quantized output: the first requant (or sign, 1 bit) after it,
+    through max-pools and flattens; None for a layer whose accumulator is the output."""
+    owner: dict[str, str | None] = {}
+    bits: dict[str, int | None] = {name: None for name in net.layers()}
+    weight_layer = {p.name: p.layer for p in net.params.values() if p.kind == "weight"}
+    for n in net.nodes:
+        if n.op in ("conv", "dense"):
+            owner[n.name] = weight_layer[n.attrs["weight"]]
+            continue
+        src = owner.get(n.inputs[0]) if len(n.inputs) == 1 else None
+        if src is not None and bits[src] is None and n.op in ("requant", "threshold"):
+            bits[src] = 1 if n.op == "threshold" else int(n.attrs["bits"])
+            src = None
+        owner[n.name] = src if n.op in ("maxpool", "flatten") or src is None else None
+    return bits
+

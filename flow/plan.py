@@ -9,23 +9,36 @@ from __future__ import annotations
 from pathlib import Path
 
 from flow.errors import PlanError
+from flow.ir import IntNetwork, layer_act_bits
 from flow.rundir import read_json, write_json
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 
 
-def make_plan(*, arch: str, layers: list[str], weight_bits: dict[str, int], act_bits: int,
-              protected: list[str], checkpoint_sha256: str, source: str) -> dict:
-    """A plan dict for the given layers (``weight_bits`` per layer, 1 for binary layers)."""
+def make_plan(*, arch: str, layers: list[str], weight_bits: dict[str, int],
+              act_bits: dict[str, int | None], protected: list[str], checkpoint_sha256: str,
+              checkpoint: str, source: str) -> dict:
+    """A plan dict for the given layers (``weight_bits`` per layer, 1 for binary layers;
+    ``act_bits`` per layer, None for a layer whose accumulator is the network output)."""
     unknown = sorted(set(protected) - set(layers))
     if unknown:
         raise PlanError(f"model.protected: unknown layer '{unknown[0]}' "
                         f"(layers: {', '.join(layers)})")
-    return {"version": PLAN_VERSION, "arch": arch, "checkpoint_sha256": checkpoint_sha256,
-            "source": source,
-            "layers": {name: {"weight_bits": weight_bits[name], "act_bits": act_bits,
+    return {"version": PLAN_VERSION, "arch": arch, "checkpoint": checkpoint,
+            "checkpoint_sha256": checkpoint_sha256, "source": source,
+            "layers": {name: {"weight_bits": weight_bits[name], "act_bits": act_bits.get(name),
                               "protected": name in protected, "vulnerability": None}
                        for name in layers}}
+
+
+def plan_of_network(net: IntNetwork, protected: list[str], sha: str, checkpoint: str,
+                    source: str) -> dict:
+    """The plan of a lowered network: its own weight and activation bits per layer."""
+    layers = net.layers()
+    return make_plan(arch=net.arch, layers=layers,
+                     weight_bits={n: net.params[f"{n}.weight"].fmt.bits for n in layers},
+                     act_bits=layer_act_bits(net), protected=list(protected),
+                     checkpoint_sha256=sha, checkpoint=checkpoint, source=source)
 
 
 def save_plan(path: Path, plan: dict) -> None:
@@ -60,4 +73,4 @@ def verify_checkpoint(plan: dict, checkpoint_sha256: str, where: Path | str = "p
 
 def checkpoint_of(plan: dict) -> str:
     """The checkpoint a plan belongs to, relative to the run directory."""
-    return plan.get("checkpoint", "train/model.pt")
+    return plan["checkpoint"]

@@ -26,6 +26,7 @@ import jinja2
 from flow.boards import config_board_dirs, get_board
 from flow.estimate import estimate
 from flow.metrics import PdropConstants, p_drop, rap
+from flow.models import parse_arch
 from flow.plan import load_plan
 from flow.rundir import RunDir, atomic_write, read_json, sha256_file, write_json
 from flow.store import TrialStore
@@ -81,6 +82,7 @@ class _Builder:
     def __init__(self, run: RunDir) -> None:
         self.run = run
         self.cfg = run.config()
+        self.label = parse_arch(self.cfg.model.arch).label
         self.manifest = run.manifest()
         self.steps = self.manifest.get("steps", {})
         self.facts = Facts()
@@ -322,7 +324,7 @@ class _Builder:
         if series:
             from flow.plots import plot_accuracy_vs_ber
             plot_accuracy_vs_ber(series, self.run / "report" / "accuracy_vs_ber.png",
-                                 title=f"{self.cfg.model.arch}: accuracy vs BER", clean=clean)
+                                 title=f"{self.label}: accuracy vs BER", clean=clean)
             self.figures.insert(0, {"id": "accuracy", "title": "Accuracy vs BER: software and RTL",
                                     "file": "accuracy_vs_ber.png"})
         self._metrics(series)
@@ -470,7 +472,7 @@ class _Builder:
         self.steps_section()
         self.summary_section()
         m = self.manifest
-        return {"format": REPORT_FORMAT, "title": f"hetq report: {self.cfg.model.arch} on "
+        return {"format": REPORT_FORMAT, "title": f"hetq report: {self.label} on "
                 f"{self.cfg.data.name}", "run_dir": str(self.run.path),
                 "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                 "versions": m.get("versions", {}), "seed": m.get("seed"),

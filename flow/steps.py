@@ -9,18 +9,25 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from flow.campaign import CampaignSpec, default_trials, run_campaign
 from flow.config import RunConfig
 from flow.errors import ConfigError
 from flow.executor import Executor
 from flow.image import MemoryImage
-from flow.lower import lower
-from flow.plan import make_plan, save_plan
+from flow.ir import IntNetwork
+from flow.lower import lower_graph
+from flow.models import parse_arch
+from flow.oracle import compare_brevitas, compare_qonnx
+from flow.plan import plan_of_network, save_plan
+from flow.qonnx_graph import ModelError, export_module, load, save
 from flow.rundir import RunDir, sha256_file, write_json
-from flow.session import load_data, open_session, resolve_device
+from flow.session import check_fit, load_data, open_session, resolve_device
 from flow.store import export_csv, export_json
 from flow.train import accuracy, model_from_config, save_checkpoint, train
+
+CHECK_IMAGES = 64     # test images on which a new network is checked against qonnx's executor
 
 
 def data_hash(data) -> str:
@@ -32,40 +39,90 @@ def data_hash(data) -> str:
     return h.hexdigest()
 
 
+def check_lowering(ex: Executor, graph, data) -> dict:
+    """The lowered network against qonnx's executor on the first test images; a difference is a
+    ModelError (the graph uses a semantic the lowering does not reproduce)."""
+    res = compare_qonnx(ex, graph, data.test.x[:CHECK_IMAGES])
+    if not res["exact"]:
+        node, n = next(iter(res["differing_nodes"].items()))
+        raise ModelError(f"model: the integer network differs from qonnx's executor at node "
+                         f"'{node}' ({n} codes on {res['images']} test images); hetq cannot "
+                         f"lower this graph exactly")
+    return res
+
+
+def _source_sha(src) -> str | None:
+    """SHA-256 of the file the network comes from (a .py factory file or a QONNX file)."""
+    path = src.path if src.kind == "qonnx" else (
+        Path(src.module) if src.module.endswith(".py") else None)
+    return sha256_file(path) if path is not None and path.is_file() else None
+
+
 def step_train(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
-    """Train, save ``train/model.pt`` and ``train/history.json``, write the first plan.json."""
+    """Train the config's network (a QONNX file is imported instead: nothing is trained), save
+    ``train/model.pt`` and its QONNX graph ``train/model.onnx`` (or only the imported graph),
+    check the lowered network against qonnx's executor (and the Brevitas forward), and write the
+    first plan.json."""
     t0 = time.time()
     dev = resolve_device(cfg.device)
     data = load_data(cfg)
+    src = parse_arch(cfg.model.arch)
     run.record_step("train", status="running", started=t0)
-    model, history = train(cfg, data, dev, progress=progress)
-    net = lower(model)
-    layers = net.layers()
-    wbits = {n: net.params[f"{n}.weight"].fmt.bits for n in layers}
+    model, history = None, []
+    if src.trainable:
+        model, history = train(cfg, data, dev, progress=progress)
+        graph = export_module(model, data.input_shape)
+    else:
+        graph = load(src.path)
+    net = lower_graph(graph, src.label)
+    check_fit(net, data)
     image = MemoryImage.build(net, cfg.model.protected)
     ex = Executor(net, image, dev)
-    test_acc = accuracy(model, data.test.x, data.test.y)
-    int_acc = ex.correct(data.test.x, data.test.y) / len(data.test.y)
+    checks = {"qonnx": check_lowering(Executor(net, image, "cpu"), graph, data)}
+    result = {"source": "train" if model is not None else "import", "model": src.text,
+              "model_file_sha256": _source_sha(src)}
+    if model is not None:
+        model.to(dev)
+        checks["brevitas"] = compare_brevitas(ex, model, data.test.x)
+        result["test_accuracy_brevitas"] = accuracy(model, data.test.x, data.test.y)
+    ckpt = "train/model.pt" if model is not None else "train/model.onnx"
     with run.step_folder("train") as folder:
-        save_checkpoint(model, folder / "model.pt",
-                        {"arch": cfg.model.arch, "input_shape": list(data.input_shape),
-                         "num_classes": data.num_classes})
-        write_json(folder / "history.json", history)
-        sha = sha256_file(folder / "model.pt")
-        plan = make_plan(arch=cfg.model.arch, layers=layers, weight_bits=wbits,
-                         act_bits=cfg.model.act_bits, protected=list(cfg.model.protected),
-                         checkpoint_sha256=sha, source="config")
-    save_plan(run / "plan.json", plan)
-    result = {"status": "done", "seconds": round(time.time() - t0, 3),
-              "checkpoint_sha256": sha, "data_sha256": data_hash(data), "val_accuracy": max(h["val_accuracy"] for h in history)
-              if history else None, "test_accuracy_brevitas": test_acc,
-              "test_accuracy_integer": int_acc, "memory_bits": image.size_bits()["total"]}
+        if model is not None:
+            save_checkpoint(model, folder / "model.pt",
+                            {"arch": cfg.model.arch, "input_shape": list(data.input_shape),
+                             "num_classes": data.num_classes})
+            write_json(folder / "history.json", history)
+        save(graph, folder / "model.onnx")
+    sha = sha256_file(run / ckpt)
+    save_plan(run / "plan.json", plan_of_network(net, cfg.model.protected, sha, ckpt, "config"))
+    int_acc = ex.correct(data.test.x, data.test.y) / len(data.test.y)
+    result.update({"status": "done", "seconds": round(time.time() - t0, 3),
+                   "checkpoint": ckpt, "checkpoint_sha256": sha, "data_sha256": data_hash(data),
+                   "data_layout": getattr(data, "layout", None),
+                   "val_accuracy": max(h["val_accuracy"] for h in history) if history else None,
+                   "test_accuracy_integer": int_acc, "memory_bits": image.size_bits()["total"],
+                   "layers": net.layers(), "checks": checks})
     run.record_step("train", **result)
     return result
 
 
-def validate(cfg: RunConfig) -> None:
-    """Check everything a run needs before anything is written: boards, data, model, layers."""
+def network_of(cfg: RunConfig, data) -> tuple[IntNetwork, object]:
+    """The config's network, lowered (untrained for a factory), and its QONNX graph."""
+    src = parse_arch(cfg.model.arch)
+    if src.trainable:
+        graph = export_module(model_from_config(cfg, data.input_shape, data.num_classes),
+                              data.input_shape)
+    else:
+        graph = load(src.path)
+    net = lower_graph(graph, src.label)
+    check_fit(net, data)
+    return net, graph
+
+
+def validate(cfg: RunConfig, network: bool = True) -> IntNetwork | None:
+    """Check everything a run needs before anything is written: boards, data and, with
+    ``network``, the network (built, exported and lowered, checked against qonnx's executor) and
+    the layer names the config uses. Returns the lowered (untrained) network, if checked."""
     from flow.boards import config_board_dirs, get_board
     extra = config_board_dirs(cfg)
     get_board(cfg.hls.board, extra, "hls.board")
@@ -73,12 +130,18 @@ def validate(cfg: RunConfig) -> None:
         get_board(b, extra, "report.boards")
     resolve_device(cfg.device)
     data = load_data(cfg)
-    names = model_from_config(cfg, data.input_shape, data.num_classes).layer_names()
+    if not network:
+        return None
+    net, graph = network_of(cfg, data)
+    names = net.layers()
     for key, given in (("model.protected", cfg.model.protected),
-                       ("campaign.layers", cfg.campaign.layers or [])):
+                       ("campaign.layers", cfg.campaign.layers or []),
+                       ("rtl.folding", list(cfg.rtl.folding))):
         unknown = sorted(set(given) - set(names))
         if unknown:
             raise ConfigError(f"{key}: unknown layer '{unknown[0]}' (layers: {', '.join(names)})")
+    check_lowering(Executor(net, MemoryImage.build(net), "cpu"), graph, data)
+    return net
 
 
 def campaign_spec(cfg: RunConfig) -> CampaignSpec:
@@ -124,9 +187,10 @@ def inject(run: RunDir, spec: CampaignSpec, progress: bool = True,
     export_csv(res["summary"], out / "summary.csv")
     export_json({**res, "spec": spec.to_json()}, out / "summary.json")
     from flow.plots import plot_accuracy_vs_ber   # matplotlib only when a plot is drawn
-    plot_accuracy_vs_ber({s.cfg.model.arch: res["summary"]}, out / "accuracy_vs_ber.png",
-                         title=f"{s.cfg.model.arch}: accuracy vs BER ({spec.trials} trials/point)",
-                         clean={s.cfg.model.arch: res["clean_accuracy"]})
+    arch = s.net.arch
+    plot_accuracy_vs_ber({arch: res["summary"]}, out / "accuracy_vs_ber.png",
+                         title=f"{arch}: accuracy vs BER ({spec.trials} trials/point)",
+                         clean={arch: res["clean_accuracy"]})
     res.update(out_dir=str(out), seconds=round(time.time() - t0, 3), protected=prot)
     return res
 

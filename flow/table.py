@@ -1,7 +1,9 @@
-"""``hetq table``: the paper's experiment (Tables III-V, Figs. 3-6) on a zoo network.
+"""``hetq table``: the paper's experiment (Tables III-V, Figs. 3-6) on a run's network.
 
 For each base bit-width n of ``table.bits``: fine-tune the trained network at n bits, rank its
-layers with the GA, and compare three configurations of the same n-bit network:
+layers with the GA, and compare three configurations of the same n-bit network (a network hetq
+cannot retrain, an imported QONNX file or an all-binary one, gets the three at its own
+bit-widths, n = its width or ``own`` when its layers differ):
 
 - ``hom(n,-)``: every layer n bits, no protection;
 - ``hom(-,n+2)``: every layer stored in n+2 bits with the MSB triplicated;
@@ -26,12 +28,14 @@ from flow.config import RunConfig
 from flow.executor import Executor
 from flow.ga import rank_layers_ga
 from flow.image import MemoryImage
-from flow.lower import lower
+from flow.lower import lower, lower_graph
 from flow.metrics import PdropConstants, latency, p_drop, rap, weight_bits
 from flow.rank import ga_config
 from flow.rundir import RunDir, atomic_write, write_json
-from flow.search import _finetune
-from flow.session import load_data, resolve_device
+from flow.models import parse_arch
+from flow.qonnx_graph import load
+from flow.search import _finetune, protection_only
+from flow.session import load_data, qonnx_of, resolve_device
 from flow.store import export_csv
 from flow.train import load_checkpoint
 
@@ -52,7 +56,7 @@ def _markdown(rows: list[dict], cfg: RunConfig, consts: PdropConstants) -> str:
     t = cfg.table
     head = (f"| Type | Accuracy drop (%) at BER {t.ber:g} [95 % CI] | Memory (bits) | "
             f"Execution time (%) | Software time (%) | RAP | P_drop |")
-    lines = [f"# {cfg.model.arch} on {cfg.data.name}: hom / het quantization", "",
+    lines = [f"# {parse_arch(cfg.model.arch).label} on {cfg.data.name}: hom / het quantization", "",
              f"{t.trials} fault maps per BER point; protected layers of het: the "
              f"{t.protect_fraction:.0%} most vulnerable by LVF. P_drop constants: T = "
              f"{consts.lifetime:g}, t = {consts.test_interval:g}, P_single = {consts.p_single:g}.",
@@ -65,6 +69,27 @@ def _markdown(rows: list[dict], cfg: RunConfig, consts: PdropConstants) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _networks(run: RunDir, cfg: RunConfig, data, device, progress: bool):
+    """(n, network) per base bit-width of ``table.bits``, fine-tuned from the trained weights;
+    for a run hetq cannot retrain, its own network once (n its weight bit-width, or None when
+    its layers differ)."""
+    label = parse_arch(cfg.model.arch).label
+    note = protection_only(run)
+    if note is None:
+        state = load_checkpoint(run / "train" / "model.pt")["state_dict"]
+        for n in cfg.table.bits:
+            yield n, lower(_finetune(cfg, data, device, state, n, progress), data.input_shape,
+                           label)
+        return
+    if progress:
+        print(note.replace("search:", "table:", 1).replace("Algorithm 1", "the table"),
+              file=sys.stderr, flush=True)
+    ckpt = run.manifest()["steps"]["train"]["checkpoint"]
+    net = lower_graph(load(qonnx_of(run / ckpt), "checkpoint"), label)
+    widths = {net.params[f"{n}.weight"].fmt.bits for n in net.layers()}
+    yield (widths.pop() if len(widths) == 1 else None), net
+
+
 def run_table(run: RunDir, progress: bool = True) -> dict:
     """Run the experiment on a trained run directory; returns the rows and file paths."""
     from flow.plots import plot_accuracy_vs_ber, plot_bars
@@ -74,22 +99,21 @@ def run_table(run: RunDir, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     data = load_data(cfg)
     x, y = data.test.x, data.test.y
-    base_state = load_checkpoint(run / "train" / "model.pt")["state_dict"]
     consts = PdropConstants(t.lifetime, t.test_interval, t.p_single)
     folder = run / "table"
     folder.mkdir(exist_ok=True)
     store = folder / "campaigns.sqlite"
     bers = tuple(sorted(set(t.bers) | {t.ber}))
     rows, curves = [], {}
-    for n in t.bits:
-        model = _finetune(cfg, data, device, base_state, n, progress)
-        net = lower(model)
+    for n, net in _networks(run, cfg, data, device, progress):
         plain = MemoryImage.build(net)
         ga = rank_layers_ga(Executor(net, plain, device), plain, x, y, ga_config(cfg.rank),
                             cfg.seed)
         k = max(1, math.ceil(t.protect_fraction * len(ga.ranking)))
-        configs = {f"hom({n},-)": [], f"hom(-,{n + 2})": list(ga.ranking),
-                   f"het({n},{n + 2})": ga.ranking[:k]}
+        m = "own" if n is None else str(n)
+        p = "own+2" if n is None else str(n + 2)
+        configs = {f"hom({m},-)": [], f"hom(-,{p})": list(ga.ranking),
+                   f"het({m},{p})": ga.ranking[:k]}
         cycles = latency(net)["latency_cycles"]
         curves[n] = {}
         for name, protected in configs.items():
@@ -110,7 +134,8 @@ def run_table(run: RunDir, progress: bool = True) -> dict:
             if progress:
                 print(f"  {name}: drop {rows[-1]['drop_pct']:.3f} % at BER {t.ber:g}",
                       file=sys.stderr, flush=True)
-    ref = next(r for r in rows if r["config"] == f"hom({min(t.bits)},-)")
+    ref = rows[0] if len(curves) == 1 else next(
+        r for r in rows if r["config"] == f"hom({min(t.bits)},-)")
     for r in rows:
         mem_ovh = r["memory_bits"] / ref["memory_bits"]
         perf_ovh = r["cycles"] / ref["cycles"]
@@ -125,8 +150,10 @@ def run_table(run: RunDir, progress: bool = True) -> dict:
                                       "reference": ref["config"], "ber": t.ber,
                                       "trials": t.trials})
     for n, series in curves.items():
-        plot_accuracy_vs_ber(series, folder / f"accuracy_vs_ber_n{n}.png",
-                             title=f"{cfg.model.arch}: n = {n} ({t.trials} trials/point)")
+        m = "own" if n is None else n
+        plot_accuracy_vs_ber(series, folder / f"accuracy_vs_ber_n{m}.png",
+                             title=f"{parse_arch(cfg.model.arch).label}: n = {m} "
+                                   f"({t.trials} trials/point)")
     plot_bars({r["config"]: r["rap"] for r in rows}, folder / "rap.png",
               title=f"RAP at BER {t.ber:g} (reference {ref['config']})", ylabel="RAP")
     return {"rows": rows, "constants": consts.to_json(), "reference": ref["config"],

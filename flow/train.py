@@ -1,4 +1,4 @@
-"""Quantization-aware training of a zoo network with Brevitas, seeded, with a progress bar.
+"""Quantization-aware training of the config's Brevitas network, seeded, with a progress bar.
 
 The checkpoint is a plain dict of tensors and primitives (``state_dict`` and ``meta``), so it
 loads with ``torch.load(path, weights_only=True)``. The weights of the epoch with the best
@@ -15,25 +15,29 @@ from tqdm.auto import tqdm
 
 from flow.config import RunConfig
 from flow.data import Dataset
-from flow.errors import RunDirError
-from flow.zoo import ARCHS, ZooNet, build_model
+from flow.errors import ConfigError, RunDirError
+from flow.models import call_factory, parse_arch, set_weight_bits
 
 
-def model_from_config(cfg: RunConfig, input_shape: tuple[int, int, int], num_classes: int,
-                      weight_bits: dict[str, int] | None = None) -> ZooNet:
-    """Build the (untrained) zoo network the config describes.
-
-    ``weight_bits`` (a plan's per-layer bits) replaces the config's bit-widths; binary networks
-    ignore it (their weights are 1 bit).
-    """
+def model_from_config(cfg: RunConfig, input_shape: tuple[int, int, int],
+                      num_classes: int) -> torch.nn.Module:
+    """Build the (untrained) network the config describes: call its factory, then set the
+    config's weight bit-widths on its layers (:mod:`flow.models`)."""
     m = cfg.model
-    if weight_bits is None or ARCHS[m.arch].binary:
-        bits, default = m.weight_bits, m.default_weight_bits
-    else:
-        bits, default = weight_bits, m.default_weight_bits
-    return build_model(m.arch, input_shape=input_shape, num_classes=num_classes,
-                       weight_bits=bits, default_weight_bits=default,
-                       act_bits=m.act_bits, input_bits=m.input_bits, width=m.width)
+    src = parse_arch(m.arch)
+    if not src.trainable:
+        raise ConfigError(f"model.arch: '{src.text}' is a trained QONNX file; hetq cannot "
+                          f"build or retrain it")
+    net = call_factory(src, m.kwargs, input_shape, num_classes,
+                       {"width": m.width, "act_bits": m.act_bits, "input_bits": m.input_bits})
+    set_weight_bits(net, m.weight_bits, m.default_weight_bits)
+    return net
+
+
+def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The network's float class scores (a QuantTensor output gives its value)."""
+    y = model(x)
+    return y.value if hasattr(y, "value") else y
 
 
 @torch.no_grad()
@@ -43,12 +47,14 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     dev = next(model.parameters()).device
     correct = 0
     for i in range(0, len(x), batch):
-        correct += int((model(x[i:i + batch].to(dev)).argmax(1).cpu() == y[i:i + batch]).sum())
+        correct += int((logits(model, x[i:i + batch].to(dev)).argmax(1).cpu()
+                         == y[i:i + batch]).sum())
     return correct / max(1, len(x))
 
 
 def train(cfg: RunConfig, data: Dataset, device: torch.device, *, progress: bool = True,
-          init_state: dict | None = None, desc: str | None = None) -> tuple[ZooNet, list[dict]]:
+          init_state: dict | None = None, desc: str | None = None
+          ) -> tuple[torch.nn.Module, list[dict]]:
     """Train the config's model on ``data``; returns the best-validation model and the history.
 
     ``init_state`` (a state dict of the same architecture, any bit-widths) starts the training
@@ -66,7 +72,8 @@ def train(cfg: RunConfig, data: Dataset, device: torch.device, *, progress: bool
     x, y = data.train.x, data.train.y
     history: list[dict] = []
     best, best_acc = copy.deepcopy(model.state_dict()), -1.0
-    bar = tqdm(range(epochs), desc=desc or f"train {cfg.model.arch}", unit="epoch",
+    label = parse_arch(cfg.model.arch).label
+    bar = tqdm(range(epochs), desc=desc or f"train {label}", unit="epoch",
                disable=not progress or None)
     for epoch in bar:
         model.train()
@@ -74,7 +81,7 @@ def train(cfg: RunConfig, data: Dataset, device: torch.device, *, progress: bool
         total = 0.0
         for i in range(0, len(x), cfg.train.batch_size):
             idx = perm[i:i + cfg.train.batch_size]
-            loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
+            loss = F.cross_entropy(logits(model, x[idx].to(device)), y[idx].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -90,7 +97,7 @@ def train(cfg: RunConfig, data: Dataset, device: torch.device, *, progress: bool
     return model, history
 
 
-def save_checkpoint(model: ZooNet, path: Path, meta: dict) -> None:
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict) -> None:
     """Save the model's state dict and ``meta`` (primitives only) for weights-only loading."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "meta": meta}, path)

@@ -131,7 +131,9 @@ module mvu #(
         wire signed [ABITS:0] a = ASIGNED ? {a1[s*ABITS+ABITS-1], a1[s*ABITS+:ABITS]}
                                           : {1'b0, a1[s*ABITS+:ABITS]};
         if (MODE == 1) begin : g_binw
-          assign prod[s] = wdata[p*SIMD+s] ? ACCBITS'(a) : -ACCBITS'(a);
+          // a named sign extension: Yosys reads -ACCBITS'(a) as a cast to -ACCBITS bits
+          wire signed [ACCBITS-1:0] ax = ACCBITS'(a);
+          assign prod[s] = wdata[p*SIMD+s] ? ax : -ax;
         end else begin : g_int
           assign prod[s] = ACCBITS'(a * $signed(wdata[(p*SIMD+s)*WBITS+:WBITS]));
         end

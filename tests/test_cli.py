@@ -273,7 +273,9 @@ def test_info_json(tmp_path: Path, mlp_run: Path) -> None:
     assert [l["layer"] for l in info["layers"]] == ["fc1", "fc2", "fc3"]
     assert {l["layer"]: l["protected"] for l in info["layers"]} == {
         "fc1": False, "fc2": True, "fc3": False}
-    assert all(l["weight_bits"] == 4 and l["act_bits"] == 4 for l in info["layers"])
+    assert all(l["weight_bits"] == 4 for l in info["layers"])
+    # the last layer's accumulator is the output: it has no activation quantizer
+    assert [l["act_bits"] for l in info["layers"]] == [4, 4, None]
     assert 0.0 <= info["test_accuracy"] <= 1.0
     assert info["test_accuracy"] > 0.5  # a trained digits MLP
     train = json.loads((mlp_run / "manifest.json").read_text())["steps"]["train"]

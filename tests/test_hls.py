@@ -44,7 +44,7 @@ def project(request, tmp_path_factory, net: str, variant: str):
             if variant == "plan" else []
         image = MemoryImage.build(s.net, prot)
         ex = Executor(s.net, image, "cpu")
-        prj = build(s.model, s.net, image, tmp_path_factory.mktemp(f"hls_{net}_{variant}"),
+        prj = build(s.qonnx, s.net, image, tmp_path_factory.mktemp(f"hls_{net}_{variant}"),
                     part="xc7z020clg400-1", clock_mhz=100)
         _cache[key] = (s, image, ex, prj, prot)
     return _cache[key]
@@ -131,7 +131,7 @@ def test_binary_workaround_is_needed(request, tmp_path_factory, bmlp_run, tmp_pa
     s = open_session(bmlp_run, "cpu")
     codes = s.executor.quantize_input(s.data.test.x)
     ref = s.executor.run(codes, quantized=True).numpy().astype(np.int64)
-    bad = build(s.model, s.net, s.image, tmp_path, part="xc7z020clg400-1", clock_mhz=100,
+    bad = build(s.qonnx, s.net, s.image, tmp_path, part="xc7z020clg400-1", clock_mhz=100,
                 workaround=False, replayable=False)
     wrong = bad.scores(bad.inputs(codes.numpy()))
     assert (wrong != ref).any(axis=1).mean() > 0.5      # most images differ without it
@@ -142,7 +142,7 @@ def test_binary_workaround_is_needed(request, tmp_path_factory, bmlp_run, tmp_pa
 def test_every_board_gets_a_project(mlp_run, tmp_path):
     s = open_session(mlp_run, "cpu")
     for name, b in sorted(load_boards().items()):
-        prj = build(s.model, s.net, s.image, tmp_path / name, part=b.part,
+        prj = build(s.qonnx, s.net, s.image, tmp_path / name, part=b.part,
                     clock_mhz=b.clock_mhz, compile=False,
                     stamp={"board": name, "checkpoint_sha256": s.checkpoint_sha256})
         assert f'set part "{b.part}"' in (prj.folder / "project.tcl").read_text()
@@ -152,7 +152,7 @@ def test_every_board_gets_a_project(mlp_run, tmp_path):
             (prj.folder / "project.tcl").read_text()
         assert s.checkpoint_sha256 in (prj.folder / "firmware" / "hetq_plan.h").read_text()
     # the Vivado backend is selectable too
-    prj = build(s.model, s.net, s.image, tmp_path / "vivado", part="xc7z020clg400-1",
+    prj = build(s.qonnx, s.net, s.image, tmp_path / "vivado", part="xc7z020clg400-1",
                 clock_mhz=100, backend="Vivado", compile=False)
     assert 'set backend "vivado"' in (prj.folder / "project.tcl").read_text()
 
@@ -189,7 +189,8 @@ def test_cifar_form_networks(arch, tmp_path):
 
     from flow.config import RunConfig
     from flow.hls_ext import HlsError
-    from flow.lower import lower
+    from flow.lower import lower_graph
+    from flow.qonnx_graph import export_module, save
     from flow.session import load_data
     from flow.train import train
     cfg = RunConfig.model_validate({
@@ -202,14 +203,18 @@ def test_cifar_form_networks(arch, tmp_path):
         model = model_from_config(cfg, ds.input_shape, ds.num_classes)
     else:
         model, _ = train(cfg, ds, torch.device("cpu"), progress=False)
-    net = lower(model)
+    graph = export_module(model, ds.input_shape)
+    save(graph, tmp_path / "model.onnx")
+    net = lower_graph(graph, arch)
     image = MemoryImage.build(net, [net.layers()[1]])        # one layer protected
     ex = Executor(net, image, "cpu")
     if arch == "resnet18":
         with pytest.raises(HlsError, match="ReduceMean"):
-            build(model, net, image, tmp_path, part="xczu7ev-ffvc1156-2-e", clock_mhz=100)
+            build(tmp_path / "model.onnx", net, image, tmp_path / "hls",
+                  part="xczu7ev-ffvc1156-2-e", clock_mhz=100)
         return
-    prj = build(model, net, image, tmp_path, part="xczu7ev-ffvc1156-2-e", clock_mhz=100)
+    prj = build(tmp_path / "model.onnx", net, image, tmp_path / "hls",
+                part="xczu7ev-ffvc1156-2-e", clock_mhz=100)
     codes = ex.quantize_input(ds.test.x[:40])
     ref = ex.run(codes, quantized=True).numpy().astype(np.int64)
     assert np.array_equal(prj.scores(prj.inputs(codes.numpy())), ref)

@@ -35,11 +35,11 @@ def test_latency_model_counts_and_ignores_protection(mlp_run):
 def test_conv_cycles():
     import torch
     from flow.lower import lower
-    from flow.zoo import build_model
-    m = build_model("cnn", input_shape=(1, 8, 8), num_classes=10)
+    from flow.zoo import cnn
+    m = cnn((1, 8, 8), 10)
     m.train()
     m(torch.rand(4, 1, 8, 8))
-    cyc = layer_cycles(lower(m))
+    cyc = layer_cycles(lower(m, (1, 8, 8)))
     assert cyc["conv1"] == 64 * 16 * 9
     assert cyc["conv2"] == 64 * 32 * 16 * 9
     assert cyc["fc1"] == 10 * 32 * 16

@@ -28,7 +28,7 @@ def test_small_fragile_layer_rises_large_robust_layer_does_not():
         "train": {"epochs": 6}})
     data = load_data(cfg)
     model, _ = train(cfg, data, torch.device("cpu"), progress=False)
-    net = lower(model)
+    net = lower(model, data.input_shape)
     image = MemoryImage.build(net, ["fc1"])
     ex = Executor(net, image, "cpu")
     x, y = data.test.x, data.test.y

@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
-from flow.config import RunConfig
+from flow.config import RunConfig, parse_config
 from flow.plan import load_plan
 from flow.rundir import sha256_file
 from flow.session import load_data
-from flow.train import train
-from flow.zoo import ARCHS, build_model
+from flow.models import weight_bit_width, weight_layers
+from flow.train import logits, model_from_config, train
+from flow.zoo import FACTORIES
 from flow.errors import ConfigError
 
 
@@ -43,41 +44,53 @@ def test_same_seed_same_weights():
         assert ka == kb and torch.equal(va, vb)
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+def _build(arch: str, shape=(1, 8, 8), **model) -> torch.nn.Module:
+    cfg = parse_config({"model": {"arch": arch, **model}})
+    return model_from_config(cfg, shape, 10)
+
+
+@pytest.mark.parametrize("arch", sorted(FACTORIES))
 def test_zoo_builds_with_per_layer_bits(arch):
     shape = (3, 32, 32) if arch in ("alexnet", "vgg11", "resnet18") else (1, 8, 8)
-    m = build_model(arch, input_shape=shape, num_classes=10, width=0.125)
-    names = m.layer_names()
-    assert len(names) == len(set(names))
-    if not ARCHS[arch].binary:
-        first = names[0]
-        m2 = build_model(arch, input_shape=shape, num_classes=10, width=0.125,
-                         weight_bits={first: 3})
-        assert m2.weight_layers()[0].wbits == 3
-    assert m(torch.rand(2, *shape)).shape == (2, 10)
+    m = _build(arch, shape, width=0.125)
+    layers = weight_layers(m)
+    assert len(layers) >= 3
+    first = next(iter(layers))
+    if arch != "bmlp":
+        m2 = _build(arch, shape, width=0.125, weight_bits={first: 3})
+        assert weight_bit_width(weight_layers(m2)[first]) == 3
+        m3 = _build(arch, shape, width=0.125, default_weight_bits=5)
+        assert {weight_bit_width(l) for l in weight_layers(m3).values()} == {5}
+    else:
+        assert {weight_bit_width(l) for l in layers.values()} == {1}
+    assert logits(m.eval(), torch.rand(2, *shape)).shape == (2, 10)
 
 
 def test_paper_layer_counts():
     """AlexNet 8 weight layers and VGG-11 11 as in Table I; ResNet-18 17 conv + 3 shortcuts + fc."""
     def count(arch):
-        return len(build_model(arch, input_shape=(3, 32, 32), num_classes=10,
-                               width=0.125).layer_names())
+        return len(weight_layers(_build(arch, (3, 32, 32), width=0.125)))
     assert count("alexnet") == 8
     assert count("vgg11") == 11
     assert count("resnet18") == 21
 
 
+def test_zoo_layer_names_are_module_paths():
+    names = list(weight_layers(_build("resnet18", (3, 32, 32), width=0.125)))
+    assert names[:4] == ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"]
+    assert "layer2.0.shortcut" in names and names[-1] == "fc"
+
+
 @pytest.mark.parametrize("kwargs,match", [
-    ({"weight_bits": {"fc9": 4}}, "unknown layer 'fc9'"),
-    ({"weight_bits": {"fc1": 17}}, "model.weight_bits.fc1: bit-width 17 is outside 2..16"),
-    ({"default_weight_bits": 1}, "model.default_weight_bits: bit-width 1 is outside 2..16"),
+    ({"weight_bits": {"fc9": 4}}, "model.weight_bits: unknown layer 'fc9'"),
+    ({"default_weight_bits": 1}, "model.default_weight_bits"),
     ({"width": 0}, "model.width"),
 ])
 def test_build_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        build_model("mlp", input_shape=(1, 8, 8), num_classes=10, **kwargs)
+        _build("mlp", **kwargs)
 
 
 def test_unknown_arch():
     with pytest.raises(ConfigError, match="model.arch: unknown model 'lenet'"):
-        build_model("lenet", input_shape=(1, 8, 8), num_classes=10)
+        _build("lenet")
