@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test bench clean chromium
+.PHONY: setup run test lint bench clean chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,10 @@ chromium:
 	  $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && \
 	  $$SUDO apt-get install -y -q chromium; }; }
 
-test: setup chromium
+lint: setup
+	$(BIN)/ruff check flow tests examples sim
+
+test: setup chromium lint
 	$(BIN)/python -m pytest -q
 
 bench: setup

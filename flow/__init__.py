@@ -1,3 +1,6 @@
-"""hetq: reliability-aware FPGA accelerators for quantized neural networks (import name ``flow``)."""
+"""hetq: reliability-aware FPGA accelerators for quantized neural networks.
+
+The import name is ``flow``; the command line is ``hetq``.
+"""
 
 __version__ = "0.1.0"

@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from flow.faults import trial_rng
 from flow.config import RunConfig
 from flow.executor import Executor
-from flow.faults import FaultMap, Injector, SeuSampler
+from flow.faults import FaultMap, Injector, SeuSampler, trial_rng
 from flow.image import MemoryImage, decode
 from flow.ir import IntNetwork
 from flow.lower import lower

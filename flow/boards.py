@@ -6,15 +6,19 @@ passing it as an extra directory. Every file is validated: an unknown key, a mis
 value of the wrong type or out of range, or a ``name`` that differs from the file stem ends in a
 one-line :class:`~flow.errors.ConfigError` naming the file, the field and the value.
 ``boards/README.md`` documents the fields.
+
+Board names become folder and file names (``synth/<design>/<board>/``) and parts reach hls4ml's
+TCL, so both are restricted to safe characters (:func:`check_board_name`, :data:`PART_RE`).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import flow
 from flow.config import one_line, read_yaml
@@ -25,6 +29,21 @@ BOARDS_DIR = Path(flow.__file__).resolve().parent.parent / "boards"
 
 CAPACITY_KEYS = ("lut", "ff", "bram18", "dsp", "uram")
 """The capacity fields of every board, in the order they are reported."""
+
+NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+"""A board name: letters, digits, '-', '_' and '.', not starting with '.' (it names folders)."""
+
+PART_RE = re.compile(r"[A-Za-z0-9-]+")
+"""A part string: letters, digits and '-' (it reaches hls4ml's TCL)."""
+
+
+def check_board_name(name: str, field: str = "board") -> str:
+    """Return ``name`` if it is a safe board name (:data:`NAME_RE`), else raise
+    :class:`~flow.errors.ConfigError` naming ``field`` and the name."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ConfigError(f"{field}: {name!r} is not a board name (letters, digits, '-', '_' "
+                          f"and '.', not starting with '.')")
+    return name
 
 
 class _Strict(BaseModel):
@@ -47,6 +66,21 @@ class _BoardFile(_Strict):
     clock_mhz: float = Field(gt=0)
     capacity: _Capacity
     source: str = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.fullmatch(v):
+            raise ValueError("not a board name (letters, digits, '-', '_' and '.', not starting "
+                             "with '.')")
+        return v
+
+    @field_validator("part")
+    @classmethod
+    def _part(cls, v: str) -> str:
+        if not PART_RE.fullmatch(v):
+            raise ValueError("not a part (letters, digits and '-')")
+        return v
 
 
 @dataclass(frozen=True)
@@ -75,6 +109,7 @@ class Board:
 
 def _load_file(path: Path) -> Board:
     src = str(path)
+    check_board_name(path.stem, f"{src}: name")       # the stem names the board
     obj = read_yaml(path, "board")
     if not isinstance(obj, dict):
         raise ConfigError(f"{src}: expected a mapping of keys at the top, got "
@@ -112,9 +147,10 @@ def load_boards(extra_dirs: Sequence[Path] = ()) -> dict[str, Board]:
 def get_board(name: str, extra_dirs: Sequence[Path] = (), field: str = "board") -> Board:
     """The board called ``name`` (shipped or from ``extra_dirs``, see :func:`load_boards`).
 
-    Raises :class:`~flow.errors.ConfigError` naming ``field`` and listing the known boards if
-    there is none.
+    Raises :class:`~flow.errors.ConfigError` naming ``field`` if ``name`` is not a safe board
+    name (:func:`check_board_name`), or listing the known boards if there is none.
     """
+    check_board_name(name, field)
     boards = load_boards(extra_dirs)
     if name not in boards:
         raise ConfigError(f"{field}: unknown board {name!r} (known: {', '.join(sorted(boards))})")

@@ -54,9 +54,15 @@ def _summary_text(res: dict) -> str:
              f"{res['bits']} target bits, {res['trials']} trials per BER",
              f"{'BER':>10} {'trials':>6} {'flips':>8} {'accuracy (95% CI)':>28} {'drop':>9}"]
     for r in res["summary"]:
-        ci = f"{_pct(r['accuracy_mean'])} [{_pct(r['accuracy_low'])}, {_pct(r['accuracy_high'])}]"
+        if r.get("ci_defined", True):
+            ci = (f"{_pct(r['accuracy_mean'])} [{_pct(r['accuracy_low'])}, "
+                  f"{_pct(r['accuracy_high'])}]" + ("*" if r.get("ci_clipped") else ""))
+        else:
+            ci = f"{_pct(r['accuracy_mean'])} (no CI: 1 trial)"
         lines.append(f"{r['ber']:>10.1e} {r['trials']:>6} {r['mean_faults']:>8.1f} {ci:>28} "
                      f"{_pct(r['drop_mean']):>9}")
+    if any(r.get("ci_clipped") for r in res["summary"]):
+        lines.append("* Student-t interval clipped to [0 %, 100 %]")
     if res.get("out_dir"):
         lines.append(f"results: {res['out_dir']}")
     return "\n".join(lines)
@@ -69,17 +75,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         obj = cfg.model_dump(mode="json")
         obj["train"]["epochs"] = args.epochs
         cfg = parse_config(obj, "--epochs")
-    return _new_run(args, cfg)
+    return _new_run(args, cfg, force=args.force)
 
 
-def _new_run(args: argparse.Namespace, cfg) -> int:
+def _new_run(args: argparse.Namespace, cfg, force: bool | None = None) -> int:
     """Validate ``cfg`` (nothing written on a mistake), create ``--out`` and run the train step
-    (training, or the import of a QONNX file); print what ``hetq train`` prints."""
+    (training, or the import of a QONNX file); print what ``hetq train`` prints.
+
+    An ``--out`` run whose train step is finished is refused unless ``force`` (``hetq train
+    --force``; None for a command without that option): then it is retrained and every later
+    finished step is marked stale."""
+    from flow.errors import RunDirError
     from flow.rundir import RunDir
-    from flow.steps import step_train, validate
+    from flow.steps import STEPS, step_train, validate
     validate(cfg)
     run = RunDir(args.out)
+    if run.exists() and run.step_done("train") and not force:
+        run.init(cfg.to_yaml(), cfg.seed)        # another config: refused as such
+        hint = ("a new --out folder" if force is None else
+                "a new --out folder, or --force to retrain (later steps become stale)")
+        raise RunDirError(f"--out: '{run.path}' already holds a finished train step; use {hint}")
     run.init(cfg.to_yaml(), cfg.seed)
+    run.invalidate_after("train", list(STEPS))
     res = step_train(run, cfg, progress=not args.json)
     _emit(args, {"run_dir": str(run.path), **res}, _train_text(run, res))
     return 0
@@ -139,10 +156,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             "memories": s.image.summary(), "steps": s.run.manifest()["steps"],
             "checkpoint_sha256": s.checkpoint_sha256}
     rows = [f"{'layer':<22} {'w bits':>6} {'a bits':>6} {'prot':>5} {'mem bits':>10} {'LVF':>8}"]
-    rows += [f"{l['layer']:<22} {l['weight_bits']:>6} {l['act_bits'] or '-':>6} "
-             f"{'yes' if l['protected'] else 'no':>5} {l['memory_bits']:>10} "
-             f"{'-' if l['vulnerability'] is None else format(l['vulnerability'], '.4f'):>8}"
-             for l in layers]
+    rows += [f"{x['layer']:<22} {x['weight_bits']:>6} {x['act_bits'] or '-':>6} "
+             f"{'yes' if x['protected'] else 'no':>5} {x['memory_bits']:>10} "
+             f"{'-' if x['vulnerability'] is None else format(x['vulnerability'], '.4f'):>8}"
+             for x in layers]
     text = (f"{s.run.path}: {s.net.arch} on {s.cfg.data.name}, test accuracy {_pct(acc)}, "
             f"{sizes['total']} memory bits\n" + "\n".join(rows))
     _emit(args, info, text)
@@ -157,10 +174,12 @@ def _replay_map(args: argparse.Namespace) -> int:
     fmap.validate(s.image)
     with Injector(s.image, s.executor).injected(fmap):
         pred = s.executor.predict(s.data.test.x)
-    acc = float((pred.cpu() == s.data.test.y).float().mean())
-    _emit(args, {"map": str(args.map), "faults": len(fmap), "accuracy": acc,
-                 "predictions": pred.cpu().tolist()},
-          f"{len(fmap)} faults from {args.map}: test accuracy {_pct(acc)}")
+    correct, total = int((pred.cpu() == s.data.test.y).sum()), len(s.data.test.y)
+    acc = correct / total
+    _emit(args, {"map": str(args.map), "faults": len(fmap), "correct": correct, "total": total,
+                 "accuracy": acc, "predictions": pred.cpu().tolist()},
+          f"{len(fmap)} faults from {args.map}: test accuracy {_pct(acc)} "
+          f"({correct}/{total} images)")
     return 0
 
 
@@ -190,21 +209,28 @@ def cmd_inject(args: argparse.Namespace) -> int:
         fault=args.fault or c.fault, kinds=tuple(args.kinds or c.kinds),
         layers=tuple(args.layers) if args.layers else (tuple(c.layers) if c.layers else None),
         bits=tuple(args.bits) if args.bits else (tuple(c.bits) if c.bits else None))
+    fields = {k: f"--{k}" if getattr(args, k) else f"campaign.{k}"
+              for k in ("kinds", "layers", "bits")}
     res = inject(run, spec, progress=not args.json, device=args.device,
-                 executor=args.executor, address=args.ray_address, workers=args.workers)
+                 executor=args.executor, address=args.ray_address, workers=args.workers,
+                 fields=fields)
     _emit(args, res, _summary_text(res))
     return 0
 
 
 def cmd_faultmap(args: argparse.Namespace) -> int:
-    from flow.faults import trial_rng
-    from flow.faults import check_ber, sample_seu
+    from flow.faults import check_ber, check_targets, sample_seu, trial_rng
     from flow.rundir import atomic_write
     from flow.session import open_session
     _check_seed(args.seed)
+    if args.trial < 0:
+        raise ConfigError(f"--trial: {args.trial} must be >= 0")
+    ber = check_ber(args.ber)
     _check_out_file(args.out)
     s = open_session(args.run_dir, "cpu")
-    fmap = sample_seu(s.image, check_ber(args.ber), trial_rng(args.seed, args.ber, args.trial),
+    check_targets(s.image, kinds=args.kinds, layers=args.layers, bits=args.bits,
+                  fields={"kinds": "--kinds", "layers": "--layers", "bits": "--bits"})
+    fmap = sample_seu(s.image, ber, trial_rng(args.seed, args.ber, args.trial),
                       kinds=args.kinds, layers=args.layers, bits=args.bits, kind=args.fault)
     atomic_write(Path(args.out), json.dumps(fmap.to_json()))
     _emit(args, {"out": args.out, "faults": len(fmap)}, f"{len(fmap)} faults -> {args.out}")
@@ -255,8 +281,8 @@ def _search_text(res: dict) -> str:
         lines.append(f"  protect [{', '.join(st['protected'])}]: drop {st['drop']:.4f} "
                      f"[{st['drop_low']:.4f}, {st['drop_high']:.4f}], "
                      f"{st['weight_bits']} weight bits")
-    lines.append("plan.json written" + ("" if res["met_drop_threshold"]
-                                        else " (drop threshold NOT met with every layer protected)"))
+    missed = " (drop threshold NOT met with every layer protected)"
+    lines.append("plan.json written" + ("" if res["met_drop_threshold"] else missed))
     return "\n".join(lines)
 
 
@@ -454,7 +480,8 @@ def _hls_text(res: dict) -> str:
 def _board(args: argparse.Namespace, cfg):
     """The board of ``--board`` / ``--boards-dir``, else of the config's ``hls`` section."""
     from flow.boards import config_board_dirs, get_board
-    return get_board(args.board or cfg.hls.board, config_board_dirs(cfg, args.boards_dir))
+    return get_board(args.board or cfg.hls.board, config_board_dirs(cfg, args.boards_dir),
+                     "--board" if args.board else "hls.board")
 
 
 def cmd_hls(args: argparse.Namespace) -> int:
@@ -486,14 +513,17 @@ def _synth_text(res: dict) -> str:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from flow.boards import check_board_name
     from flow.rundir import RunDir
+    if args.board:
+        check_board_name(args.board, "--board")
     run = RunDir(args.run_dir)
     cfg = run.config()
     if args.boards_dir:
         cfg = cfg.model_copy(update={"hls": cfg.hls.model_copy(
             update={"boards_dir": args.boards_dir})})
     boards = [args.board] if args.board else None
-    from flow.synth import synthesize_run   # checks every board before any work
+    from flow.synth import synthesize_run  # checks every board before any work
     res = synthesize_run(run, cfg, boards=boards, progress=not args.json)
     text = "\n\n".join(f"[{d}]\n" + _synth_text(r) for d, v in res["designs"].items()
                          for r in v.values())
@@ -559,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="run config (YAML); see docs/config.md")
     t.add_argument("--out", required=True, help="run directory to create")
     t.add_argument("--epochs", type=int, help="override train.epochs")
+    t.add_argument("--force", action="store_true", help="retrain a run whose train step is "
+                   "finished (same config); every later finished step is marked stale")
     common(t)
     t.set_defaults(func=cmd_train)
 

@@ -3,20 +3,37 @@
 A config names the data, the model and its per-layer bit-widths, training, and the fault
 campaign. Every key is checked: an unknown or misspelled key, a value of the wrong type or out of
 range ends in a :class:`~flow.errors.ConfigError` that names the field and the value. The shipped
-default (``flow/configs/digits.yaml``) trains the digits CNN. ``docs/config.md`` documents every key.
+default (``flow/configs/digits.yaml``) trains the digits CNN. ``docs/config.md`` documents every
+key.
 """
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from flow.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "digits.yaml"
+
+
+def _no_bool(what: str) -> BeforeValidator:
+    """A before-validator that refuses a bool (``True`` is an int to Python, not a number to a
+    user) and passes anything else on to pydantic's number parsing."""
+    def check(v: object) -> object:
+        if isinstance(v, bool):
+            raise ValueError(f"expected {what}, not a boolean")
+        return v
+    return BeforeValidator(check)
+
+
+Int = Annotated[int, _no_bool("an integer")]
+"""An int field that refuses booleans (``epochs: true`` is not 1 epoch)."""
+Float = Annotated[float, _no_bool("a number")]
+"""A float field that refuses booleans; ints and YAML 1.1 strings such as ``1e-3`` still parse."""
 
 
 class _Strict(BaseModel):
@@ -30,9 +47,9 @@ class DataConfig(_Strict):
     root: str | None = None
     path: str | None = None
     layout: Literal["auto", "nchw", "nhwc"] = "auto"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    limit: int | None = Field(default=None, ge=1)
+    val_fraction: Float = 0.1
+    test_fraction: Float = 0.2
+    limit: Int | None = Field(default=None, ge=1)
 
 
 class ModelConfig(_Strict):
@@ -45,11 +62,11 @@ class ModelConfig(_Strict):
 
     arch: str = "cnn"
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    width: float | None = Field(default=None, gt=0)
-    input_bits: int | None = Field(default=None, ge=2, le=16)
-    act_bits: int | None = Field(default=None, ge=2, le=16)
-    default_weight_bits: int | None = Field(default=None, ge=2, le=16)
-    weight_bits: dict[str, int] = Field(default_factory=dict)
+    width: Float | None = Field(default=None, gt=0)
+    input_bits: Int | None = Field(default=None, ge=2, le=16)
+    act_bits: Int | None = Field(default=None, ge=2, le=16)
+    default_weight_bits: Int | None = Field(default=None, ge=2, le=16)
+    weight_bits: dict[str, Int] = Field(default_factory=dict)
     protected: list[str] = Field(default_factory=list)
 
     @field_validator("arch")
@@ -74,10 +91,10 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     """Quantization-aware training (Adam, cross-entropy)."""
 
-    epochs: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=0.01, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
+    epochs: Int = Field(default=20, ge=1)
+    batch_size: Int = Field(default=64, ge=1)
+    lr: Float = Field(default=0.01, gt=0)
+    weight_decay: Float = Field(default=0.0, ge=0)
 
 
 def _check_bers(v: list[float]) -> list[float]:
@@ -91,17 +108,18 @@ def _check_bers(v: list[float]) -> list[float]:
 
 
 class CampaignConfig(_Strict):
-    """Fault campaign: BER points, trials per point (explicit, or Leveugle from margin/confidence)."""
+    """Fault campaign: BER points, trials per point (explicit, or Leveugle from margin and
+    confidence)."""
 
-    bers: list[float] = Field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2])
-    trials: int | None = Field(default=None, ge=1)
-    margin: float = Field(default=0.05, gt=0, lt=1)
-    confidence: float = Field(default=0.95, gt=0, lt=1)
+    bers: list[Float] = Field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2])
+    trials: Int | None = Field(default=None, ge=1)
+    margin: Float = Field(default=0.05, gt=0, lt=1)
+    confidence: Float = Field(default=0.95, gt=0, lt=1)
     fault: Literal["flip", "stuck0", "stuck1"] = "flip"
     kinds: list[Literal["weight", "bias", "threshold", "direction", "scale", "offset"]] = Field(
         default_factory=lambda: ["weight"])
     layers: list[str] | None = None
-    bits: list[int] | None = None
+    bits: list[Int] | None = None
 
     @field_validator("bers")
     @classmethod
@@ -112,43 +130,43 @@ class CampaignConfig(_Strict):
 class RankConfig(_Strict):
     """GA layer-vulnerability ranking (flow.ga) and its ground truth (flow.vulnerability)."""
 
-    population: int = Field(default=12, ge=2)
-    genes: int = Field(default=8, ge=1)
-    tournament: int = Field(default=3, ge=1)
-    crossover: float = Field(default=0.5, ge=0, le=1)
-    mutation: float = Field(default=0.25, ge=0, le=1)
-    move: float = Field(default=0.5, ge=0, le=1)
-    patience: int = Field(default=5, ge=1)
-    min_tested: int = Field(default=100, ge=1)
-    max_generations: int = Field(default=100, ge=1)
-    budget: int | None = Field(default=None, ge=1)
-    truth_margin: float = Field(default=0.05, gt=0, lt=1)
-    truth_confidence: float = Field(default=0.95, gt=0, lt=1)
+    population: Int = Field(default=12, ge=2)
+    genes: Int = Field(default=8, ge=1)
+    tournament: Int = Field(default=3, ge=1)
+    crossover: Float = Field(default=0.5, ge=0, le=1)
+    mutation: Float = Field(default=0.25, ge=0, le=1)
+    move: Float = Field(default=0.5, ge=0, le=1)
+    patience: Int = Field(default=5, ge=1)
+    min_tested: Int = Field(default=100, ge=1)
+    max_generations: Int = Field(default=100, ge=1)
+    budget: Int | None = Field(default=None, ge=1)
+    truth_margin: Float = Field(default=0.05, gt=0, lt=1)
+    truth_confidence: Float = Field(default=0.95, gt=0, lt=1)
 
 
 class SearchConfig(_Strict):
     """Algorithm 1: base bit-width search and protection of the most vulnerable layers."""
 
-    accuracy_threshold: float = Field(default=0.9, gt=0, le=1)
-    drop_threshold: float = Field(default=0.01, ge=0, lt=1)
-    ber: float = Field(default=1e-3, ge=0, le=1)
-    trials: int = Field(default=100, ge=1)
-    start_bits: int = Field(default=8, ge=2, le=16)
-    finetune_epochs: int = Field(default=3, ge=1)
-    finetune_lr_scale: float = Field(default=0.1, gt=0)
+    accuracy_threshold: Float = Field(default=0.9, gt=0, le=1)
+    drop_threshold: Float = Field(default=0.01, ge=0, lt=1)
+    ber: Float = Field(default=1e-3, ge=0, le=1)
+    trials: Int = Field(default=100, ge=1)
+    start_bits: Int = Field(default=8, ge=2, le=16)
+    finetune_epochs: Int = Field(default=3, ge=1)
+    finetune_lr_scale: Float = Field(default=0.1, gt=0)
 
 
 class TableConfig(_Strict):
     """The paper's experiment: hom(n,-), hom(-,n+2), het(n,n+2) for each n (Tables III-V)."""
 
-    bits: list[int] = Field(default_factory=lambda: [3, 4, 5])
-    ber: float = Field(default=1e-4, ge=0, le=1)
-    bers: list[float] = Field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2])
-    trials: int = Field(default=200, ge=2)
-    protect_fraction: float = Field(default=0.25, gt=0, le=1)
-    lifetime: float = Field(default=87_600.0, gt=0)
-    test_interval: float = Field(default=24.0, gt=0)
-    p_single: float = Field(default=1e-20, gt=0, le=1)
+    bits: list[Int] = Field(default_factory=lambda: [3, 4, 5])
+    ber: Float = Field(default=1e-4, ge=0, le=1)
+    bers: list[Float] = Field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2])
+    trials: Int = Field(default=200, ge=2)
+    protect_fraction: Float = Field(default=0.25, gt=0, le=1)
+    lifetime: Float = Field(default=87_600.0, gt=0)
+    test_interval: Float = Field(default=24.0, gt=0)
+    p_single: Float = Field(default=1e-20, gt=0, le=1)
 
     @field_validator("bits")
     @classmethod
@@ -161,14 +179,14 @@ class TableConfig(_Strict):
 class FoldConfig(_Strict):
     """PE x SIMD folding of one layer's matrix-vector unit in the RTL accelerator."""
 
-    pe: int = Field(ge=1)
-    simd: int = Field(ge=1)
+    pe: Int = Field(ge=1)
+    simd: Int = Field(ge=1)
 
 
 class RtlConfig(_Strict):
     """The RTL accelerator: folding per layer, or a cycle target the default folding meets."""
 
-    target_cycles: int = Field(default=256, ge=1)
+    target_cycles: Int = Field(default=256, ge=1)
     folding: dict[str, FoldConfig] = Field(default_factory=dict)
 
 
@@ -178,18 +196,18 @@ class HlsConfig(_Strict):
     board: str = "pynq-z2"
     boards_dir: str | None = None
     backend: Literal["Vitis", "Vivado"] = "Vitis"
-    reuse_factor: int = Field(default=4, ge=1)
-    replay_maps: int = Field(default=50, ge=0)
-    replay_ber: float = Field(default=1e-2, ge=0, le=1)
-    replay_images: int | None = Field(default=None, ge=1)
+    reuse_factor: Int = Field(default=4, ge=1)
+    replay_maps: Int = Field(default=50, ge=0)
+    replay_ber: Float = Field(default=1e-2, ge=0, le=1)
+    replay_images: Int | None = Field(default=None, ge=1)
 
 
 class SimConfig(_Strict):
     """The RTL fault campaign of ``hetq sim`` and ``hetq run`` (Verilator, cycle-accurate)."""
 
-    bers: list[float] | None = None
-    trials: int = Field(default=20, ge=1)
-    images: int | None = Field(default=None, ge=1)
+    bers: list[Float] | None = None
+    trials: Int = Field(default=20, ge=1)
+    images: Int | None = Field(default=None, ge=1)
 
     @field_validator("bers")
     @classmethod
@@ -202,7 +220,7 @@ class ReportConfig(_Strict):
 
     boards: list[str] = Field(default_factory=lambda: ["pynq-z2", "zcu104"], min_length=1)
     baseline: bool = True
-    synth_workers: int = Field(default=2, ge=1)
+    synth_workers: Int = Field(default=2, ge=1)
 
 
 class ZobnnConfig(_Strict):
@@ -210,20 +228,20 @@ class ZobnnConfig(_Strict):
 
     archs: list[Literal["breact", "bdorefa"]] = Field(
         default_factory=lambda: ["breact", "bdorefa"], min_length=1)
-    width: float = Field(default=1.0, gt=0)
-    epochs: int = Field(default=8, ge=1)
-    lr: float = Field(default=5e-3, gt=0)
-    bits: list[int] = Field(default_factory=lambda: [16, 14, 12, 10, 8], min_length=1)
-    study_bits: int = Field(default=16, ge=2, le=16)
-    bers: list[float] = Field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3])
-    ber: float = Field(default=1e-4, ge=0, le=1)
-    trials: int = Field(default=500, ge=2)
-    timing_repeats: int = Field(default=50, ge=1)
+    width: Float = Field(default=1.0, gt=0)
+    epochs: Int = Field(default=8, ge=1)
+    lr: Float = Field(default=5e-3, gt=0)
+    bits: list[Int] = Field(default_factory=lambda: [16, 14, 12, 10, 8], min_length=1)
+    study_bits: Int = Field(default=16, ge=2, le=16)
+    bers: list[Float] = Field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3])
+    ber: Float = Field(default=1e-4, ge=0, le=1)
+    trials: Int = Field(default=500, ge=2)
+    timing_repeats: Int = Field(default=50, ge=1)
     hardware: bool = True
-    rtl_target_cycles: int = Field(default=2304, ge=1)
-    rtl_images: int = Field(default=100, ge=1, le=1024)
-    rtl_bers: list[float] = Field(default_factory=lambda: [1e-4, 1e-3])
-    rtl_trials: int = Field(default=10, ge=0)
+    rtl_target_cycles: Int = Field(default=2304, ge=1)
+    rtl_images: Int = Field(default=100, ge=1, le=1024)
+    rtl_bers: list[Float] = Field(default_factory=lambda: [1e-4, 1e-3])
+    rtl_trials: Int = Field(default=10, ge=0)
     synth: bool = True
 
     @field_validator("bits")
@@ -243,7 +261,7 @@ class ZobnnConfig(_Strict):
 class RunConfig(_Strict):
     """A whole run: seed, device, data, model, training, campaign, ranking, search."""
 
-    seed: int = Field(default=0, ge=0)
+    seed: Int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -327,12 +345,16 @@ def parse_config(obj: object, source: str = "config", base: Path | None = None) 
 
 
 def read_yaml(path: Path, what: str) -> object:
-    """Parse a YAML file; an unreadable or malformed file is a one-line ConfigError that names
-    ``what`` (e.g. ``config``), the file and, for syntax errors, the line and column."""
+    """Parse a YAML file (UTF-8); an unreadable, non-UTF-8 or malformed file is a one-line
+    ConfigError that names ``what`` (e.g. ``config``), the file and, for syntax errors, the line
+    and column (for bytes that are not UTF-8, the first one and its offset)."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{what}: cannot read '{path}' ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what}: '{path}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} "
+                          f"at offset {e.start})") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -150,7 +150,7 @@ class Executor:
         raise ValueError(f"unknown op {op}")
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Float pixels -> input codes (as float tensor), exactly as the Brevitas input quantizer."""
+        """Float pixels -> input codes (as a float tensor), exactly as the input quantizer."""
         n = self.net.nodes[0]
         return torch.round(x.to(self.device, torch.float32) * (2.0 ** n.frac)).clamp_(n.lo, n.hi)
 

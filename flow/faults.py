@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,31 @@ from flow.image import WEIGHT_KINDS, MemoryImage
 
 FAULT_KINDS = ("flip", "stuck0", "stuck1")
 FAULTMAP_VERSION = 1
+_INT64 = (-2 ** 63, 2 ** 63 - 1)
+
+
+def _json_fault(i: int, f: object) -> tuple[str, int, int, str]:
+    """Fault ``i`` of a JSON fault map as (memory, word, bit, kind), or a FaultMapError naming
+    ``faultmap.faults[i]``, the field and the value (as JSON) that is wrong."""
+    where = f"faultmap.faults[{i}]"
+    if not isinstance(f, dict):
+        raise FaultMapError(f"{where}: expected an object, got {json.dumps(f)}")
+    for key in ("memory", "word", "bit"):
+        if key not in f:
+            raise FaultMapError(f"{where}: missing key {json.dumps(key)}")
+    if not isinstance(f["memory"], str):
+        raise FaultMapError(f"{where}.memory: {json.dumps(f['memory'])} is not a string")
+    for key in ("word", "bit"):
+        v = f[key]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise FaultMapError(f"{where}.{key}: {json.dumps(v)} is not an integer")
+        if not _INT64[0] <= v <= _INT64[1]:
+            raise FaultMapError(f"{where}.{key}: {v} is outside the 64-bit integer range")
+    kind = f.get("kind", "flip")
+    if not isinstance(kind, str) or kind not in FAULT_KINDS:
+        raise FaultMapError(f"{where}.kind: unknown fault kind {json.dumps(kind)} "
+                            f"(known: {', '.join(FAULT_KINDS)})")
+    return f["memory"], f["word"], f["bit"], kind
 
 
 @dataclass(frozen=True)
@@ -70,15 +95,17 @@ class FaultMap:
 
     @classmethod
     def from_json(cls, obj: dict) -> "FaultMap":
-        """Inverse of :meth:`to_json` (raises FaultMapError on a malformed document)."""
+        """Inverse of :meth:`to_json`. Raises FaultMapError on a malformed document: a fault
+        whose memory is not a string, whose word or bit is not an integer (booleans and floats
+        such as 1.7 are refused, not rounded) or lies outside the 64-bit range, or whose kind is
+        unknown is named by its index and field (``faultmap.faults[3].word``)."""
         if not isinstance(obj, dict) or obj.get("version") != FAULTMAP_VERSION:
             raise FaultMapError(f"faultmap.version: expected {FAULTMAP_VERSION}, "
                                 f"got {obj.get('version') if isinstance(obj, dict) else obj!r}")
-        try:
-            return cls.from_faults((f["memory"], int(f["word"]), int(f["bit"]),
-                                    f.get("kind", "flip")) for f in obj["faults"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise FaultMapError(f"faultmap.faults: malformed fault entry ({e})") from None
+        faults = obj.get("faults")
+        if not isinstance(faults, list):
+            raise FaultMapError(f"faultmap.faults: expected a list, got {json.dumps(faults)}")
+        return cls.from_faults(_json_fault(i, f) for i, f in enumerate(faults))
 
     def save(self, path: Path) -> None:
         """Write the map as JSON."""
@@ -86,21 +113,26 @@ class FaultMap:
 
     @classmethod
     def load(cls, path: Path) -> "FaultMap":
-        """Read a map written by :meth:`save`."""
+        """Read a map written by :meth:`save` (UTF-8 JSON; see :meth:`from_json`)."""
         try:
-            return cls.from_json(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
+            return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise FaultMapError(f"faultmap: cannot read '{path}' ({e})") from None
 
     def validate(self, image: MemoryImage) -> None:
-        """Check that every fault names an existing memory, word and bit of ``image``."""
-        for m, w, b in zip(self.memory, self.word, self.bit):
-            mem = image.memory(m)
+        """Check that every fault names an existing memory, word and bit of ``image``; the first
+        that does not is a FaultMapError naming its index (``faultmap.faults[i]``) and field."""
+        for i, (m, w, b) in enumerate(zip(self.memory, self.word, self.bit)):
+            where = f"faultmap.faults[{i}]"
+            if m not in image.memories:
+                raise FaultMapError(f"{where}.memory: unknown memory '{m}' "
+                                    f"(memories: {', '.join(image.memories)})")
+            mem = image.memories[m]
             if not 0 <= w < mem.depth:
-                raise FaultMapError(f"fault.word: word {int(w)} outside memory '{m}' "
+                raise FaultMapError(f"{where}.word: word {int(w)} outside memory '{m}' "
                                     f"(depth {mem.depth})")
             if not 0 <= b < mem.width:
-                raise FaultMapError(f"fault.bit: bit {int(b)} outside memory '{m}' "
+                raise FaultMapError(f"{where}.bit: bit {int(b)} outside memory '{m}' "
                                     f"(width {mem.width})")
 
 
@@ -128,16 +160,55 @@ def check_ber(ber: float) -> float:
     return v
 
 
+def check_targets(image: MemoryImage, *, kinds: Sequence[str] = WEIGHT_KINDS,
+                  layers: Sequence[str] | None = None, bits: Sequence[int] | None = None,
+                  fields: Mapping[str, str] | None = None) -> int:
+    """The number of target bits of ``image`` that faults of the given ``kinds``, ``layers`` and
+    bit positions ``bits`` (None: all) can hit; a target set that is empty, or a bit position
+    that no targeted memory has, is refused.
+
+    ``fields`` names the options in messages (keys ``kinds``, ``layers``, ``bits``; default
+    those words), e.g. ``{"bits": "--bits"}``. Raises :class:`~flow.errors.ConfigError` naming
+    the field and the value (for a bit position, the widths of the targeted memories), or
+    :class:`~flow.errors.FaultMapError` for an unknown kind or layer (:meth:`MemoryImage.targets`).
+    """
+    name = {"kinds": "kinds", "layers": "layers", "bits": "bits", **(fields or {})}
+    if bits is not None and len(bits) == 0:
+        raise ConfigError(f"{name['bits']}: [] selects no bit (leave it out to target every bit)")
+    if layers is not None and len(layers) == 0:
+        raise ConfigError(f"{name['layers']}: [] selects no layer (leave it out to target every "
+                          f"layer)")
+    mems = image.targets(kinds, layers)
+    if not mems:
+        where = f" of layers {', '.join(layers)}" if layers else ""
+        present = sorted({m.kind for m in image.memories.values()})
+        raise ConfigError(f"{name['kinds']}: no memory{where} is of kind {', '.join(kinds)}, "
+                          f"nothing to fault (kinds present: {', '.join(present)})")
+    for b in bits or ():
+        if not any(0 <= b < m.width for m in mems):
+            widths = ", ".join(f"{m.name} {m.width}" for m in mems)
+            raise ConfigError(f"{name['bits']}: bit {b} is in no targeted memory "
+                              f"(widths: {widths})")
+    total = sum(m.depth * (m.width if bits is None else len({b for b in bits if 0 <= b < m.width}))
+                for m in mems)
+    if total == 0:
+        targeted = ", ".join(m.name for m in mems)
+        raise ConfigError(f"{name['kinds']}: the targeted memories ({targeted}) hold no bit")
+    return total
+
+
 class SeuSampler:
     """Draws random fault maps over a fixed set of target bits of an image.
 
     The targets (memories of the given kinds and layers, bit positions of each word) are laid
     out once; each :meth:`sample` then costs a binomial draw, a draw of distinct positions and a
-    few vectorized index operations.
+    few vectorized index operations. An empty target set, or a bit position no targeted memory
+    has, is refused (:func:`check_targets`).
     """
 
     def __init__(self, image: MemoryImage, *, kinds: Sequence[str] = WEIGHT_KINDS,
                  layers: Sequence[str] | None = None, bits: Sequence[int] | None = None) -> None:
+        check_targets(image, kinds=kinds, layers=layers, bits=bits)
         mems = image.targets(kinds, layers)
         allowed = [np.arange(m.width) if bits is None else np.array(
             sorted({b for b in bits if 0 <= b < m.width}), dtype=np.int64) for m in mems]
@@ -224,7 +295,8 @@ class Injector:
                 np.bitwise_xor.at(mem.words, w, mask)
             else:
                 k = kinds[sel]
-                for kind, ufunc, m in (("flip", np.bitwise_xor, mask), ("stuck1", np.bitwise_or, mask),
+                for kind, ufunc, m in (("flip", np.bitwise_xor, mask),
+                                       ("stuck1", np.bitwise_or, mask),
                                        ("stuck0", np.bitwise_and, ~mask)):
                     s = k == kind
                     ufunc.at(mem.words, w[s], m[s])

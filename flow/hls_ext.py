@@ -131,13 +131,24 @@ def _make_pass():
 
 def _make_templates():
     from hls4ml.backends.vivado.passes.bn_quant import (
-        BatchNormalizationQuantizedTanhFunctionTemplate, bn_include_list)
+        BatchNormalizationQuantizedTanhFunctionTemplate,
+        bn_include_list,
+    )
     from hls4ml.backends.vivado.passes.convolution_templates import (
-        Conv2DConfigTemplate, Conv2DFunctionTemplate, conv2d_include_list)
+        Conv2DConfigTemplate,
+        Conv2DFunctionTemplate,
+        conv2d_include_list,
+    )
     from hls4ml.backends.vivado.passes.core_templates import (
-        DenseConfigTemplate, DenseFunctionTemplate, dense_include_list)
+        DenseConfigTemplate,
+        DenseFunctionTemplate,
+        dense_include_list,
+    )
     from hls4ml.backends.vivado.passes.pointwise import (
-        PointwiseConv2DConfigTemplate, PointwiseConv2DFunctionTemplate, sepconv2d_include_list)
+        PointwiseConv2DConfigTemplate,
+        PointwiseConv2DFunctionTemplate,
+        sepconv2d_include_list,
+    )
 
     def tmr_product(node, text: str) -> str:
         tmr = node.get_attr("hetq_tmr")

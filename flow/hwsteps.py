@@ -29,7 +29,6 @@ from flow.rundir import RunDir
 from flow.session import Session, open_session
 from flow.store import TrialStore, export_csv, export_json
 
-
 BASELINE = "rtl_base"
 
 

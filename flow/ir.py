@@ -1,9 +1,9 @@
 """The integer network: what hardware computes, as a list of nodes over integer tensors.
 
-Produced from a QONNX graph (a Brevitas export or a user's file) by :mod:`flow.lower`, stored in the weight-memory image
-(:mod:`flow.image`) and run by the integer executor (:mod:`flow.executor`); the HLS and RTL
-generators read the same structure. Every tensor holds integer codes; a node's ``frac`` says the
-code ``c`` stands for ``c * 2**-frac``.
+Produced from a QONNX graph (a Brevitas export or a user's file) by :mod:`flow.lower`, stored in
+the weight-memory image (:mod:`flow.image`) and run by the integer executor
+(:mod:`flow.executor`); the HLS and RTL generators read the same structure. Every tensor holds
+integer codes; a node's ``frac`` says the code ``c`` stands for ``c * 2**-frac``.
 
 Ops (``Node.op``) and their attributes:
 
@@ -33,8 +33,9 @@ from flow.precision import Fixed
 class Param:
     """An integer parameter array that hardware keeps in a memory.
 
-    ``kind`` is ``weight``, ``bias``, ``threshold``, ``direction``, ``scale`` or ``offset``. ``codes`` holds the integer
-    values (for bipolar weights -1/+1), in PyTorch's layout (out, in[, kh, kw]).
+    ``kind`` is ``weight``, ``bias``, ``threshold``, ``direction``, ``scale`` or ``offset``.
+    ``codes`` holds the integer values (for bipolar weights -1/+1), in PyTorch's layout
+    (out, in[, kh, kw]).
     """
 
     name: str

@@ -43,7 +43,8 @@ class Fixed:
         return 2.0 ** (-self.frac)
 
     def name(self) -> str:
-        """Short name such as ``INT4.2`` (signed, 4 bits, 2 fraction bits), ``UINT8.7`` or ``BIPOLAR``."""
+        """Short name such as ``INT4.2`` (signed, 4 bits, 2 fraction bits), ``UINT8.7`` or
+        ``BIPOLAR``."""
         if self.bipolar:
             return "BIPOLAR"
         return f"{'INT' if self.signed else 'UINT'}{self.bits}.{self.frac}"

@@ -92,8 +92,7 @@ def prepare(model):
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.transformation.change_batchsize import ChangeBatchSize
     from qonnx.transformation.fold_constants import FoldConstants
-    from qonnx.transformation.general import (RemoveStaticGraphInputs, RemoveUnusedTensors,
-                                              SortGraph)
+    from qonnx.transformation.general import RemoveStaticGraphInputs, RemoveUnusedTensors, SortGraph
     from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
     from qonnx.transformation.remove import RemoveUnusedNodes

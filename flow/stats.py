@@ -3,6 +3,8 @@
 * :func:`leveugle_sample_size`: how many trials a BER point needs (Leveugle et al., "Statistical
   fault injection: quantified error and confidence", DATE 2009).
 * :func:`mean_ci`: the mean of per-trial measurements with a Student-t confidence interval.
+* :func:`bounded_mean_ci`: the same for a quantity with known bounds (an accuracy in [0, 1]),
+  the interval clipped to the bounds.
 
 Bad user-supplied parameters raise :class:`~flow.errors.ConfigError` naming the config field.
 """
@@ -66,8 +68,11 @@ def leveugle_sample_size(margin: float, confidence: float = 0.95, p: float = 0.5
 class Interval:
     """A sample mean with its two-sided confidence interval ``[low, high]``.
 
-    ``half_width`` is ``high - mean`` (= ``mean - low``), ``n`` the sample size and
-    ``confidence`` the coverage level of the interval (e.g. 0.95).
+    ``half_width`` is the Student-t half-width (``high - mean`` = ``mean - low`` unless
+    ``clipped``), ``n`` the sample size and ``confidence`` the coverage level of the interval
+    (e.g. 0.95). ``defined`` is False for a single value (no spread estimate: ``low == high ==
+    mean`` is a placeholder, not a zero-width interval); ``clipped`` is True when
+    :func:`bounded_mean_ci` cut the t-interval at a bound of the quantity.
     """
 
     mean: float
@@ -76,6 +81,8 @@ class Interval:
     half_width: float
     n: int
     confidence: float
+    defined: bool = True
+    clipped: bool = False
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
@@ -83,7 +90,8 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
 
     half_width = t_{(1+c)/2, n-1} * s / sqrt(n), with s the sample standard deviation (ddof=1).
     A single value has no spread estimate: its interval is degenerate (``half_width`` 0,
-    ``low == high == mean``); callers should treat it as "no uncertainty information".
+    ``low == high == mean``) and ``defined`` is False; callers should treat it as "no
+    uncertainty information".
 
     Raises:
         ValueError: ``values`` is empty, not one-dimensional, or holds a non-finite number.
@@ -104,7 +112,39 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
         t = float(special.stdtrit(n - 1, (1.0 + c) / 2.0))
         half = t * float(x.std(ddof=1)) / math.sqrt(n)
     return Interval(mean=mean, low=mean - half, high=mean + half, half_width=half, n=n,
-                    confidence=c)
+                    confidence=c, defined=n > 1)
+
+
+def bounded_mean_ci(values: Sequence[float], confidence: float = 0.95, lo: float = 0.0,
+                    hi: float = 1.0) -> Interval:
+    """Mean of ``values`` that lie in ``[lo, hi]`` (per-trial accuracies: [0, 1]) with the
+    Student-t interval of :func:`mean_ci` clipped to ``[lo, hi]``.
+
+    With few trials the t-interval of an accuracy near 0 or 1 reaches past the bound (e.g.
+    [-0.219, 1.559] for 2 trials at 0.60 and 0.74). The mean cannot lie outside ``[lo, hi]``, so
+    the part of the interval beyond a bound holds no possible value: clipping it off removes no
+    value the true mean could take, and the clipped interval covers the true mean exactly when
+    the t-interval does (same confidence). It is still the t-interval's approximation (trial
+    accuracies roughly normal); a clipped interval says that assumption is strained, because the
+    trials are few or pile up at a bound, so ``clipped`` is reported rather than hidden. It is
+    no longer symmetric about the mean; ``half_width`` stays the t half-width.
+
+    One value gives ``[mean, mean]`` with ``defined`` False: a single trial says nothing about
+    the spread between trials, so no interval is claimed (and none is invented from the number
+    of test images, which measures another variability).
+
+    Raises:
+        ValueError: as :func:`mean_ci`, or a value lies outside ``[lo, hi]``.
+        ConfigError: ``confidence`` is not in (0, 1).
+    """
+    ci = mean_ci(values, confidence)
+    x = np.asarray(values, dtype=float)
+    if np.any(x < lo) or np.any(x > hi):
+        raise ValueError(f"bounded_mean_ci: values outside [{lo}, {hi}]")
+    low, high = max(lo, ci.low), min(hi, ci.high)
+    return Interval(mean=ci.mean, low=low, high=high, half_width=ci.half_width, n=ci.n,
+                    confidence=ci.confidence, defined=ci.defined,
+                    clipped=(low, high) != (ci.low, ci.high))
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from flow.campaign import CampaignSpec, default_trials, run_campaign
 from flow.config import RunConfig
 from flow.errors import ConfigError
 from flow.executor import Executor
+from flow.faults import check_targets
 from flow.image import MemoryImage
 from flow.ir import IntNetwork
 from flow.lower import lower_graph
@@ -22,6 +23,7 @@ from flow.models import parse_arch
 from flow.oracle import compare_brevitas, compare_qonnx
 from flow.plan import plan_of_network, save_plan
 from flow.qonnx_graph import ModelError, export_module, load, save
+from flow.rtl import check_folding
 from flow.rundir import RunDir, sha256_file, write_json
 from flow.session import check_fit, load_data, open_session, resolve_device
 from flow.store import export_csv, export_json
@@ -121,8 +123,10 @@ def network_of(cfg: RunConfig, data) -> tuple[IntNetwork, object]:
 
 def validate(cfg: RunConfig, network: bool = True) -> IntNetwork | None:
     """Check everything a run needs before anything is written: boards, data and, with
-    ``network``, the network (built, exported and lowered, checked against qonnx's executor) and
-    the layer names the config uses. Returns the lowered (untrained) network, if checked."""
+    ``network``, the network (built, exported and lowered, checked against qonnx's executor), the
+    layer names the config uses, the campaign's fault targets (``campaign.kinds``, ``layers``,
+    ``bits`` against the memories of the config's protection) and ``rtl.folding``
+    (:func:`flow.rtl.check_folding`). Returns the lowered (untrained) network, if checked."""
     from flow.boards import config_board_dirs, get_board
     extra = config_board_dirs(cfg)
     get_board(cfg.hls.board, extra, "hls.board")
@@ -135,13 +139,20 @@ def validate(cfg: RunConfig, network: bool = True) -> IntNetwork | None:
     net, graph = network_of(cfg, data)
     names = net.layers()
     for key, given in (("model.protected", cfg.model.protected),
-                       ("campaign.layers", cfg.campaign.layers or []),
-                       ("rtl.folding", list(cfg.rtl.folding))):
+                       ("campaign.layers", cfg.campaign.layers or [])):
         unknown = sorted(set(given) - set(names))
         if unknown:
             raise ConfigError(f"{key}: unknown layer '{unknown[0]}' (layers: {', '.join(names)})")
+    c = cfg.campaign
+    check_targets(MemoryImage.build(net, cfg.model.protected), kinds=c.kinds, layers=c.layers,
+                  bits=c.bits, fields=_CAMPAIGN_FIELDS)
+    check_folding(cfg.rtl, net)
     check_lowering(Executor(net, MemoryImage.build(net), "cpu"), graph, data)
     return net
+
+
+_CAMPAIGN_FIELDS = {"kinds": "campaign.kinds", "layers": "campaign.layers",
+                    "bits": "campaign.bits"}
 
 
 def campaign_spec(cfg: RunConfig) -> CampaignSpec:
@@ -155,12 +166,15 @@ def campaign_spec(cfg: RunConfig) -> CampaignSpec:
 
 def inject(run: RunDir, spec: CampaignSpec, progress: bool = True,
            device: str | None = None, executor: str = "local", address: str | None = None,
-           workers: int | None = None, protected: list[str] | None = None) -> dict:
+           workers: int | None = None, protected: list[str] | None = None,
+           fields: Mapping[str, str] | None = None) -> dict:
     """Run a campaign on a trained run; write ``inject/<id>/`` (CSV, JSON, PNG).
 
     ``executor`` is ``local`` (in this process) or ``ray`` (actors on the Ray cluster at
     ``address``, or a local Ray instance); the results are the same. ``protected`` replaces the
-    plan's protected layers (``[]``: the unprotected baseline of the same network).
+    plan's protected layers (``[]``: the unprotected baseline of the same network). The spec's
+    fault targets are checked before anything is written (:func:`flow.faults.check_targets`;
+    ``fields`` names its kinds, layers and bits in messages, default ``campaign.kinds``...).
     """
     from flow.parallel import make_pool
     t0 = time.time()
@@ -172,6 +186,8 @@ def inject(run: RunDir, spec: CampaignSpec, progress: bool = True,
         prot = sorted(protected)
         image = MemoryImage.build(s.net, prot)
         ex = Executor(s.net, image, s.executor.device)
+    check_targets(image, kinds=spec.kinds, layers=spec.layers, bits=spec.bits,
+                  fields=fields or _CAMPAIGN_FIELDS)
     # The campaign id covers what the trials depend on: the checkpoint and the protection.
     spec = dataclasses.replace(spec, extra={**spec.extra, "checkpoint_sha256": s.checkpoint_sha256,
                                             "protected": prot})
@@ -186,7 +202,7 @@ def inject(run: RunDir, spec: CampaignSpec, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     export_csv(res["summary"], out / "summary.csv")
     export_json({**res, "spec": spec.to_json()}, out / "summary.json")
-    from flow.plots import plot_accuracy_vs_ber   # matplotlib only when a plot is drawn
+    from flow.plots import plot_accuracy_vs_ber  # matplotlib only when a plot is drawn
     arch = s.net.arch
     plot_accuracy_vs_ber({arch: res["summary"]}, out / "accuracy_vs_ber.png",
                          title=f"{arch}: accuracy vs BER ({spec.trials} trials/point)",

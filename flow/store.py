@@ -18,9 +18,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from flow.rundir import atomic_write
 from flow.errors import ConfigError, RunDirError
-from flow.stats import mean_ci
+from flow.rundir import atomic_write
+from flow.stats import bounded_mean_ci
 
 SCHEMA_VERSION = 1
 
@@ -150,9 +150,12 @@ class TrialStore:
                 confidence: float = 0.95) -> list[dict[str, Any]]:
         """Per-BER statistics of ``campaign`` (ascending BER), accuracies as fractions.
 
-        Accuracy bounds are a Student-t interval (:func:`flow.stats.mean_ci`) over the trials;
-        the drop is ``clean_accuracy - accuracy``, so ``drop_low = clean - accuracy_high``.
-        Bounds are not clipped to [0, 1].
+        Accuracy bounds are the Student-t interval over the trials clipped to [0, 1]
+        (:func:`flow.stats.bounded_mean_ci`); ``ci_clipped`` says whether a bound was cut.
+        With one trial there is no interval: ``accuracy_low == accuracy_high == accuracy_mean``
+        and ``ci_defined`` is False. The drop is ``clean_accuracy - accuracy``, so
+        ``drop_low = clean - accuracy_high`` and ``drop_high = clean - accuracy_low`` (the drop's
+        interval is the clipped accuracy interval, seen from the clean accuracy).
         """
         by_ber: dict[float, list[dict[str, Any]]] = defaultdict(list)
         for row in self.trials(campaign):
@@ -164,12 +167,13 @@ class TrialStore:
 def _summary_row(ber: float, rows: list[dict[str, Any]], clean: float,
                  confidence: float) -> dict[str, Any]:
     """One summary dict for the trials ``rows`` of one BER point."""
-    ci = mean_ci([r["accuracy"] for r in rows], confidence)
+    ci = bounded_mean_ci([r["accuracy"] for r in rows], confidence)
     return {"ber": ber, "trials": len(rows),
             "mean_faults": sum(r["n_faults"] for r in rows) / len(rows),
             "accuracy_mean": ci.mean, "accuracy_low": ci.low, "accuracy_high": ci.high,
             "drop_mean": clean - ci.mean, "drop_low": clean - ci.high,
-            "drop_high": clean - ci.low, "confidence": ci.confidence}
+            "drop_high": clean - ci.low, "confidence": ci.confidence,
+            "ci_defined": ci.defined, "ci_clipped": ci.clipped}
 
 
 def export_csv(rows: list[dict[str, Any]], path: Path) -> None:

@@ -30,10 +30,10 @@ from flow.ga import rank_layers_ga
 from flow.image import MemoryImage
 from flow.lower import lower, lower_graph
 from flow.metrics import PdropConstants, latency, p_drop, rap, weight_bits
-from flow.rank import ga_config
-from flow.rundir import RunDir, atomic_write, write_json
 from flow.models import parse_arch
 from flow.qonnx_graph import load
+from flow.rank import ga_config
+from flow.rundir import RunDir, atomic_write, write_json
 from flow.search import _finetune, protection_only
 from flow.session import load_data, qonnx_of, resolve_device
 from flow.store import export_csv

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from flow.boards import config_board_dirs, get_board
 from flow.campaign import CampaignSpec, run_campaign
 from flow.config import RtlConfig, RunConfig
-from flow.boards import config_board_dirs, get_board
 from flow.data import Dataset
 from flow.errors import PlanError
 from flow.executor import Executor

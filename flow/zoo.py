@@ -18,9 +18,14 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import brevitas.nn as qnn
-from brevitas.quant import (Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint, Int16Bias,
-                            SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst,
-                            Uint8ActPerTensorFixedPoint)
+from brevitas.quant import (
+    Int8ActPerTensorFixedPoint,
+    Int8WeightPerTensorFixedPoint,
+    Int16Bias,
+    SignedBinaryActPerTensorConst,
+    SignedBinaryWeightPerTensorConst,
+    Uint8ActPerTensorFixedPoint,
+)
 from torch import nn
 
 from flow.errors import ConfigError

@@ -5,8 +5,18 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from flow.bnn import (ARCHS, BinaryConv2d, BinaryResNet, DoReFaBNN, FloatTwin, StoredParam,
-                      STORED_KINDS, accuracy, build_bnn, train_bnn)
+from flow.bnn import (
+    ARCHS,
+    STORED_KINDS,
+    BinaryConv2d,
+    BinaryResNet,
+    DoReFaBNN,
+    FloatTwin,
+    StoredParam,
+    accuracy,
+    build_bnn,
+    train_bnn,
+)
 from flow.data import Dataset, load_dataset
 from flow.errors import ConfigError
 

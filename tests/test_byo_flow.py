@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_config
 
 from flow.cli import main
-
-from conftest import write_config
 
 pytestmark = pytest.mark.slow
 
@@ -82,9 +81,9 @@ def test_dense_64_37_23_10(tmp_path, capsys):
     mems = {m["memory"]: m for m in res["rtl"]["memories"]}
     # 3/5/7-bit words, the middle layer with its MSB triplicated (5 + 2 bits per lane)
     widths = [next(st["params"]["WBITS"] for st in res["rtl"]["stages"]
-                   if st["module"] == "mvu" and st["layer"] == l) for l in layers]
+                   if st["module"] == "mvu" and st["layer"] == x) for x in layers]
     assert widths == [3, 5, 7]
-    assert [mems[f"{l}.weight"]["protected"] for l in layers] == [False, True, False]
+    assert [mems[f"{x}.weight"]["protected"] for x in layers] == [False, True, False]
     assert set(res["rank"]["ranking"]) == set(layers)
     check_hardware(res, ["classifier.fc2"])
     s = res["search"]
@@ -181,7 +180,7 @@ def test_import_brevitas_export(tmp_path, capsys):
     ref = model(ds.test.x).value.argmax(1)
     info = cli(capsys, "info", run)
     assert info["test_accuracy"] == pytest.approx(float((ref == ds.test.y).float().mean()))
-    assert [l["protected"] for l in info["layers"]] == [False, True, False, False]
+    assert [x["protected"] for x in info["layers"]] == [False, True, False, False]
     # the rest of the flow on the run's own config: rank, search (protection only), inject,
     # hls, rtl, sim, synth, report
     res = cli(capsys, "run", "--out", run)["steps"]

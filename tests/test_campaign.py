@@ -4,12 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 from flow.campaign import CampaignSpec, default_trials, run_campaign
-from flow.faults import trial_rng
-from flow.faults import Injector, sample_seu
+from flow.faults import Injector, sample_seu, trial_rng
+from flow.rundir import RunDir
 from flow.session import open_session
 from flow.stats import leveugle_sample_size
 from flow.steps import inject
-from flow.rundir import RunDir
 
 
 def test_default_trials_is_leveugle():

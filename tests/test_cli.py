@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import QUICK_MLP, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,12 +269,12 @@ def test_info_json(tmp_path: Path, mlp_run: Path) -> None:
     info = json.loads(res.stdout)  # exactly one JSON document
     assert {"layers", "memory_bits", "test_accuracy", "arch", "checkpoint_sha256"} <= set(info)
     assert info["arch"] == "mlp"
-    assert [l["layer"] for l in info["layers"]] == ["fc1", "fc2", "fc3"]
-    assert {l["layer"]: l["protected"] for l in info["layers"]} == {
+    assert [x["layer"] for x in info["layers"]] == ["fc1", "fc2", "fc3"]
+    assert {x["layer"]: x["protected"] for x in info["layers"]} == {
         "fc1": False, "fc2": True, "fc3": False}
-    assert all(l["weight_bits"] == 4 for l in info["layers"])
+    assert all(x["weight_bits"] == 4 for x in info["layers"])
     # the last layer's accumulator is the output: it has no activation quantizer
-    assert [l["act_bits"] for l in info["layers"]] == [4, 4, None]
+    assert [x["act_bits"] for x in info["layers"]] == [4, 4, None]
     assert 0.0 <= info["test_accuracy"] <= 1.0
     assert info["test_accuracy"] > 0.5  # a trained digits MLP
     train = json.loads((mlp_run / "manifest.json").read_text())["steps"]["train"]

@@ -304,7 +304,8 @@ def test_npz_nchw_uint8_exact_and_carved_val(tmp_path: Path) -> None:
     assert d.num_classes == 5 and [len(s.y) for s in (d.train, d.val, d.test)] == [36, 4, 10]
     for s in (d.train, d.val, d.test):
         assert s.x.dtype == torch.float32 and s.y.dtype == torch.int64
-    assert torch.equal(d.test.x, _u8(sets["x_test"])) and d.test.y.tolist() == sets["y_test"].tolist()
+    assert torch.equal(d.test.x, _u8(sets["x_test"]))
+    assert d.test.y.tolist() == sets["y_test"].tolist()
     assert torch.equal(_u8(sets["x_test"]), torch.from_numpy(sets["x_test"] / 255.0).float())
     # train + val are the file's train images, disjoint, each with its own label; val stratified
     want = _by_image(Split(_u8(sets["x_train"]), torch.from_numpy(sets["y_train"])))
@@ -355,7 +356,8 @@ def test_npz_explicit_layout(tmp_path: Path) -> None:
     path = _npz(tmp_path / "a.npz", **sets)
     with pytest.raises(DataError) as err:
         load_dataset("npz", path=path)
-    assert str(err.value) == (f"data.layout: 'auto' is ambiguous for x_train of shape (40, 3, 8, 3) "
+    assert str(err.value) == (f"data.layout: 'auto' is ambiguous for x_train of shape "
+                              f"(40, 3, 8, 3) "
                               f"in '{path}' (axes 1 and 3 both have size 3; set data.layout to "
                               "nchw or nhwc)")
     nchw = load_dataset("npz", path=path, layout="nchw")

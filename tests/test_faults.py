@@ -8,9 +8,8 @@ import pytest
 import torch
 from scipy import stats
 
-from flow.faults import trial_rng
 from flow.errors import ConfigError, FaultMapError
-from flow.faults import FaultMap, Injector, sample_seu, total_bits
+from flow.faults import FaultMap, Injector, sample_seu, total_bits, trial_rng
 from flow.image import Memory, MemoryImage
 from flow.precision import Fixed
 from flow.session import open_session

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import write_config
 from onnx import TensorProto, helper, numpy_helper
 
 from flow.cli import main
@@ -17,8 +18,6 @@ from flow.image import MemoryImage
 from flow.lower import lower_graph
 from flow.oracle import compare_qonnx
 from flow.qonnx_graph import load
-
-from conftest import write_config
 
 NETS = Path(__file__).with_name("user_nets.py")
 
@@ -33,7 +32,7 @@ def refused(capsys, args: list, out: Path, *needles: str) -> str:
     """Run a command that must fail: exit 2, one line on stderr naming ``needles``, and
     ``out`` not created."""
     code, _, err = run_cli(capsys, *args)
-    lines = [l for l in err.splitlines() if l.startswith("hetq: error:")]
+    lines = [x for x in err.splitlines() if x.startswith("hetq: error:")]
     assert code == 2, err
     assert len(lines) == 1, err
     for n in needles:
@@ -153,7 +152,7 @@ def test_import_a_hand_written_file(tmp_path, capsys):
     assert code == 0, err
     code, out, err = run_cli(capsys, "search", tmp_path / "run")
     assert code == 0, err
-    note = [l for l in err.splitlines() if l.startswith("search:")]
+    note = [x for x in err.splitlines() if x.startswith("search:")]
     assert len(note) == 1 and "cannot retrain" in note[0]
 
 

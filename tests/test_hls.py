@@ -16,8 +16,8 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from conftest import hetq_cli
 import yaml
+from conftest import hetq_cli
 
 from flow.boards import load_boards
 from flow.executor import Executor

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from flow.metrics import PdropConstants, latency, layer_cycles, p_drop, rap, weight_bits
 from flow.image import MemoryImage
+from flow.metrics import PdropConstants, latency, layer_cycles, p_drop, rap, weight_bits
 from flow.session import open_session
 
 
@@ -34,6 +34,7 @@ def test_latency_model_counts_and_ignores_protection(mlp_run):
 
 def test_conv_cycles():
     import torch
+
     from flow.lower import lower
     from flow.zoo import cnn
     m = cnn((1, 8, 8), 10)

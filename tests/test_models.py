@@ -10,8 +10,15 @@ import torch
 
 from flow.config import load_config, parse_config
 from flow.errors import ConfigError
-from flow.models import (ModelSource, call_factory, load_factory, parse_arch, set_weight_bits,
-                         weight_bit_width, weight_layers)
+from flow.models import (
+    ModelSource,
+    call_factory,
+    load_factory,
+    parse_arch,
+    set_weight_bits,
+    weight_bit_width,
+    weight_layers,
+)
 from flow.train import model_from_config
 
 NETS = Path(__file__).with_name("user_nets.py")
@@ -56,7 +63,7 @@ def test_file_factory_gets_kwargs_shape_and_classes():
                                  kwargs={"hidden": [30, 20]}), (1, 8, 8), 7)
     layers = weight_layers(net)
     assert list(layers) == ["classifier.fc1", "classifier.fc2", "classifier.fc3"]
-    assert [l.out_features for l in layers.values()] == [30, 20, 7]
+    assert [x.out_features for x in layers.values()] == [30, 20, 7]
 
 
 def test_package_module_factory(tmp_path, monkeypatch):
@@ -77,14 +84,14 @@ def test_config_bits_reach_the_layers_through_brevitas():
     net = model_from_config(_cfg(f"{NETS}:dense_64_37_23_10", weight_bits={
         "classifier.fc1": 3, "classifier.fc2": 5, "classifier.fc3": 7}), (1, 8, 8), 10)
     layers = weight_layers(net)
-    assert [weight_bit_width(l) for l in layers.values()] == [3, 5, 7]
+    assert [weight_bit_width(x) for x in layers.values()] == [3, 5, 7]
     # the quantizer really quantizes to 3 bits: narrow codes in -3..3
     codes = layers["classifier.fc1"].quant_weight().int()
     assert int(codes.max()) == 3 and int(codes.min()) == -3
     # default_weight_bits covers the layers weight_bits does not name
     net = model_from_config(_cfg(f"{NETS}:dense_64_37_23_10", default_weight_bits=4,
                                  weight_bits={"classifier.fc3": 6}), (1, 8, 8), 10)
-    assert [weight_bit_width(l) for l in weight_layers(net).values()] == [4, 4, 6]
+    assert [weight_bit_width(x) for x in weight_layers(net).values()] == [4, 4, 6]
 
 
 def test_bits_survive_a_state_dict_round_trip():
@@ -99,7 +106,7 @@ def test_bits_survive_a_state_dict_round_trip():
 def test_binary_layers_keep_one_bit_and_refuse_others():
     cfg = _cfg(f"{NETS}:binary_mlp", default_weight_bits=4)   # binary layers are skipped
     net = model_from_config(cfg, (1, 8, 8), 10)
-    assert {weight_bit_width(l) for l in weight_layers(net).values()} == {1}
+    assert {weight_bit_width(x) for x in weight_layers(net).values()} == {1}
     with pytest.raises(ConfigError, match=r"model.weight_bits.hidden.0: layer 'hidden.0' has a "
                                           r"weight quantizer \(\w+\) that keeps 1 bits"):
         model_from_config(_cfg(f"{NETS}:binary_mlp", weight_bits={"hidden.0": 4}), (1, 8, 8), 10)

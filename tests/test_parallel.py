@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 
 from flow.campaign import CampaignSpec, run_campaign
-from flow.ga import GAConfig, rank_layers_ga
-from flow.parallel import LocalPool, FaultWorker, make_pool
-from flow.session import open_session
 from flow.errors import ConfigError
+from flow.ga import GAConfig, rank_layers_ga
+from flow.parallel import FaultWorker, LocalPool, make_pool
+from flow.session import open_session
 
 
 def test_unknown_executor_is_an_error(mlp_run):

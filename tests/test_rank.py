@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from flow.cli import main
 from flow.config import RunConfig
 from flow.executor import Executor
 from flow.ga import GAConfig, rank_layers_ga
@@ -15,7 +16,6 @@ from flow.lower import lower
 from flow.session import load_data
 from flow.train import train
 from flow.vulnerability import layer_ground_truth
-from flow.cli import main
 
 
 @pytest.mark.slow

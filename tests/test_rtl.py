@@ -88,7 +88,8 @@ def _simulate(run_dir: Path, tmp: Path, protected: list[str] | None) -> dict:
             out = ex.run(codes, quantized=True).numpy().astype(np.int64)
         soft.append(out if kind == "clean" else out[:nf])
     return {"kinds": [t[0] for t in trials], "rtl": [r.scores for r in res], "soft": soft,
-            "clean": clean, "fault_clean": clean[:nf], "timing": measured_timing(res[0]), "protected": prot,
+            "clean": clean, "fault_clean": clean[:nf], "timing": measured_timing(res[0]),
+            "protected": prot,
             "analytic": sim.manifest.obj["analytic"]}
 
 

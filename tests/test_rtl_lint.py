@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import hetq_cli
 import yaml
+from conftest import hetq_cli
 
 from flow.config import RtlConfig
 from flow.rtl import choose_folding, design, memory_words
@@ -89,8 +89,8 @@ def test_layout_places_every_word_once(cnn_run):
         assert addr.max() < lay.depth and lane.max() < lay.lanes
         # the stored words come back out of the memory file contents
         rows = memory_words(lay, m.words)
-        back = [(rows[a] >> (int(l) * lay.lane_bits)) & ((1 << lay.lane_bits) - 1)
-                for a, l in zip(addr, lane)]
+        back = [(rows[a] >> (int(ln) * lay.lane_bits)) & ((1 << lay.lane_bits) - 1)
+                for a, ln in zip(addr, lane)]
         assert np.array_equal(np.array(back), m.words)
 
 

@@ -86,22 +86,27 @@ def test_summary_against_hand_computation(tmp_path: Path) -> None:
         rows = store.summary(cid, clean_accuracy=0.98)
     assert [r["ber"] for r in rows] == [1e-4, 1e-3]
     lo, hi = rows
-    # BER 1e-3: accuracies 0.9, 0.8, 0.7 -> mean 0.8, s = 0.1, t(0.975, 2) = 4.302652729749464
+    # BER 1e-3: accuracies 0.9, 0.8, 0.7 -> mean 0.8, s = 0.1, t(0.975, 2) = 4.302652729749464;
+    # 0.8 + 0.248 passes 1: the interval is clipped there
     half = 4.302652729749464 * 0.1 / math.sqrt(3)
     assert hi["trials"] == 3 and hi["mean_faults"] == pytest.approx(11.0)
     assert hi["accuracy_mean"] == pytest.approx(0.8)
     assert hi["accuracy_low"] == pytest.approx(0.8 - half)
-    assert hi["accuracy_high"] == pytest.approx(0.8 + half)
+    assert hi["accuracy_high"] == 1.0
     assert hi["drop_mean"] == pytest.approx(0.18)
-    assert hi["drop_low"] == pytest.approx(0.98 - (0.8 + half))
+    assert hi["drop_low"] == pytest.approx(0.98 - 1.0)
     assert hi["drop_high"] == pytest.approx(0.98 - (0.8 - half))
     assert hi["confidence"] == 0.95
-    # BER 1e-4: 0.95, 0.97 -> mean 0.96, s = sqrt(2e-4), t(0.975, 1) = 12.706204736174698
+    assert hi["ci_defined"] is True and hi["ci_clipped"] is True
+    # BER 1e-4: 0.95, 0.97 -> mean 0.96, s = sqrt(2e-4), t(0.975, 1) = 12.706204736174698;
+    # 0.96 + 0.127 passes 1: the interval is clipped there
     half = 12.706204736174698 * math.sqrt(2e-4) / math.sqrt(2)
     assert lo["trials"] == 2 and lo["mean_faults"] == 1.0
     assert lo["accuracy_mean"] == pytest.approx(0.96)
-    assert lo["accuracy_high"] - lo["accuracy_mean"] == pytest.approx(half)
+    assert lo["accuracy_mean"] - lo["accuracy_low"] == pytest.approx(half)
+    assert lo["accuracy_high"] == 1.0 and lo["ci_clipped"] is True
     assert lo["drop_mean"] == pytest.approx(0.02)
+    assert lo["drop_low"] == pytest.approx(0.98 - 1.0)
 
 
 def test_export_csv_and_json_round_trip(tmp_path: Path) -> None:
@@ -114,7 +119,8 @@ def test_export_csv_and_json_round_trip(tmp_path: Path) -> None:
         back = list(csv.DictReader(f))
     assert list(back[0]) == list(rows[0])
     for got, want in zip(back, rows, strict=True):
-        assert {k: float(v) for k, v in got.items()} == {k: float(v) for k, v in want.items()}
+        assert {k: v if k.startswith("ci_") else float(v) for k, v in got.items()} == {
+            k: str(v) if isinstance(v, bool) else float(v) for k, v in want.items()}
     export_json({"campaign": cid, "summary": rows}, tmp_path / "summary.json")
     assert json.loads((tmp_path / "summary.json").read_text()) == {"campaign": cid,
                                                                    "summary": rows}

@@ -5,9 +5,9 @@ import csv
 import json
 
 import pytest
+import yaml
 
 from flow.cli import main
-import yaml
 
 
 @pytest.mark.slow

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from flow.config import RunConfig, parse_config
+from flow.errors import ConfigError
+from flow.models import weight_bit_width, weight_layers
 from flow.plan import load_plan
 from flow.rundir import sha256_file
 from flow.session import load_data
-from flow.models import weight_bit_width, weight_layers
 from flow.train import logits, model_from_config, train
 from flow.zoo import FACTORIES
-from flow.errors import ConfigError
 
 
 def test_checkpoint_loads_weights_only_and_plan_matches(mlp_run):
@@ -60,9 +60,9 @@ def test_zoo_builds_with_per_layer_bits(arch):
         m2 = _build(arch, shape, width=0.125, weight_bits={first: 3})
         assert weight_bit_width(weight_layers(m2)[first]) == 3
         m3 = _build(arch, shape, width=0.125, default_weight_bits=5)
-        assert {weight_bit_width(l) for l in weight_layers(m3).values()} == {5}
+        assert {weight_bit_width(x) for x in weight_layers(m3).values()} == {5}
     else:
-        assert {weight_bit_width(l) for l in layers.values()} == {1}
+        assert {weight_bit_width(x) for x in layers.values()} == {1}
     assert logits(m.eval(), torch.rand(2, *shape)).shape == (2, 10)
 
 

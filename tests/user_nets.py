@@ -13,10 +13,17 @@ from collections import OrderedDict
 import brevitas.nn as qnn
 import torch
 from brevitas.inject.enum import BitWidthImplType
-from brevitas.quant import (Int8ActPerTensorFixedPoint, Int8BiasPerTensorFixedPointInternalScaling,
-                            Int8WeightPerTensorFixedPoint, Int8WeightPerTensorFloat, Int16Bias,
-                            ShiftedUint8ActPerTensorFixedPoint, SignedBinaryActPerTensorConst,
-                            SignedBinaryWeightPerTensorConst, Uint8ActPerTensorFixedPoint)
+from brevitas.quant import (
+    Int8ActPerTensorFixedPoint,
+    Int8BiasPerTensorFixedPointInternalScaling,
+    Int8WeightPerTensorFixedPoint,
+    Int8WeightPerTensorFloat,
+    Int16Bias,
+    ShiftedUint8ActPerTensorFixedPoint,
+    SignedBinaryActPerTensorConst,
+    SignedBinaryWeightPerTensorConst,
+    Uint8ActPerTensorFixedPoint,
+)
 from torch import nn
 
 
