@@ -1,6 +1,6 @@
 """cocotb testbench of a generated hetq accelerator (``hetq_harness`` around ``hetq_accel``).
 
-Launched by :mod:`flow.rtlsim` through ``cocotb_tools.runner`` with Verilator; never run by hand.
+Launched by :mod:`flow.hw.rtlsim` through ``cocotb_tools.runner`` with Verilator; never run by hand.
 The job file named by ``HETQ_JOB`` (JSON) lists trials; each trial is a set of bit flips in RTL
 memories (hierarchical name under the accelerator, address, bit). For each trial the testbench
 flips those bits in the memories through VPI, lets the simulator run the preloaded batch of images

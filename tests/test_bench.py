@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from flow.bench import BERS, bench_fi, bench_text
+from flow.pipeline.bench import BERS, bench_fi, bench_text
 
 
 @pytest.mark.slow
@@ -23,11 +23,11 @@ def test_pytorchfi_corrupts_the_same_weights(mlp_run):
     import torch
     from pytorchfi.core import fault_injection
 
-    from flow.bench import _pfi_args, _Twin
-    from flow.executor import Executor
-    from flow.faults import Injector, sample_seu
-    from flow.image import MemoryImage
-    from flow.session import open_session
+    from flow.core.executor import Executor
+    from flow.core.image import MemoryImage
+    from flow.pipeline.bench import _pfi_args, _Twin
+    from flow.pipeline.session import open_session
+    from flow.reliability.faults import Injector, sample_seu
 
     s = open_session(mlp_run, "cpu")
     image = MemoryImage.build(s.net)            # unprotected, as in the benchmark

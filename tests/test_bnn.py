@@ -1,11 +1,13 @@
-"""Binary networks of the ZOBNN study (flow.bnn): training, determinism, stored parameters."""
+"""Binary networks of the ZOBNN study (flow.zobnn.bnn): training, determinism, stored parameters."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from flow.bnn import (
+from flow.core.errors import ConfigError
+from flow.nn.data import Dataset, load_dataset
+from flow.zobnn.bnn import (
     ARCHS,
     STORED_KINDS,
     BinaryConv2d,
@@ -17,8 +19,6 @@ from flow.bnn import (
     build_bnn,
     train_bnn,
 )
-from flow.data import Dataset, load_dataset
-from flow.errors import ConfigError
 
 WIDTH = 0.5          # 16 channels after the first conv: each arch trains in 1-4 s on one core
 EPOCHS = 8

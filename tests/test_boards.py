@@ -1,4 +1,4 @@
-"""The FPGA board catalogue (flow.boards): shipped boards, user folders, one-line errors."""
+"""The FPGA board catalogue (flow.hw.boards): shipped boards, user folders, one-line errors."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flow.boards import BOARDS_DIR, CAPACITY_KEYS, Board, get_board, load_boards
-from flow.errors import ConfigError
+from flow.core.errors import ConfigError
+from flow.hw.boards import BOARDS_DIR, CAPACITY_KEYS, Board, get_board, load_boards
 
 SHIPPED = ["alveo-u250", "alveo-u50", "kv260", "pynq-z2", "ultra96-v2", "zcu102", "zcu104"]
 

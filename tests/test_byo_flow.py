@@ -137,7 +137,7 @@ def test_residual_gap_lowers_and_takes_campaigns(tmp_path, capsys):
 
 def _digits_npz(path: Path) -> tuple[Path, object]:
     """The digits split of seed 0 as an .npz of float NCHW images (what a user would save)."""
-    from flow.data import load_dataset
+    from flow.nn.data import load_dataset
     ds = load_dataset("digits", seed=0)
     np.savez(path, x_train=ds.train.x.numpy(), y_train=ds.train.y.numpy(),
              x_val=ds.val.x.numpy(), y_val=ds.val.y.numpy(), x_test=ds.test.x.numpy(),

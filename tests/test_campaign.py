@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from flow.campaign import CampaignSpec, default_trials, run_campaign
-from flow.faults import Injector, sample_seu, trial_rng
-from flow.rundir import RunDir
-from flow.session import open_session
-from flow.stats import leveugle_sample_size
-from flow.steps import inject
+from flow.pipeline.rundir import RunDir
+from flow.pipeline.session import open_session
+from flow.pipeline.steps import inject
+from flow.reliability.campaign import CampaignSpec, default_trials, run_campaign
+from flow.reliability.faults import Injector, sample_seu, trial_rng
+from flow.reliability.stats import leveugle_sample_size
 
 
 def test_default_trials_is_leveugle():
@@ -22,7 +22,7 @@ def test_campaign_matches_manual_trials(mlp_run, tmp_path):
     spec = CampaignSpec(bers=(1e-2,), trials=6, seed=11)
     res = run_campaign(s.executor, s.image, s.data.test.x, s.data.test.y, spec,
                        tmp_path / "c.sqlite", progress=False)
-    from flow.store import TrialStore
+    from flow.reliability.store import TrialStore
     with TrialStore(tmp_path / "c.sqlite") as st:
         rows = st.trials(res["campaign"])
     inj = Injector(s.image, s.executor)

@@ -1,4 +1,5 @@
-"""Tests of flow.data: bundled digits and MNIST-5k splits; npz, CIFAR-10 and MNIST readers on tiny
+"""Tests of flow.nn.data: bundled digits and MNIST-5k splits; npz, CIFAR-10 and MNIST readers on
+tiny
 synthetic files."""
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from flow.data import DATASETS, Dataset, Split, load_dataset, read_cifar10, read_mnist
-from flow.errors import DataError
+from flow.core.errors import DataError
+from flow.nn.data import DATASETS, Dataset, Split, load_dataset, read_cifar10, read_mnist
 
 
 @pytest.fixture(scope="module")
@@ -390,8 +391,8 @@ def test_npz_seeded_split_and_limit(tmp_path: Path) -> None:
 
 
 def test_npz_load_data_passes_path_and_layout(tmp_path: Path) -> None:
-    from flow.config import parse_config
-    from flow.session import load_data
+    from flow.core.config import parse_config
+    from flow.pipeline.session import load_data
 
     sets = _sets((3, 8, 3), k=2)
     path = _npz(tmp_path / "a.npz", **sets)

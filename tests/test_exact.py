@@ -15,14 +15,14 @@ import torch
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 from torch import nn
 
-from flow.config import RunConfig
-from flow.executor import EXACT_F32, Executor
-from flow.image import MemoryImage
-from flow.lower import lower_graph
-from flow.oracle import compare_brevitas, compare_qonnx
-from flow.qonnx_graph import export_module
-from flow.session import load_data
-from flow.train import train
+from flow.core.config import RunConfig
+from flow.core.executor import EXACT_F32, Executor
+from flow.core.image import MemoryImage
+from flow.nn.lower import lower_graph
+from flow.nn.oracle import compare_brevitas, compare_qonnx
+from flow.nn.qonnx_graph import export_module
+from flow.nn.train import train
+from flow.pipeline.session import load_data
 
 # (arch, data, width, limit per split, bits, minimum test accuracy after 2 epochs).
 # The CIFAR-form networks train on a 160-image subset only: bit-exactness does not depend on

@@ -8,11 +8,11 @@ import pytest
 import torch
 from scipy import stats
 
-from flow.errors import ConfigError, FaultMapError
-from flow.faults import FaultMap, Injector, sample_seu, total_bits, trial_rng
-from flow.image import Memory, MemoryImage
-from flow.precision import Fixed
-from flow.session import open_session
+from flow.core.errors import ConfigError, FaultMapError
+from flow.core.image import Memory, MemoryImage
+from flow.core.precision import Fixed
+from flow.pipeline.session import open_session
+from flow.reliability.faults import FaultMap, Injector, sample_seu, total_bits, trial_rng
 
 
 def _image(depth: int = 1000, width: int = 8) -> MemoryImage:

@@ -1,4 +1,5 @@
-"""The float32 / binary parameter fault model (flow.floatimage) with the campaign machinery."""
+"""The float32 / binary parameter fault model (flow.zobnn.floatimage) with the campaign
+machinery."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from flow.campaign import CampaignSpec, run_campaign
-from flow.errors import FaultMapError
-from flow.faults import FaultMap, Injector, SeuSampler
-from flow.floatimage import FloatImage, TorchExecutor, float_values, float_words
+from flow.core.errors import FaultMapError
+from flow.reliability.campaign import CampaignSpec, run_campaign
+from flow.reliability.faults import FaultMap, Injector, SeuSampler
+from flow.zobnn.floatimage import FloatImage, TorchExecutor, float_values, float_words
 
 
 @dataclass(frozen=True)

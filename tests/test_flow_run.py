@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import hetq_cli, write_config
 
-from flow.report import fmt
+from flow.pipeline.report import fmt
 
 pytestmark = pytest.mark.slow
 

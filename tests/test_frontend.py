@@ -13,11 +13,11 @@ from conftest import write_config
 from onnx import TensorProto, helper, numpy_helper
 
 from flow.cli import main
-from flow.executor import Executor
-from flow.image import MemoryImage
-from flow.lower import lower_graph
-from flow.oracle import compare_qonnx
-from flow.qonnx_graph import load
+from flow.core.executor import Executor
+from flow.core.image import MemoryImage
+from flow.nn.lower import lower_graph
+from flow.nn.oracle import compare_qonnx
+from flow.nn.qonnx_graph import load
 
 NETS = Path(__file__).with_name("user_nets.py")
 

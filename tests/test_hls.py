@@ -19,12 +19,12 @@ import pytest
 import yaml
 from conftest import hetq_cli
 
-from flow.boards import load_boards
-from flow.executor import Executor
-from flow.faults import FaultMap, Injector, SeuSampler, trial_rng
-from flow.hls import build
-from flow.image import MemoryImage
-from flow.session import open_session
+from flow.core.executor import Executor
+from flow.core.image import MemoryImage
+from flow.hw.boards import load_boards
+from flow.hw.hls import build
+from flow.pipeline.session import open_session
+from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
 
 pytestmark = pytest.mark.slow
 
@@ -187,19 +187,19 @@ def test_cifar_form_networks(arch, tmp_path):
     front end cannot convert ResNet-18 (no ReduceMean: its global average pool)."""
     import torch
 
-    from flow.config import RunConfig
-    from flow.hls_ext import HlsError
-    from flow.lower import lower_graph
-    from flow.qonnx_graph import export_module, save
-    from flow.session import load_data
-    from flow.train import train
+    from flow.core.config import RunConfig
+    from flow.hw.hls_ext import HlsError
+    from flow.nn.lower import lower_graph
+    from flow.nn.qonnx_graph import export_module, save
+    from flow.nn.train import train
+    from flow.pipeline.session import load_data
     cfg = RunConfig.model_validate({
         "seed": 1, "data": {"name": "digits32", "limit": 160},
         "model": {"arch": arch, "width": 0.125, "default_weight_bits": 4, "act_bits": 8},
         "train": {"epochs": 1}})
     ds = load_data(cfg)
     if arch == "resnet18":          # the conversion fails whatever the weights: no training
-        from flow.train import model_from_config
+        from flow.nn.train import model_from_config
         model = model_from_config(cfg, ds.input_shape, ds.num_classes)
     else:
         model, _ = train(cfg, ds, torch.device("cpu"), progress=False)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from flow.errors import FaultMapError
-from flow.executor import Executor
-from flow.faults import FaultMap, Injector
-from flow.image import MemoryImage, decode, encode
-from flow.precision import Fixed
-from flow.session import open_session
+from flow.core.errors import FaultMapError
+from flow.core.executor import Executor
+from flow.core.image import MemoryImage, decode, encode
+from flow.core.precision import Fixed
+from flow.pipeline.session import open_session
+from flow.reliability.faults import FaultMap, Injector
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8, 16])

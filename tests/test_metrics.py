@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from flow.image import MemoryImage
-from flow.metrics import PdropConstants, latency, layer_cycles, p_drop, rap, weight_bits
-from flow.session import open_session
+from flow.core.image import MemoryImage
+from flow.pipeline.session import open_session
+from flow.reliability.metrics import PdropConstants, latency, layer_cycles, p_drop, rap, weight_bits
 
 
 def test_rap_reproduces_table_iii_rows():
@@ -35,8 +35,8 @@ def test_latency_model_counts_and_ignores_protection(mlp_run):
 def test_conv_cycles():
     import torch
 
-    from flow.lower import lower
-    from flow.zoo import cnn
+    from flow.nn.lower import lower
+    from flow.nn.zoo import cnn
     m = cnn((1, 8, 8), 10)
     m.train()
     m(torch.rand(4, 1, 8, 8))

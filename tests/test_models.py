@@ -8,24 +8,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from flow.config import load_config, parse_config
-from flow.errors import ConfigError
-from flow.models import (
-    ModelSource,
+from flow.core.config import load_config, parse_config
+from flow.core.errors import ConfigError
+from flow.core.modelsource import ModelSource, parse_arch
+from flow.nn.models import (
     call_factory,
     load_factory,
-    parse_arch,
     set_weight_bits,
     weight_bit_width,
     weight_layers,
 )
-from flow.train import model_from_config
+from flow.nn.train import model_from_config
 
 NETS = Path(__file__).with_name("user_nets.py")
 
 
 def test_arch_forms(tmp_path):
-    assert parse_arch("cnn") == ModelSource("factory", "cnn", "flow.zoo", "cnn")
+    assert parse_arch("cnn") == ModelSource("factory", "cnn", "flow.nn.zoo", "cnn")
     src = parse_arch("nets/my.py:build", tmp_path)
     assert src.kind == "factory" and src.module == str(tmp_path / "nets" / "my.py")
     assert src.factory == "build" and src.label == "my.py:build" and src.trainable

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from flow.campaign import CampaignSpec, run_campaign
-from flow.errors import ConfigError
-from flow.ga import GAConfig, rank_layers_ga
-from flow.parallel import FaultWorker, LocalPool, make_pool
-from flow.session import open_session
+from flow.core.config import RankConfig
+from flow.core.errors import ConfigError
+from flow.pipeline.session import open_session
+from flow.reliability.campaign import CampaignSpec, run_campaign
+from flow.reliability.ga import rank_layers_ga
+from flow.reliability.parallel import FaultWorker, LocalPool, make_pool
 
 
 def test_unknown_executor_is_an_error(mlp_run):
@@ -36,7 +37,7 @@ def test_ray_gives_the_same_results(mlp_run, tmp_path):
         pool = make_pool("ray", s.executor, s.image, x, y, workers=2)
         remote = run_campaign(s.executor, s.image, x, y, spec, tmp_path / "b.sqlite",
                               progress=False, pool=pool)
-        cfg = GAConfig(min_tested=20, patience=2)
+        cfg = RankConfig(min_tested=20, patience=2)
         ga_ray = rank_layers_ga(s.executor, s.image, x, y, cfg, 1, pool=pool)
         pool.close()
     finally:

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from flow.cli import main
-from flow.config import RunConfig
-from flow.executor import Executor
-from flow.ga import GAConfig, rank_layers_ga
-from flow.image import MemoryImage
-from flow.lower import lower
-from flow.session import load_data
-from flow.train import train
-from flow.vulnerability import layer_ground_truth
+from flow.core.config import RankConfig, RunConfig
+from flow.core.executor import Executor
+from flow.core.image import MemoryImage
+from flow.nn.lower import lower
+from flow.nn.train import train
+from flow.pipeline.session import load_data
+from flow.reliability.ga import rank_layers_ga
+from flow.reliability.vulnerability import layer_ground_truth
 
 
 @pytest.mark.slow
@@ -38,16 +38,16 @@ def test_small_fragile_layer_rises_large_robust_layer_does_not():
     sizes = {m.layer: m.bits for m in image.targets()}
     assert sizes["fc3"] < sizes["fc2"] and sizes["fc3"] < sizes["fc1"]
     for seed in (0, 1):
-        res = rank_layers_ga(ex, image, x, y, GAConfig(), seed)
+        res = rank_layers_ga(ex, image, x, y, RankConfig(), seed)
         assert res.ranking[0] == "fc3", res.layers
         lvf = {r["layer"]: r["lvf"] for r in res.layers}
         assert lvf["fc1"] < lvf["fc3"] / 2, res.layers
 
 
 def test_same_seed_same_ranking(mlp_run):
-    from flow.session import open_session
+    from flow.pipeline.session import open_session
     s = open_session(mlp_run, "cpu")
-    cfg = GAConfig(min_tested=20, patience=2)
+    cfg = RankConfig(min_tested=20, patience=2)
     a = rank_layers_ga(s.executor, s.image, s.data.test.x, s.data.test.y, cfg, 5)
     b = rank_layers_ga(s.executor, s.image, s.data.test.x, s.data.test.y, cfg, 5)
     assert a.layers == b.layers and a.inferences == b.inferences and a.history == b.history

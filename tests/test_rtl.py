@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flow.executor import Executor
-from flow.faults import FaultMap, Injector, SeuSampler, trial_rng
-from flow.image import MemoryImage
-from flow.rtl import design
-from flow.rtlgen import write_project
-from flow.rtlsim import RtlSim, image_codes_hwc, measured_timing
-from flow.session import open_session
+from flow.core.executor import Executor
+from flow.core.image import MemoryImage
+from flow.hw.rtl import design
+from flow.hw.rtlgen import write_project
+from flow.hw.rtlsim import RtlSim, image_codes_hwc, measured_timing
+from flow.pipeline.session import open_session
+from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
 
 pytestmark = pytest.mark.slow
 

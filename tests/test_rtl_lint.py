@@ -12,11 +12,12 @@ import pytest
 import yaml
 from conftest import hetq_cli
 
-from flow.config import RtlConfig
-from flow.rtl import choose_folding, design, memory_words
-from flow.rtlgen import LIBRARY, RtlManifest, library_sources, manifest, write_project
-from flow.rtlsim import verilator_env
-from flow.session import open_session
+from flow.core.config import RtlConfig
+from flow.core.layout import memory_words
+from flow.hw.rtl import choose_folding, design
+from flow.hw.rtlgen import LIBRARY, RtlManifest, library_sources, manifest, write_project
+from flow.hw.rtlsim import verilator_env
+from flow.pipeline.session import open_session
 
 # module -> parameter sets (besides the defaults) that exercise its other branches
 VARIANTS = {

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from flow.cli import main
-from flow.session import open_session
+from flow.pipeline.session import open_session
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Tests of flow.stats: Leveugle sample sizes and Student-t mean confidence intervals."""
+"""Tests of flow.reliability.stats: Leveugle sample sizes and Student-t mean confidence
+intervals."""
 from __future__ import annotations
 
 import math
@@ -6,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from flow.errors import ConfigError
-from flow.stats import Interval, leveugle_sample_size, mean_ci
+from flow.core.errors import ConfigError
+from flow.reliability.stats import Interval, leveugle_sample_size, mean_ci
 
 T95 = 1.959963984540054  # scipy.stats.norm.ppf(0.975)
 
@@ -103,7 +104,7 @@ def test_mean_ci_coverage_is_nominal() -> None:
 def test_median_ci_is_the_tightest_order_statistic_interval_with_the_coverage(n):
     from scipy.stats import binom
 
-    from flow.stats import median_ci
+    from flow.reliability.stats import median_ci
     x = np.random.default_rng(n).normal(size=n)
     med, lo, hi = median_ci(x, 0.95)
     s = np.sort(x)

@@ -1,4 +1,5 @@
-"""Tests of flow.store (SQLite trial store, exports, crash safety) and flow.plots."""
+"""Tests of flow.reliability.store (SQLite trial store, exports, crash safety) and
+flow.pipeline.plots."""
 from __future__ import annotations
 
 import csv
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from flow.errors import RunDirError
-from flow.plots import plot_accuracy_vs_ber
-from flow.store import SCHEMA_VERSION, TrialStore, campaign_id, export_csv, export_json
+from flow.core.errors import RunDirError
+from flow.pipeline.plots import plot_accuracy_vs_ber
+from flow.reliability.store import SCHEMA_VERSION, TrialStore, campaign_id, export_csv, export_json
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = {"model": "lenet", "bers": [1e-4, 1e-3], "trials": 30, "seed": 7}
@@ -159,7 +160,7 @@ def test_wrong_schema_version_is_run_dir_error(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from flow.store import TrialStore
+    from flow.reliability.store import TrialStore
     store = TrialStore(Path(sys.argv[1]))
     cid = store.open_campaign({"writer": "loop"})
     for trial in range(1_000_000):

@@ -6,14 +6,14 @@ import json
 import pytest
 import torch
 
-from flow.config import RunConfig, parse_config
-from flow.errors import ConfigError
-from flow.models import weight_bit_width, weight_layers
-from flow.plan import load_plan
-from flow.rundir import sha256_file
-from flow.session import load_data
-from flow.train import logits, model_from_config, train
-from flow.zoo import FACTORIES
+from flow.core.config import RunConfig, parse_config
+from flow.core.errors import ConfigError
+from flow.core.io import sha256_file
+from flow.core.plan import load_plan
+from flow.nn.models import weight_bit_width, weight_layers
+from flow.nn.train import logits, model_from_config, train
+from flow.nn.zoo import FACTORIES
+from flow.pipeline.session import load_data
 
 
 def test_checkpoint_loads_weights_only_and_plan_matches(mlp_run):

@@ -1,17 +1,17 @@
-"""ZOBNN selective quantization (flow.zobnn) on trained digits BNNs."""
+"""ZOBNN selective quantization (flow.zobnn.quant) on trained digits BNNs."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from flow.bnn import accuracy, build_bnn, train_bnn
-from flow.campaign import CampaignSpec, run_campaign
-from flow.data import load_dataset
-from flow.errors import ConfigError
-from flow.faults import FaultMap, Injector
-from flow.floatimage import FloatImage, TorchExecutor
-from flow.zobnn import zobnn
+from flow.core.errors import ConfigError
+from flow.nn.data import load_dataset
+from flow.reliability.campaign import CampaignSpec, run_campaign
+from flow.reliability.faults import FaultMap, Injector
+from flow.zobnn.bnn import accuracy, build_bnn, train_bnn
+from flow.zobnn.floatimage import FloatImage, TorchExecutor
+from flow.zobnn.quant import zobnn
 
 
 @pytest.fixture(scope="module")

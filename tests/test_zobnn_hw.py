@@ -1,5 +1,5 @@
 """A ZOBNN network as integer hardware: lowering, integer executor, RTL in Verilator
-(flow.zobnnlower, flow.zobnnhw, rtl/affine_unit.sv, the XNOR MVU with zero padding)."""
+(flow.zobnn.lower, flow.zobnn.hardware, rtl/affine_unit.sv, the XNOR MVU with zero padding)."""
 from __future__ import annotations
 
 import itertools
@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from flow.bnn import build_bnn, train_bnn
-from flow.config import RtlConfig
-from flow.data import load_dataset
-from flow.errors import PlanError
-from flow.executor import Executor
-from flow.faults import FaultMap, Injector, SeuSampler, trial_rng
-from flow.image import MemoryImage
-from flow.rtl import design
-from flow.rtlgen import write_project
-from flow.rtlsim import RtlSim, image_codes_hwc, measured_timing, verilator_env
-from flow.zobnn import zobnn
-from flow.zobnnlower import agreement, lower_zobnn
+from flow.core.config import RtlConfig
+from flow.core.errors import PlanError
+from flow.core.executor import Executor
+from flow.core.image import MemoryImage
+from flow.hw.rtl import design
+from flow.hw.rtlgen import write_project
+from flow.hw.rtlsim import RtlSim, image_codes_hwc, measured_timing, verilator_env
+from flow.nn.data import load_dataset
+from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
+from flow.zobnn.bnn import build_bnn, train_bnn
+from flow.zobnn.lower import agreement, lower_zobnn
+from flow.zobnn.quant import zobnn
 
 BITS = 16
 IMAGES = 100
@@ -88,7 +88,7 @@ def test_thresholds_and_affine_follow_the_quantized_batch_norm(zq, net, data):
 
 
 def test_input_grid_is_the_exact_fixed_point_format_of_the_pixels(data):
-    from flow.zobnnhw import input_grid
+    from flow.zobnn.hardware import input_grid
     assert input_grid(data.test.x) == (4, 5, True)               # digits: k/16, up to 16/16
     assert input_grid(torch.tensor([0.0, 1 / 255, 1.0])) == (8, 9, False)
     assert input_grid(torch.tensor([0.5, 3.0])) == (1, 3, True)

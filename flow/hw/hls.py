@@ -1,0 +1,302 @@
+"""Brevitas -> QONNX -> hls4ml: the HLS project of a run, its C simulation and fault replay.
+
+It reads the run's QONNX graph (the Brevitas export of a trained run, or an imported file) and
+follows the recipe that gives bit-exact C-sim (see FACTS.md): qonnx ``cleanup_model`` ->
+``GemmToMatMul`` -> ``cleanup_model``, and ``ConvertToChannelsLastAndClean`` for convolutional
+networks. hls4ml converts it with the
+Resource strategy (weights in memories, reuse factor from the config), ``io_parallel`` for dense
+networks and ``io_stream`` for convolutional ones, for the board's part and clock, with hetq's
+extension (:mod:`flow.hw.hls_ext`) storing protected layers' weights as (n+2)-bit TMR words.
+
+C-sim fault replay: a fault map changes stored words; the changed layers' ``weights/*.txt``
+files are rewritten and the compiled library is reloaded (the C-sim loads the weights from the
+text files when the library starts), so no recompilation is needed.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import math
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flow.core.errors import ConfigError
+from flow.core.image import MemoryImage, decode
+from flow.core.ir import IntNetwork
+from flow.core.layout import signed_bits
+from flow.hw.hls_ext import HlsError, register
+from flow.hw.rtl import design
+from flow.reliability.faults import FaultMap
+
+BACKENDS = ("Vitis", "Vivado")
+
+
+def hls_graph(qonnx_path: Path, path: Path, channels_last: bool):
+    """The run's QONNX graph in the form hls4ml reads (FACTS.md): qonnx ``cleanup_model`` ->
+    ``GemmToMatMul`` -> ``cleanup_model``, channels last for convolutional networks; saved at
+    ``path`` and returned as a ModelWrapper."""
+    from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
+    from qonnx.transformation.gemm_to_matmul import GemmToMatMul
+    from qonnx.util.cleanup import cleanup_model
+
+    from flow.nn.qonnx_graph import load
+    m = cleanup_model(load(qonnx_path, "checkpoint"))
+    m = cleanup_model(m.transform(GemmToMatMul()))
+    if channels_last:
+        m = cleanup_model(m.transform(ConvertToChannelsLastAndClean()))
+    m.save(str(path))
+    return m
+
+
+def is_conv(net: IntNetwork) -> bool:
+    """True if the network has convolutions (then hls4ml streams, channels last)."""
+    return any(n.op == "conv" for n in net.nodes)
+
+
+def hetq_info(net: IntNetwork, image: MemoryImage) -> dict:
+    """What :mod:`flow.hw.hls_ext`'s pass needs: weight layers and binary thresholds in order."""
+    layers, thresholds = [], []
+    prev_bipolar = False
+    for node in net.nodes:
+        if node.op in ("conv", "dense"):
+            m = image.memory(node.attrs["weight"])
+            layers.append({"name": m.layer, "size": m.depth, "bits": m.fmt.bits,
+                           "frac": m.fmt.frac, "binary": bool(m.fmt.bipolar),
+                           "binary_input": prev_bipolar, "protected": m.protected,
+                           "acc_bits": signed_bits(node.lo, node.hi), "acc_frac": node.frac})
+        elif node.op == "threshold":
+            t, d = image.memory(node.attrs["threshold"]), image.memory(node.attrs["direction"])
+            thr, dirs = image.codes(t.name), image.codes(d.name)
+            thresholds.append({"name": t.layer, "threshold": thr.tolist(),
+                               "direction": dirs.tolist(), "frac": t.fmt.frac})
+        if node.op != "flatten":
+            prev_bipolar = node.bipolar
+    return {"layers": layers, "thresholds": thresholds}
+
+
+def hls_config(qonnx_model, net: IntNetwork, image: MemoryImage, backend: str,
+               reuse_factor: int) -> dict:
+    """hls4ml config: per-layer names, Resource strategy, reuse factor, hetq's layer table."""
+    import hls4ml
+    cfg = hls4ml.utils.config.config_from_onnx_model(qonnx_model, granularity="name",
+                                                     backend=backend)
+    cfg["Model"]["Strategy"] = "Resource"
+    cfg["Model"]["ReuseFactor"] = reuse_factor
+    cfg["Model"]["Hetq"] = hetq_info(net, image)
+    for entry in cfg.get("LayerName", {}).values():
+        if "ReuseFactor" in entry:
+            entry["ReuseFactor"] = reuse_factor
+    return cfg
+
+
+def without_binary_requant():
+    """hls4ml 1.3.0 bug work-around, as a context: its ``vivado:quantize_dense_output`` pass
+    re-quantizes binary weights that are already binary, so a binary Dense after batch-norm +
+    sign gets all-ones weights. The pass is taken out of the quantization flow while converting
+    and put back afterwards."""
+    import contextlib
+
+    from hls4ml.model.flow import get_flow
+
+    @contextlib.contextmanager
+    def ctx():
+        flow = get_flow("vivado:quantization")
+        name = "vivado:quantize_dense_output"
+        saved = list(flow._optimizers)
+        flow._optimizers = [o for o in saved if o != name]
+        try:
+            yield
+        finally:
+            flow._optimizers = saved
+    return ctx()
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """hls4ml and its g++ build print to stdout; keep stdout for hetq's own output (--json)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _unsupported() -> Iterator[None]:
+    """hls4ml raises bare Exceptions for operations it cannot convert: one line instead."""
+    import hls4ml
+    try:
+        yield
+    except HlsError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise HlsError(f"hls: hls4ml {hls4ml.__version__} cannot convert this network: "
+                       f"{first}") from None
+
+
+@dataclass
+class HlsProject:
+    """A converted hls4ml model with what C-sim replay needs."""
+
+    graph: object
+    net: IntNetwork
+    image: MemoryImage
+    folder: Path
+    conv: bool
+    layouts: dict          # image memory -> (txt path, position of each image word, kind)
+    dirty: set = field(default_factory=set)   # memories whose weight files hold faults
+
+    # -- inputs and outputs ---------------------------------------------------------------------
+    def inputs(self, codes: np.ndarray) -> np.ndarray:
+        """Input codes (N, C, H, W) -> float values on the input grid, one flat row per image."""
+        x = np.asarray(codes, dtype=np.float64) * 2.0 ** -self.net.nodes[0].frac
+        # channels-last conversion puts a Transpose at the model input: hls4ml takes NCHW
+        return np.ascontiguousarray(x.reshape(x.shape[0], -1))
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """C-sim class scores as integer codes (N, classes)."""
+        y = np.asarray(self.graph.predict(x), dtype=np.float64).reshape(x.shape[0], -1)
+        codes = y * 2.0 ** self.net.node(self.net.output).frac
+        r = np.round(codes)
+        if not np.array_equal(r, codes):
+            raise HlsError("hls: C-sim scores are not on the output grid")
+        return r.astype(np.int64)
+
+    # -- fault replay ---------------------------------------------------------------------------
+    def _write_weights(self, memory: str, words: np.ndarray) -> None:
+        path, pos, kind, zero_one = self.layouts[memory]
+        m = self.image.memory(memory)
+        if kind == "words":
+            vals = words
+            text = ",".join(str(int(v)) for v in vals[np.argsort(pos)])
+        else:
+            codes = decode(words, m.fmt, m.protected)
+            if kind == "binary":
+                vals = (codes > 0).astype(np.int64) if zero_one else codes
+                text = ",".join(str(int(v)) for v in vals[np.argsort(pos)])
+            else:
+                vals = codes * 2.0 ** -m.fmt.frac
+                text = ",".join(repr(float(v)) for v in vals[np.argsort(pos)])
+        path.write_text(text + "\n")
+
+    def reload(self) -> None:
+        """Unload and load the compiled library again: it re-reads the weight files."""
+        g = self.graph
+        lib = g._top_function_lib
+        if lib is None:
+            raise HlsError("hls: the project is not compiled")
+        path = lib._name
+        dlclose = ctypes.CDLL(ctypes.util.find_library("dl") or "libdl.so.2").dlclose
+        dlclose.argtypes = [ctypes.c_void_p]
+        dlclose(lib._handle)
+        g._top_function_lib = ctypes.cdll.LoadLibrary(path)
+
+    def replay(self, fmap: FaultMap) -> None:
+        """Write the weights of ``fmap`` (flips in weight memories) and reload; an empty map
+        restores the fault-free weights."""
+        touched = set(np.unique(fmap.memory).tolist()) if len(fmap) else set()
+        bad = [m for m in touched if m not in self.layouts]
+        if bad:
+            raise HlsError(f"hls: fault map touches '{bad[0]}'; C-sim replay covers weight "
+                           f"memories only")
+        if len(fmap) and set(np.unique(fmap.kind)) != {"flip"}:
+            raise HlsError("hls: only bit flips can be replayed in C-sim")
+        # only files this map changes, or the previous one left changed, are rewritten
+        for name in touched | self.dirty:
+            words = self.image.memory(name).words.copy()
+            sel = fmap.memory == name
+            if sel.any():
+                np.bitwise_xor.at(words, fmap.word[sel], np.int64(1) << fmap.bit[sel])
+            self._write_weights(name, words)
+        self.dirty = touched
+        self.reload()
+
+
+def _layout(node, m, perm: np.ndarray, folder: Path) -> tuple:
+    """Where each image word of weight memory ``m`` sits in hls4ml layer ``node``'s txt file."""
+    w = node.weights["weight"]
+    data = np.asarray(w.data).reshape(-1)
+    out = m.shape[0]
+    fanin = int(math.prod(m.shape[1:]))
+    idx = np.arange(m.depth)
+    o, i = idx // fanin, idx % fanin
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(perm.size)
+    j = inv[i]
+    if m.protected:
+        kind, want, zero_one = "words", m.words, False
+    elif m.fmt.bipolar:
+        codes = decode(m.words, m.fmt, False)
+        zero_one = bool(data.min() >= 0)
+        kind, want = "binary", (codes > 0).astype(np.int64) if zero_one else codes
+    else:
+        kind, want, zero_one = "fixed", decode(m.words, m.fmt, False) * 2.0 ** -m.fmt.frac, False
+    for pos in (j * out + o, o * fanin + j):
+        if np.array_equal(data[pos], want):
+            return folder / "firmware" / "weights" / f"{w.name}.txt", pos, kind, zero_one
+    raise HlsError(f"hls: the weights of '{node.name}' are not a known layout of "
+                   f"'{m.name}'")
+
+
+def build(qonnx_path: Path, net: IntNetwork, image: MemoryImage, folder: Path, *, part: str,
+          clock_mhz: float, backend: str = "Vitis", reuse_factor: int = 4,
+          workaround: bool = True, stamp: dict | None = None, compile: bool = True,
+          replayable: bool = True) -> HlsProject:
+    """Convert, write and compile the hls4ml project of the QONNX graph at ``qonnx_path`` into
+    ``folder``
+    (with ``compile=False`` only write it; ``replayable`` locates every image word in the weight
+    files, which also checks that hls4ml holds exactly the image's weights)."""
+    import hls4ml
+    if backend not in BACKENDS:
+        raise ConfigError(f"hls.backend: unknown backend '{backend}' (known: Vitis, Vivado)")
+    register()
+    folder.mkdir(parents=True, exist_ok=True)
+    conv = is_conv(net)
+    with stdout_to_stderr():
+        qm = hls_graph(qonnx_path, folder / "model.qonnx.onnx", channels_last=conv)
+    with stdout_to_stderr(), _unsupported():
+        cfg = hls_config(qm, net, image, backend, reuse_factor)
+    kwargs = dict(hls_config=cfg, output_dir=str(folder / "prj"), backend=backend, part=part,
+                  clock_period=round(1000.0 / clock_mhz, 3),
+                  io_type="io_stream" if conv else "io_parallel")
+    binary = any(m.fmt.bipolar for m in image.memories.values())
+    with stdout_to_stderr():
+        with without_binary_requant() if (binary and workaround) else contextlib.nullcontext():
+            with _unsupported():
+                g = hls4ml.converters.convert_from_onnx_model(qm, **kwargs)
+        g.compile() if compile else g.write()
+    if stamp is not None:
+        _stamp(folder / "prj", stamp)
+    if not (compile and replayable):
+        return HlsProject(g, net, image, folder / "prj", conv, {})
+    perms = {name: lay.perm for name, lay in design(net, image).layouts.items()
+             if lay.kind == "weight"}
+    layouts = {}
+    for node in g.get_layers():
+        name = node.get_attr("hetq_layer")
+        if name and "weight" in node.weights:
+            mname = f"{name}.weight"
+            layouts[mname] = _layout(node, image.memory(mname), perms[mname], folder / "prj")
+    return HlsProject(g, net, image, folder / "prj", conv, layouts)
+
+
+def _stamp(prj: Path, stamp: dict) -> None:
+    """Write ``firmware/hetq_plan.h`` with the plan's identity (a header the project ships)."""
+    lines = ["// Generated by hetq: the plan this project implements. Do not edit.",
+             "#ifndef HETQ_PLAN_H_", "#define HETQ_PLAN_H_"]
+    for k, v in stamp.items():
+        lines.append(f'#define HETQ_{k.upper()} "{v}"')
+    lines.append("#endif")
+    (prj / "firmware" / "hetq_plan.h").write_text("\n".join(lines) + "\n")

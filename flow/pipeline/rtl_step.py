@@ -1,0 +1,210 @@
+"""The RTL steps of a run: ``hetq rtl`` (generate the project) and ``hetq sim`` (Verilator).
+
+``hetq sim`` first runs the clean test set through the RTL and compares every class score with the
+integer executor (bit-exactness) and the measured cycles with the analytic count, then runs a
+fault campaign whose trials use exactly the fault maps the software campaign draws for the same
+seed, BER and trial index (:func:`flow.reliability.faults.trial_rng`), translated through the
+manifest. Trials
+are stored in the run's ``campaigns.sqlite`` like software campaigns (spec field
+``level: rtl``), so the summaries have the same format and a crash loses no finished trial.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from flow.core.errors import RunDirError
+from flow.core.executor import Executor
+from flow.core.image import MemoryImage
+from flow.hw.rtl import design
+from flow.hw.rtlgen import RtlManifest, write_project
+from flow.hw.rtlsim import RtlSim, image_codes_hwc, measured_timing
+from flow.pipeline.rundir import RunDir
+from flow.pipeline.session import Session, open_session
+from flow.reliability.campaign import CampaignSpec
+from flow.reliability.faults import SeuSampler, check_ber, trial_rng
+from flow.reliability.store import TrialStore, export_csv, export_json
+
+BASELINE = "rtl_base"
+
+
+def generate(run: RunDir, progress: bool = True, baseline: bool | None = None) -> dict:
+    """Write ``RUN_DIR/rtl/`` for the run's plan (replacing an older project).
+
+    With ``baseline`` (default: the config's ``report.baseline``) and at least one protected
+    layer, also write ``RUN_DIR/rtl_base/``: the same network and folding with no layer
+    protected, the reference the report measures the cost of protection against.
+    """
+    t0 = time.time()
+    s = open_session(run.path, "cpu")
+    d = design(s.net, s.image, s.cfg.rtl)
+    with run.step_folder("rtl") as folder:
+        man = write_project(folder, d, s.image, s.checkpoint_sha256)
+    base = None
+    if (s.cfg.report.baseline if baseline is None else baseline) and any(
+            m.protected for m in s.image.memories.values()):
+        img = MemoryImage.build(s.net, [])
+        with run.step_folder(BASELINE) as folder:
+            base = write_project(folder, design(s.net, img, s.cfg.rtl), img, s.checkpoint_sha256)
+    else:
+        shutil.rmtree(run / BASELINE, ignore_errors=True)
+    res = {"project": str(run / "rtl"), "stages": man["stages"], "analytic": man["analytic"],
+           "memories": [{k: m[k] for k in ("memory", "hier", "word_bits", "depth", "protected")}
+                        for m in man["memories"]],
+           "baseline": None if base is None else str(run / BASELINE),
+           "seconds": round(time.time() - t0, 3)}
+    run.record_step("rtl", status="done", seconds=res["seconds"], project=res["project"],
+                    baseline=res["baseline"], analytic=man["analytic"])
+    return res
+
+
+def open_project(s: Session) -> RtlManifest:
+    """The run's RTL manifest, checked against the run's checkpoint and protection."""
+    folder = s.run / "rtl"
+    if not (folder / "manifest.json").is_file():
+        raise RunDirError(f"run_dir: '{s.run.path}' has no RTL project (run 'hetq rtl' first)")
+    man = RtlManifest.load(folder)
+    if man.obj.get("checkpoint_sha256") != s.checkpoint_sha256:
+        raise RunDirError(f"rtl: the project in '{folder}' belongs to another checkpoint "
+                          f"(rerun 'hetq rtl')")
+    for name, lay in man.layouts.items():
+        m = s.image.memory(name)
+        prot = next(e["protected"] for e in man.obj["memories"] if e["memory"] == name)
+        if prot != m.protected or lay.lane_bits != m.width:
+            raise RunDirError(f"rtl: memory '{name}' in '{folder}' does not match the plan's "
+                              f"protection (rerun 'hetq rtl')")
+    return man
+
+
+def _test_codes(s: Session, limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x, y = s.data.test.x, s.data.test.y
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    codes = s.executor.quantize_input(x)
+    ref = s.executor.run(codes, quantized=True).cpu().numpy().astype(np.int64)
+    hwc = image_codes_hwc(codes.cpu().numpy().astype(np.int64))
+    return hwc, y.numpy(), ref
+
+
+def check(s: Session, sim: RtlSim, hwc: np.ndarray, ref: np.ndarray, work: Path) -> dict:
+    """Clean batch: class scores vs the executor, cycles vs the analytic count."""
+    r = sim.run(hwc, [{"id": "clean", "flips": [], "scores": True, "timing": True}], work)[0]
+    mismatched = int((r.scores != ref).any(axis=1).sum())
+    timing = measured_timing(r)
+    ana = sim.manifest.obj["analytic"]
+    return {"images": int(hwc.shape[0]), "bit_exact": mismatched == 0,
+            "mismatched_images": mismatched, "measured": timing, "analytic": ana,
+            "latency_ratio": timing["latency_cycles"] / ana["latency_cycles"],
+            "ii_ratio": timing["ii_cycles"] / ana["ii_cycles"],
+            "sim_cycles_per_s": r.cycles / r.wall_s, "inferences_per_s": hwc.shape[0] / r.wall_s}
+
+
+def check_baseline(run: RunDir, s: Session, limit: int | None = None) -> dict | None:
+    """Clean bit-exactness and cycles of the unprotected baseline (``rtl_base/``), if present."""
+    folder = run / BASELINE
+    if not (folder / "manifest.json").is_file():
+        return None
+    man = RtlManifest.load(folder)
+    if man.obj.get("checkpoint_sha256") != s.checkpoint_sha256:
+        raise RunDirError(f"rtl: the project in '{folder}' belongs to another checkpoint "
+                          f"(rerun 'hetq rtl')")
+    img = MemoryImage.build(s.net, [])
+    base = Session(s.run, s.cfg, s.data, s.qonnx, s.net, img,
+                   Executor(s.net, img, s.executor.device), s.plan, s.checkpoint_sha256)
+    hwc, _, ref = _test_codes(base, limit)
+    sim = RtlSim(folder, build_dir=folder / "sim_build", n_max=max(hwc.shape[0], 1))
+    build_s = sim.build()
+    res = check(base, sim, hwc, ref, folder / "work")
+    res["build_seconds"] = round(build_s, 3)
+    return res
+
+
+def simulate(run: RunDir, bers: list[float], trials: int, seed: int, *, limit: int | None = None,
+             chunk: int = 100, progress: bool = True) -> dict:
+    """Bit-exactness check, then the RTL fault campaign; results in ``sim/<campaign>/``.
+
+    When the run has an unprotected baseline project (``rtl_base/``), its clean bit-exactness
+    and cycles are measured too (``baseline_check`` in the result).
+    """
+    t0 = time.time()
+    bers = [check_ber(b) for b in bers]
+    s = open_session(run.path, "cpu")
+    open_project(s)
+    hwc, y, ref = _test_codes(s, limit)
+    sim = RtlSim(run / "rtl", build_dir=run / "rtl" / "sim_build", n_max=max(hwc.shape[0], 1))
+    build_s = sim.build()
+    work = run / "rtl" / "work"
+    clean = check(s, sim, hwc, ref, work)
+    prot = sorted(n for n, e in s.plan["layers"].items() if e["protected"])
+    spec = CampaignSpec(bers=tuple(bers), trials=trials, seed=seed,
+                        extra={"checkpoint_sha256": s.checkpoint_sha256, "protected": prot,
+                               "level": "rtl", "images": int(hwc.shape[0])})
+    sampler = SeuSampler(s.image)
+    clean_correct = int((ref.argmax(1) == y).sum())
+    inferences, wall = 0, 0.0
+    with TrialStore(run / "campaigns.sqlite") as store:
+        cid = store.open_campaign({**spec.to_json(), "clean_correct": clean_correct,
+                                   "test_size": len(y)})
+        out_dir = run / "sim" / cid
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results = out_dir / "trials.jsonl"
+        _ingest(store, cid, results, y)           # trials a crashed run finished
+        done = {b: store.done(cid, b) for b in bers}
+        todo = [(b, t) for b in bers for t in range(trials) if t not in done[b]]
+        bar = tqdm(total=len(todo), desc="rtl campaign", unit="trial",
+                   disable=not progress or None)
+        for i in range(0, len(todo), chunk):
+            batch = []
+            for b, t in todo[i:i + chunk]:
+                fmap = sampler.sample(b, trial_rng(seed, b, t))
+                batch.append({"id": [b, t], "flips": sim.flips(fmap), "n_faults": len(fmap)})
+            recs = sim.run(hwc, batch, work, out_file=results)
+            for task, r in zip(batch, recs):
+                correct = int((r.preds == y).sum())
+                store.add(cid, task["id"][0], task["id"][1], n_faults=task["n_faults"],
+                          correct=correct, total=len(y), seconds=r.wall_s)
+                inferences += len(y)
+                wall += r.wall_s
+            bar.update(len(batch))
+        bar.close()
+        summary = store.summary(cid, clean_accuracy=clean_correct / len(y))
+    base = check_baseline(run, s, limit)
+    res = {"campaign": cid, "clean_accuracy": clean_correct / len(y),
+           "bits": sampler.total_bits, "trials": trials, "summary": summary, "check": clean,
+           "baseline_check": base,
+           "build_seconds": round(build_s, 3),
+           "faulty_inferences_per_s": inferences / wall if wall else None,
+           "spec": spec.to_json(), "out_dir": str(out_dir)}
+    export_csv(summary, out_dir / "summary.csv")
+    export_json(res, out_dir / "summary.json")
+    res["seconds"] = round(time.time() - t0, 3)
+    run.record_step("sim", status="done", seconds=res["seconds"], campaign=cid,
+                    out_dir=str(out_dir), bit_exact=clean["bit_exact"]
+                    and (base is None or base["bit_exact"]))
+    return res
+
+
+def _ingest(store: TrialStore, cid: str, results: Path, y: np.ndarray) -> None:
+    """Store the trials an interrupted run wrote to ``results`` but did not store yet."""
+    if not results.is_file():
+        return
+    done: dict[float, set[int]] = {}
+    for line in results.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:        # a line cut by the crash
+            continue
+        b, t = r["id"]
+        seen = done.setdefault(b, store.done(cid, b))
+        if t in seen:
+            continue
+        seen.add(t)
+        store.add(cid, b, t, n_faults=int(r.get("n_faults", -1)),
+                  correct=int((np.asarray(r["preds"]) == y).sum()), total=len(y),
+                  seconds=r["wall_s"])
+
