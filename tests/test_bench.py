@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from flow.pipeline.bench import BERS, bench_fi, bench_text
+from flow.pipeline.bench import BERS, bench_text
+from flow.pipeline.commands import Console, bench
 
 
 @pytest.mark.slow
-def test_bench_fi_reports_every_figure():
-    res = bench_fi(repeats=1, epochs=1, trials=3, progress=False)
+def test_bench_fi_reports_every_figure(tmp_path):
+    res = bench(str(tmp_path / "bench"), repeats=1, epochs=1, sets=["bench.trials=3"],
+                con=Console(progress=False)).to_json()
     assert [r["ber"] for r in res["bers"]] == list(BERS)
     for r in res["bers"]:
         assert r["trials_per_second"] > 0 and r["pytorchfi_trials_per_second"] > 0

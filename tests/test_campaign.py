@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from flow.pipeline.commands import Console, inject
 from flow.pipeline.rundir import RunDir
 from flow.pipeline.session import open_session
-from flow.pipeline.steps import inject
 from flow.reliability.campaign import CampaignSpec, default_trials, run_campaign
 from flow.reliability.faults import Injector, sample_seu, trial_rng
 from flow.reliability.stats import leveugle_sample_size
@@ -40,11 +40,17 @@ def test_inject_step_writes_exports(mlp_run, tmp_path):
     import shutil
     run = RunDir(tmp_path / "run")
     shutil.copytree(mlp_run, run.path)
-    res = inject(run, CampaignSpec(bers=(1e-3, 3e-2), trials=5, seed=0), progress=False)
-    out = run.path / "inject" / res["campaign"]
+    res = inject(str(run.path), ber=[1e-3, 3e-2], trials=5, seed=0,
+                 con=Console(progress=False))
+    out = run.path / "inject" / res.campaign
     assert (out / "summary.csv").read_text().splitlines()[0].startswith("ber,")
     assert (out / "accuracy_vs_ber.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    drops = [r["drop_mean"] for r in res["summary"]]
+    drops = [r["drop_mean"] for r in res.summary_rows]
     assert drops[1] > drops[0]          # more faults, more damage
-    again = inject(run, CampaignSpec(bers=(1e-3, 3e-2), trials=5, seed=0), progress=False)
-    assert again["summary"] == res["summary"]
+    again = inject(str(run.path), ber=[1e-3, 3e-2], trials=5, seed=0,
+                   con=Console(progress=False))
+    assert again.summary_rows == res.summary_rows
+    # the runner recorded the step, and its log sits in the step's folder
+    assert run.manifest()["steps"]["inject"]["campaign"] == res.campaign
+    assert (run.path / "inject" / "inject.log").is_file()
+    assert not list(run.path.glob("inject/*.partial"))

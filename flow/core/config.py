@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from flow.core.errors import ConfigError
+from flow.core.kinds import FaultModel, MemoryKind
 from flow.core.resources import DEFAULT_CONFIG
 
 
@@ -115,11 +116,11 @@ class CampaignConfig(_Strict):
     trials: Int | None = Field(default=None, ge=1)
     margin: Float = Field(default=0.05, gt=0, lt=1)
     confidence: Float = Field(default=0.95, gt=0, lt=1)
-    fault: Literal["flip", "stuck0", "stuck1"] = "flip"
-    kinds: list[Literal["weight", "bias", "threshold", "direction", "scale", "offset"]] = Field(
-        default_factory=lambda: ["weight"])
+    fault: FaultModel = FaultModel.FLIP
+    kinds: list[MemoryKind] = Field(default_factory=lambda: [MemoryKind.WEIGHT])
     layers: list[str] | None = None
     bits: list[Int] | None = None
+    seed: Int | None = Field(default=None, ge=0)
 
     @field_validator("bers")
     @classmethod
@@ -143,6 +144,23 @@ class RankConfig(_Strict):
     budget: Int | None = Field(default=None, ge=1)
     truth_margin: Float = Field(default=0.05, gt=0, lt=1)
     truth_confidence: Float = Field(default=0.95, gt=0, lt=1)
+    ground_truth: bool = False
+    seed: Int | None = Field(default=None, ge=0)
+
+
+class ParallelConfig(_Strict):
+    """Where fault-injection tasks run: this process, or Ray actors (flow.reliability.parallel)."""
+
+    executor: Literal["local", "ray"] = "local"
+    address: str | None = None
+    workers: Int | None = Field(default=None, ge=1)
+
+
+class BenchConfig(_Strict):
+    """``hetq bench fi``: repeats of the interleaved timing, trials per repeat."""
+
+    repeats: Int = Field(default=5, ge=1)
+    trials: Int = Field(default=20, ge=1)
 
 
 class SearchConfig(_Strict):
@@ -276,6 +294,8 @@ class RunConfig(_Strict):
     sim: SimConfig = Field(default_factory=SimConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     zobnn: ZobnnConfig = Field(default_factory=ZobnnConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (every key, defaults filled in)."""
@@ -343,6 +363,56 @@ def parse_config(obj: object, source: str = "config", base: Path | None = None) 
         return RunConfig.model_validate(obj)
     except ValidationError as e:
         raise ConfigError(one_line(e, source, RunConfig)) from None
+
+
+def override(cfg: RunConfig, values: dict[str, tuple[object, str]]) -> RunConfig:
+    """``cfg`` with ``values`` set, validated by the same schema as a config file.
+
+    ``values`` maps a dotted key (``campaign.bers``) to (value, the option that gave it, e.g.
+    ``--ber``); a value of None leaves the key alone. A bad value is a one-line ConfigError that
+    names the option and the value.
+    """
+    obj = cfg.model_dump(mode="json")
+    flags: dict[tuple[str, ...], str] = {}
+    for key, (value, flag) in values.items():
+        if value is None:
+            continue
+        parts = key.split(".")
+        node = obj
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"{flag}: unknown key '{key}'")
+            node = node[p]
+        if parts[-1] not in node and parts[-2:-1] != ["kwargs"]:
+            near = difflib.get_close_matches(parts[-1], list(node), n=1)
+            hint = f" (did you mean '{'.'.join([*parts[:-1], near[0]])}'?)" if near else ""
+            raise ConfigError(f"{flag}: unknown key '{key}'{hint}")
+        node[parts[-1]] = value
+        flags[tuple(parts)] = flag
+    try:
+        return RunConfig.model_validate(obj)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(str(x) for x in err["loc"])
+        flag = next((f for k, f in flags.items() if loc[:len(k)] == k), ".".join(loc))
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{flag}: {err.get('input')!r}: {msg}") from None
+
+
+def parse_set(items: list[str] | None) -> dict[str, tuple[object, str]]:
+    """``--set key=value`` options as :func:`override` values; the value is read as YAML
+    (``--set train.epochs=3``, ``--set campaign.bers=[1e-3,1e-2]``)."""
+    out: dict[str, tuple[object, str]] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set: '{item}' is not key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: '{text}' is not a YAML value") from None
+        out[key.strip()] = (value, f"--set {key.strip()}")
+    return out
 
 
 def read_yaml(path: Path, what: str) -> object:

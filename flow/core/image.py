@@ -24,10 +24,11 @@ import numpy as np
 
 from flow.core.errors import FaultMapError
 from flow.core.ir import IntNetwork
+from flow.core.kinds import MEMORY_KINDS, MemoryKind
 from flow.core.precision import Fixed
 
-WEIGHT_KINDS = ("weight",)
-ALL_KINDS = ("weight", "bias", "threshold", "direction", "scale", "offset")
+WEIGHT_KINDS = (MemoryKind.WEIGHT.value,)
+ALL_KINDS = MEMORY_KINDS
 
 
 @dataclass

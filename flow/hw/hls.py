@@ -20,6 +20,7 @@ import ctypes.util
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,9 @@ def hls_graph(qonnx_path: Path, path: Path, channels_last: bool):
 
     from flow.nn.qonnx_graph import load
     m = cleanup_model(load(qonnx_path, "checkpoint"))
-    m = cleanup_model(m.transform(GemmToMatMul()))
+    with warnings.catch_warnings():     # harmless: Brevitas' Gemm nodes are plain version-9 ones
+        warnings.filterwarnings("ignore", "The GemmToMatMul transformation only offers")
+        m = cleanup_model(m.transform(GemmToMatMul()))
     if channels_last:
         m = cleanup_model(m.transform(ConvertToChannelsLastAndClean()))
     m.save(str(path))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -156,16 +157,26 @@ def _sources_sha(project: Path) -> str:
     return h.hexdigest()
 
 
-def synthesize_cached(project: Path, board: Board, out: Path) -> dict:
-    """:func:`synthesize`, unless ``out/report.json`` already holds a synthesis of the same
-    sources and memory files (``project_sha256``) for the board's family; the caller writes the
+def synthesize_cached(project: Path, board: Board, out: Path, cache: Path | None = None) -> dict:
+    """:func:`synthesize` into ``out``; with ``cache``, Yosys runs once per set of sources and
+    memory files (``project_sha256``) and FPGA family: its files are kept in
+    ``cache/<sha>-<family>/`` and copied into ``out`` on later calls. The caller writes the
     report."""
     sha = _sources_sha(project)
-    old = out / "report.json"
-    if old.is_file():
-        prev = json.loads(old.read_text())
-        if prev.get("project_sha256") == sha and prev.get("family") == board.family:
-            return prev
-    res = synthesize(project, board, out)
-    res["project_sha256"] = sha
+    if cache is None:
+        res = synthesize(project, board, out)
+        res["project_sha256"] = sha
+        return res
+    kept = cache / f"{sha[:16]}-{board.family}"
+    report = kept / "report.json"
+    if report.is_file() and json.loads(report.read_text()).get("project_sha256") == sha:
+        res = json.loads(report.read_text())
+    else:
+        res = synthesize(project, board, kept)
+        res["project_sha256"] = sha
+        report.write_text(json.dumps(res, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    for f in kept.iterdir():
+        if f.name != "report.json":
+            shutil.copy2(f, out / f.name)
     return res

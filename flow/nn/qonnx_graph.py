@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,10 @@ def export_module(module, input_shape: tuple[int, ...]):
     that). A module that cannot run on ``input_shape`` inputs is a ModelError naming the shape.
     """
     import torch
-    from brevitas.export import export_qonnx
     from qonnx.core.modelwrapper import ModelWrapper
+    with warnings.catch_warnings():     # harmless: Brevitas falls back to plain PyTorch kernels
+        warnings.filterwarnings("ignore", "fast_hadamard_transform package not found")
+        from brevitas.export import export_qonnx
 
     module = module.eval().cpu()
     shape = "x".join(map(str, input_shape))

@@ -18,18 +18,19 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from flow.core.config import RunConfig
 from flow.core.executor import Executor
 from flow.core.image import MemoryImage, decode
+from flow.core.io import write_json
 from flow.core.ir import IntNetwork
-from flow.nn.lower import lower
-from flow.nn.train import logits, train
-from flow.pipeline.session import load_data
+from flow.nn.train import load_checkpoint, logits, model_from_config
+from flow.pipeline.runner import StepContext, StepResult
+from flow.pipeline.session import open_session
 from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
 
 BERS = (1e-5, 1e-4, 1e-3, 1e-2)
@@ -117,17 +118,38 @@ def _pfi_args(fmap: FaultMap, image: MemoryImage, twin: _Twin) -> dict:
     return {"layer_num": layer_num, "k": k, "dim1": d1, "dim2": d2, "dim3": d3, "value": value}
 
 
-def bench_fi(*, repeats: int = 5, seed: int = 0, epochs: int = 5, trials: int = 20,
-             progress: bool = True) -> dict:
-    """Run the benchmark and return every measured figure (seconds, rates, ratios)."""
+@dataclass
+class BenchResult(StepResult):
+    """Every figure of the fault-injection benchmark (seconds, rates, ratios)."""
+
+    model: str
+    data: str
+    test_images: int
+    repeats: int
+    trials_per_repeat: int
+    threads: int
+    weight_bits: int
+    clean_inference_seconds: dict
+    executor_vs_brevitas: float
+    bers: list[dict]
+
+    def summary(self) -> str:
+        return bench_text(self.to_json())
+
+
+def run(ctx: StepContext) -> BenchResult:
+    """The benchmark on the run's trained network; ``bench/result.json``."""
     from pytorchfi.core import fault_injection
 
-    cfg = RunConfig.model_validate({"seed": seed, "model": {"arch": "cnn"},
-                                    "train": {"epochs": epochs}})
-    data = load_data(cfg)
+    cfg = ctx.cfg
+    repeats, trials = cfg.bench.repeats, cfg.bench.trials
+    seed = cfg.seed if cfg.campaign.seed is None else cfg.campaign.seed
+    s = open_session(ctx.run.path, "cpu")
+    data, net = s.data, s.net
     dev = torch.device("cpu")
-    model, _ = train(cfg, data, dev, progress=progress)
-    net = lower(model, data.input_shape, "cnn")
+    model = model_from_config(cfg, data.input_shape, data.num_classes)
+    model.load_state_dict(load_checkpoint(ctx.run / "train" / "model.pt")["state_dict"])
+    model.eval()
     image = MemoryImage.build(net)
     ex = Executor(net, image, dev)
     inj = Injector(image, ex)
@@ -176,18 +198,22 @@ def bench_fi(*, repeats: int = 5, seed: int = 0, epochs: int = 5, trials: int = 
                      "pytorchfi_trials_per_second": 1 / med(t_pfi),
                      "vs_clean_inference": med(t_clean) / med(t_ours),
                      "vs_pytorchfi": med(t_pfi) / med(t_ours)})
-    return {"model": "cnn", "data": "digits", "test_images": len(x), "repeats": repeats,
-            "trials_per_repeat": trials, "threads": torch.get_num_threads(),
-            "weight_bits": image.size_bits(("weight",))["total"],
-            "clean_inference_seconds": {"executor": clean_exec, "brevitas": clean_brevitas,
-                                        "float_twin": clean_twin},
-            "executor_vs_brevitas": clean_brevitas / clean_exec, "bers": rows}
+    res = BenchResult(
+        model=net.arch, data=cfg.data.name, test_images=len(x), repeats=repeats,
+        trials_per_repeat=trials, threads=torch.get_num_threads(),
+        weight_bits=image.size_bits(("weight",))["total"],
+        clean_inference_seconds={"executor": clean_exec, "brevitas": clean_brevitas,
+                                 "float_twin": clean_twin},
+        executor_vs_brevitas=clean_brevitas / clean_exec, bers=rows)
+    write_json(ctx.out / "result.json", res.to_json())
+    return res
 
 
 def bench_text(res: dict) -> str:
     """Human-readable table of :func:`bench_fi` results."""
     c = res["clean_inference_seconds"]
-    lines = [f"digits CNN, {res['test_images']} test images, {res['weight_bits']} weight bits, "
+    lines = [f"{res['model']} on {res['data']}, {res['test_images']} test images, "
+             f"{res['weight_bits']} weight bits, "
              f"median of {res['repeats']} repeats x {res['trials_per_repeat']} trials, "
              f"{res['threads']} threads",
              f"clean inference: executor {1e3 * c['executor']:.2f} ms, Brevitas "

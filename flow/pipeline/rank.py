@@ -1,17 +1,16 @@
-"""``hetq rank``: layer vulnerability by the GA, optionally against the per-layer ground truth.
+"""The rank step: layer vulnerability by the GA, optionally against the per-layer ground truth.
 
 Writes ``RUN_DIR/rank/ga.json`` (ranking, LVF per layer, generations, inferences),
-``RUN_DIR/rank/ground_truth.json`` when asked, and the LVF of each layer into plan.json's
-``vulnerability`` field (same checkpoint, so the plan keeps its hash).
+``RUN_DIR/rank/ground_truth.json`` when ``rank.ground_truth`` is on, and the LVF of each layer
+into plan.json's ``vulnerability`` field (same checkpoint, so the plan keeps its hash).
 """
 from __future__ import annotations
 
-import sys
-import time
+from dataclasses import dataclass
 
 from flow.core.io import write_json
 from flow.core.plan import save_plan
-from flow.pipeline.rundir import RunDir
+from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import open_session
 from flow.reliability.ga import rank_layers_ga
 from flow.reliability.vulnerability import layer_ground_truth
@@ -23,54 +22,75 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def rank(run: RunDir, *, ground_truth: bool = False, seed: int | None = None,
-         progress: bool = True, device: str | None = None, executor: str = "local",
-         address: str | None = None, workers: int | None = None) -> dict:
-    """Rank the run's layers; returns what ``hetq rank --json`` prints.
+@dataclass
+class RankResult(StepResult):
+    """The GA's ranking (most vulnerable first) and LVF per layer, and the ground truth if
+    measured."""
 
-    The GA's pool tests run on ``executor`` (``local`` or ``ray``, see
-    :mod:`flow.reliability.parallel`).
-    """
+    ranking: list[str]
+    layers: list[dict]
+    generations: int
+    inferences: int
+    seed: int
+    test_images: int
+    ground_truth: dict | None = None
+
+    def summary(self) -> str:
+        lines = [f"ranking (most vulnerable first): {' > '.join(self.ranking)}",
+                 f"GA: {self.generations} generations, {self.inferences} inferences",
+                 f"{'layer':<22} {'bits':>8} {'tested':>7} {'critical':>8} {'LVF':>8}"]
+        lines += [f"{r['layer']:<22} {r['bits']:>8} {r['tested']:>7} {r['critical']:>8} "
+                  f"{r['lvf']:>8.4f}" for r in self.layers]
+        gt = self.ground_truth
+        if gt:
+            lines.append(f"ground truth: {' > '.join(gt['ranking'])} ({gt['inferences']} "
+                         f"inferences); Spearman {gt['spearman']:.3f}; GA used "
+                         f"{100 * gt['ga_inference_ratio']:.1f} % of its inferences")
+        return "\n".join(lines)
+
+    def record(self) -> dict:
+        return {"ranking": self.ranking, "inferences": self.inferences}
+
+    def brief(self) -> str:
+        return f"rank: {' > '.join(self.ranking)} ({self.inferences} inferences)"
+
+
+def run(ctx: StepContext) -> RankResult:
+    """Rank the run's layers (pool tests where ``parallel`` says; the numbers are the same)."""
     from flow.reliability.parallel import make_pool
-    t0 = time.time()
-    s = open_session(run.path, device)
-    seed = s.cfg.seed if seed is None else seed
+    s = open_session(ctx.run.path, ctx.cfg.device)
+    r = ctx.cfg.rank
+    seed = ctx.cfg.seed if r.seed is None else r.seed
     x, y = s.data.test.x, s.data.test.y
 
     def report(gen: int, ranking: list[str], inferences: int) -> None:
-        if progress:
-            print(f"  generation {gen}: {' > '.join(ranking)} ({inferences} inferences)",
-                  flush=True, file=sys.stderr)
+        ctx.say(f"  generation {gen}: {' > '.join(ranking)} ({inferences} inferences)")
 
-    pool = make_pool(executor, s.executor, s.image, x, y, address=address, workers=workers)
+    p = ctx.cfg.parallel
+    pool = make_pool(p.executor, s.executor, s.image, x, y, address=p.address,
+                     workers=p.workers)
     try:
-        res = rank_layers_ga(s.executor, s.image, x, y, s.cfg.rank, seed, report,
-                             pool=pool)
+        res = rank_layers_ga(s.executor, s.image, x, y, r, seed, report, pool=pool)
     finally:
         pool.close()
-    out = {"ranking": res.ranking, "layers": res.layers, "generations": res.generations,
-           "inferences": res.inferences, "seed": seed, "test_images": len(y)}
-    folder = run / "rank"
-    folder.mkdir(exist_ok=True)
-    write_json(folder / "ga.json", {**out, "history": res.history})
-    if ground_truth:
-        gt = layer_ground_truth(s.executor, s.image, x, y, seed=seed,
-                                margin=s.cfg.rank.truth_margin,
-                                confidence=s.cfg.rank.truth_confidence, progress=progress)
-        truth = {r.layer: r.critical_fraction for r in gt}
-        gt_inferences = sum(r.trials for r in gt)
-        out["ground_truth"] = {
-            "layers": [r.to_json() for r in gt],
+    out = RankResult(res.ranking, res.layers, res.generations, res.inferences, seed, len(y))
+    write_json(ctx.out / "ga.json", {**out.to_json(), "history": res.history})
+    if r.ground_truth:
+        gt = layer_ground_truth(s.executor, s.image, x, y, seed=seed, margin=r.truth_margin,
+                                confidence=r.truth_confidence, progress=ctx.progress)
+        truth = {t.layer: t.critical_fraction for t in gt}
+        gt_inferences = sum(t.trials for t in gt)
+        out.ground_truth = {
+            "layers": [t.to_json() for t in gt],
             "ranking": sorted(truth, key=lambda n: -truth[n]),
             "inferences": gt_inferences,
-            "spearman": spearman([truth[r["layer"]] for r in res.layers],
-                                 [r["lvf"] for r in res.layers]),
+            "spearman": spearman([truth[row["layer"]] for row in res.layers],
+                                 [row["lvf"] for row in res.layers]),
             "ga_inference_ratio": res.inferences / gt_inferences}
-        write_json(folder / "ground_truth.json", out["ground_truth"])
+        write_json(ctx.out / "ground_truth.json", out.ground_truth)
+    lvf = {row["layer"]: row["lvf"] for row in res.layers}
     plan = dict(s.plan)
-    plan["layers"] = {name: {**entry, "vulnerability": next(
-        r["lvf"] for r in res.layers if r["layer"] == name)}
-        for name, entry in s.plan["layers"].items()}
-    save_plan(run / "plan.json", plan)
-    out["seconds"] = round(time.time() - t0, 3)
+    plan["layers"] = {name: {**entry, "vulnerability": lvf[name]}
+                      for name, entry in s.plan["layers"].items()}
+    save_plan(ctx.run.plan_file, plan)
     return out

@@ -18,6 +18,7 @@ import base64
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from flow.hw.boards import config_board_dirs, get_board
 from flow.hw.estimate import estimate
 from flow.hw.synth import DESIGNS
 from flow.pipeline.rundir import RunDir
+from flow.pipeline.runner import StepContext, StepResult
 from flow.reliability.metrics import PdropConstants, p_drop, rap
 from flow.reliability.store import TrialStore
 
@@ -80,8 +82,8 @@ def _ber_key(b: float) -> str:
 
 
 class _Builder:
-    def __init__(self, run: RunDir) -> None:
-        self.run = run
+    def __init__(self, run: RunDir, folder: Path) -> None:
+        self.run, self.folder = run, folder
         self.cfg = run.config()
         self.label = parse_arch(self.cfg.model.arch).label
         self.manifest = run.manifest()
@@ -127,7 +129,7 @@ class _Builder:
                if e.get("vulnerability") is not None}
         if lvf:
             from flow.pipeline.plots import plot_bars
-            plot_bars(lvf, self.run / "report" / "lvf.png", title="Layer vulnerability (LVF)",
+            plot_bars(lvf, self.folder / "lvf.png", title="Layer vulnerability (LVF)",
                       ylabel="LVF = vulnerable bits / tested bits")
             self.figures.append({"id": "lvf", "title": "LVF per layer (GA)", "file": "lvf.png"})
 
@@ -324,7 +326,7 @@ class _Builder:
                                                  ids["software, protected"])
         if series:
             from flow.pipeline.plots import plot_accuracy_vs_ber
-            plot_accuracy_vs_ber(series, self.run / "report" / "accuracy_vs_ber.png",
+            plot_accuracy_vs_ber(series, self.folder / "accuracy_vs_ber.png",
                                  title=f"{self.label}: accuracy vs BER", clean=clean)
             self.figures.insert(0, {"id": "accuracy", "title": "Accuracy vs BER: software and RTL",
                                     "file": "accuracy_vs_ber.png"})
@@ -465,7 +467,6 @@ class _Builder:
                                   rows))
 
     def build(self) -> dict:
-        (self.run / "report").mkdir(exist_ok=True)
         self.plan_section()
         self.resources_section()
         self.latency_section()
@@ -513,19 +514,33 @@ def render_html(rep: dict, folder: Path) -> str:
     return _env(True).get_template("report.html.j2").render(r=rep, images=images)
 
 
-def write_report(run: RunDir) -> dict:
-    """Build the report of ``run`` and write ``report/report.{json,md,html}``."""
-    t0 = time.time()
-    rep = _Builder(run).build()
-    folder = run / "report"
+@dataclass
+class ReportResult(StepResult):
+    """Where the report was written and how many facts it holds."""
+
+    report: str
+    json: str
+    markdown: str
+    facts: int
+
+    def summary(self) -> str:
+        return f"report: {self.report}"
+
+    def record(self) -> dict:
+        return {"report": self.report}
+
+
+def run(ctx: StepContext) -> ReportResult:
+    """Build the report of the run and write ``report/report.{json,md,html}`` (atomically,
+    with its figures)."""
+    folder = ctx.out
+    rep = _Builder(ctx.run, folder).build()
     write_json(folder / "report.json", rep)
     atomic_write(folder / "report.md", render_markdown(rep))
     atomic_write(folder / "report.html", render_html(rep, folder))
-    res = {"report": str(folder / "report.html"), "json": str(folder / "report.json"),
-           "markdown": str(folder / "report.md"), "facts": len(rep["facts"]),
-           "seconds": round(time.time() - t0, 3)}
-    run.record_step("report", status="done", seconds=res["seconds"], report=res["report"])
-    return res
+    final = ctx.run / "report"
+    return ReportResult(str(final / "report.html"), str(final / "report.json"),
+                        str(final / "report.md"), len(rep["facts"]))
 
 
 def load_report(path: Path) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from flow.hw.rtl import design
 from flow.hw.rtlgen import RtlManifest, write_project
 from flow.hw.rtlsim import RtlSim, image_codes_hwc, measured_timing
 from flow.pipeline.rundir import RunDir
+from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import Session, open_session
 from flow.reliability.campaign import CampaignSpec
 from flow.reliability.faults import SeuSampler, check_ber, trial_rng
@@ -33,34 +34,61 @@ from flow.reliability.store import TrialStore, export_csv, export_json
 BASELINE = "rtl_base"
 
 
-def generate(run: RunDir, progress: bool = True, baseline: bool | None = None) -> dict:
+@dataclass
+class RtlResult(StepResult):
+    """The RTL project of the plan: stages, analytic cycles, memories; the baseline's folder."""
+
+    project: str
+    stages: list[dict]
+    analytic: dict
+    memories: list[dict]
+    baseline: str | None
+
+    def summary(self) -> str:
+        a = self.analytic
+        lines = [f"{'stage':<16} {'module':<15} {'layer':<8} {'PE':>4} {'SIMD':>5} "
+                 f"{'cycles':>8}"]
+        lines += [f"{st['name']:<16} {st['module']:<15} {st['layer'] or '-':<8} "
+                  f"{st.get('pe', '-'):>4} {st.get('simd', '-'):>5} {st['cycles'] or '-':>8}"
+                  for st in self.stages]
+        lines.append(f"analytic: latency {a['latency_cycles']} cycles, II {a['ii_cycles']} "
+                     f"cycles")
+        lines.append(f"{len(self.memories)} memories; project: {self.project}")
+        return "\n".join(lines)
+
+    def record(self) -> dict:
+        return {"project": self.project, "baseline": self.baseline, "analytic": self.analytic}
+
+    def brief(self) -> str:
+        a = self.analytic
+        return (f"rtl: {len(self.stages)} stages, {len(self.memories)} memories, analytic "
+                f"latency {a['latency_cycles']} cycles, II {a['ii_cycles']}: {self.project}")
+
+
+def run_rtl(ctx: StepContext) -> RtlResult:
     """Write ``RUN_DIR/rtl/`` for the run's plan (replacing an older project).
 
-    With ``baseline`` (default: the config's ``report.baseline``) and at least one protected
-    layer, also write ``RUN_DIR/rtl_base/``: the same network and folding with no layer
-    protected, the reference the report measures the cost of protection against.
+    With ``report.baseline`` and at least one protected layer, also write ``RUN_DIR/rtl_base/``:
+    the same network and folding with no layer protected, the reference the report measures the
+    cost of protection against. Both folders are written atomically.
     """
-    t0 = time.time()
+    run = ctx.run
     s = open_session(run.path, "cpu")
     d = design(s.net, s.image, s.cfg.rtl)
-    with run.step_folder("rtl") as folder:
+    with ctx.atomic("rtl") as folder:
         man = write_project(folder, d, s.image, s.checkpoint_sha256)
     base = None
-    if (s.cfg.report.baseline if baseline is None else baseline) and any(
-            m.protected for m in s.image.memories.values()):
+    if s.cfg.report.baseline and any(m.protected for m in s.image.memories.values()):
         img = MemoryImage.build(s.net, [])
-        with run.step_folder(BASELINE) as folder:
+        with ctx.atomic(BASELINE) as folder:
             base = write_project(folder, design(s.net, img, s.cfg.rtl), img, s.checkpoint_sha256)
     else:
         shutil.rmtree(run / BASELINE, ignore_errors=True)
-    res = {"project": str(run / "rtl"), "stages": man["stages"], "analytic": man["analytic"],
-           "memories": [{k: m[k] for k in ("memory", "hier", "word_bits", "depth", "protected")}
-                        for m in man["memories"]],
-           "baseline": None if base is None else str(run / BASELINE),
-           "seconds": round(time.time() - t0, 3)}
-    run.record_step("rtl", status="done", seconds=res["seconds"], project=res["project"],
-                    baseline=res["baseline"], analytic=man["analytic"])
-    return res
+    return RtlResult(
+        project=str(run / "rtl"), stages=man["stages"], analytic=man["analytic"],
+        memories=[{k: m[k] for k in ("memory", "hier", "word_bits", "depth", "protected")}
+                  for m in man["memories"]],
+        baseline=None if base is None else str(run / BASELINE))
 
 
 def open_project(s: Session) -> RtlManifest:
@@ -124,15 +152,66 @@ def check_baseline(run: RunDir, s: Session, limit: int | None = None) -> dict | 
     return res
 
 
-def simulate(run: RunDir, bers: list[float], trials: int, seed: int, *, limit: int | None = None,
-             chunk: int = 100, progress: bool = True) -> dict:
-    """Bit-exactness check, then the RTL fault campaign; results in ``sim/<campaign>/``.
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+@dataclass
+class SimResult(StepResult):
+    """Verilator: clean bit-exactness and cycles (and the baseline's), then the RTL campaign."""
+
+    campaign: str
+    clean_accuracy: float
+    bits: int
+    trials: int
+    summary_rows: list[dict]
+    check: dict
+    baseline_check: dict | None
+    build_seconds: float
+    faulty_inferences_per_s: float | None
+    spec: dict
+    out_dir: str
+
+    @property
+    def ok(self) -> bool:
+        return self.check["bit_exact"] and (self.baseline_check is None
+                                            or self.baseline_check["bit_exact"])
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        out["summary"] = out.pop("summary_rows")
+        return out
+
+    def summary(self) -> str:
+        from flow.pipeline.inject_step import campaign_text
+        c = self.check
+        m, a = c["measured"], c["analytic"]
+        lines = [f"RTL vs integer executor on {c['images']} images: "
+                 + ("bit-exact" if c["bit_exact"] else f"{c['mismatched_images']} images DIFFER"),
+                 f"cycles: latency {m['latency_cycles']} (analytic {a['latency_cycles']}), "
+                 f"II {m['ii_cycles']:.1f} (analytic {a['ii_cycles']}); "
+                 f"{c['sim_cycles_per_s']:,.0f} simulated cycles/s",
+                 campaign_text(self.to_json())]
+        if self.faulty_inferences_per_s:
+            lines.append(f"{self.faulty_inferences_per_s:,.0f} faulty inferences/s in Verilator")
+        return "\n".join(lines)
+
+    def record(self) -> dict:
+        return {"campaign": self.campaign, "out_dir": self.out_dir, "bit_exact": self.ok}
+
+
+def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
+    """Bit-exactness check, then the RTL fault campaign (``sim.bers``, else ``campaign.bers``;
+    ``sim.trials``; the campaign's seed; the first ``sim.images`` test images); results in
+    ``sim/<campaign>/``, written atomically, every trial to the run's store as it finishes.
 
     When the run has an unprotected baseline project (``rtl_base/``), its clean bit-exactness
     and cycles are measured too (``baseline_check`` in the result).
     """
-    t0 = time.time()
-    bers = [check_ber(b) for b in bers]
+    run, cfg = ctx.run, ctx.cfg
+    bers = [check_ber(b) for b in (cfg.sim.bers or cfg.campaign.bers)]
+    trials, limit = cfg.sim.trials, cfg.sim.images
+    seed = cfg.seed if cfg.campaign.seed is None else cfg.campaign.seed
     s = open_session(run.path, "cpu")
     open_project(s)
     hwc, y, ref = _test_codes(s, limit)
@@ -147,17 +226,16 @@ def simulate(run: RunDir, bers: list[float], trials: int, seed: int, *, limit: i
     sampler = SeuSampler(s.image)
     clean_correct = int((ref.argmax(1) == y).sum())
     inferences, wall = 0, 0.0
-    with TrialStore(run / "campaigns.sqlite") as store:
+    with TrialStore(run.store) as store:
         cid = store.open_campaign({**spec.to_json(), "clean_correct": clean_correct,
                                    "test_size": len(y)})
-        out_dir = run / "sim" / cid
-        out_dir.mkdir(parents=True, exist_ok=True)
-        results = out_dir / "trials.jsonl"
+        # the simulator's own record of finished trials, outside the atomic result folder
+        results = work / f"trials_{cid}.jsonl"
         _ingest(store, cid, results, y)           # trials a crashed run finished
         done = {b: store.done(cid, b) for b in bers}
         todo = [(b, t) for b in bers for t in range(trials) if t not in done[b]]
         bar = tqdm(total=len(todo), desc="rtl campaign", unit="trial",
-                   disable=not progress or None)
+                   disable=not ctx.progress or None)
         for i in range(0, len(todo), chunk):
             batch = []
             for b, t in todo[i:i + chunk]:
@@ -174,18 +252,16 @@ def simulate(run: RunDir, bers: list[float], trials: int, seed: int, *, limit: i
         bar.close()
         summary = store.summary(cid, clean_accuracy=clean_correct / len(y))
     base = check_baseline(run, s, limit)
-    res = {"campaign": cid, "clean_accuracy": clean_correct / len(y),
-           "bits": sampler.total_bits, "trials": trials, "summary": summary, "check": clean,
-           "baseline_check": base,
-           "build_seconds": round(build_s, 3),
-           "faulty_inferences_per_s": inferences / wall if wall else None,
-           "spec": spec.to_json(), "out_dir": str(out_dir)}
-    export_csv(summary, out_dir / "summary.csv")
-    export_json(res, out_dir / "summary.json")
-    res["seconds"] = round(time.time() - t0, 3)
-    run.record_step("sim", status="done", seconds=res["seconds"], campaign=cid,
-                    out_dir=str(out_dir), bit_exact=clean["bit_exact"]
-                    and (base is None or base["bit_exact"]))
+    rel = f"sim/{cid}"
+    res = SimResult(
+        campaign=cid, clean_accuracy=clean_correct / len(y), bits=sampler.total_bits,
+        trials=trials, summary_rows=summary, check=clean, baseline_check=base,
+        build_seconds=round(build_s, 3),
+        faulty_inferences_per_s=inferences / wall if wall else None, spec=spec.to_json(),
+        out_dir=str(run / rel))
+    with ctx.atomic(rel) as out:
+        export_csv(summary, out / "summary.csv")
+        export_json(res.to_json(), out / "summary.json")
     return res
 
 

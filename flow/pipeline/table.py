@@ -22,6 +22,8 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from flow.core.config import RunConfig
 from flow.core.executor import Executor
@@ -32,6 +34,7 @@ from flow.nn.lower import lower, lower_graph
 from flow.nn.qonnx_graph import load
 from flow.nn.train import finetune, load_checkpoint
 from flow.pipeline.rundir import RunDir
+from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.search import protection_only
 from flow.pipeline.session import load_data, qonnx_of, resolve_device
 from flow.reliability.campaign import CampaignSpec, run_campaign
@@ -90,19 +93,35 @@ def _networks(run: RunDir, cfg: RunConfig, data, device, progress: bool):
     yield (widths.pop() if len(widths) == 1 else None), net
 
 
-def run_table(run: RunDir, progress: bool = True) -> dict:
-    """Run the experiment on a trained run directory; returns the rows and file paths."""
+@dataclass
+class TableResult(StepResult):
+    """The paper's table: one row per configuration, the P_drop constants, the reference."""
+
+    rows: list[dict]
+    constants: dict
+    reference: str
+    table_md: str
+    markdown: str
+
+    def summary(self) -> str:
+        return self.markdown + f"\nfiles: {Path(self.table_md).parent}"
+
+    def record(self) -> dict:
+        return {"reference": self.reference, "table_md": self.table_md}
+
+
+def run(ctx: StepContext) -> TableResult:
+    """Run the experiment on a trained run directory; writes ``table/`` atomically, every
+    campaign trial to the run's store."""
     from flow.pipeline.plots import plot_accuracy_vs_ber, plot_bars
-    t0 = time.time()
-    cfg = run.config()
+    run, cfg, progress = ctx.run, ctx.cfg, ctx.progress
     t = cfg.table
     device = resolve_device(cfg.device)
     data = load_data(cfg)
     x, y = data.test.x, data.test.y
     consts = PdropConstants(t.lifetime, t.test_interval, t.p_single)
-    folder = run / "table"
-    folder.mkdir(exist_ok=True)
-    store = folder / "campaigns.sqlite"
+    folder = ctx.out
+    store = run.store
     bers = tuple(sorted(set(t.bers) | {t.ber}))
     rows, curves = [], {}
     for n, net in _networks(run, cfg, data, device, progress):
@@ -156,5 +175,5 @@ def run_table(run: RunDir, progress: bool = True) -> dict:
                                    f"({t.trials} trials/point)")
     plot_bars({r["config"]: r["rap"] for r in rows}, folder / "rap.png",
               title=f"RAP at BER {t.ber:g} (reference {ref['config']})", ylabel="RAP")
-    return {"rows": rows, "constants": consts.to_json(), "reference": ref["config"],
-            "table_md": str(folder / "table.md"), "seconds": round(time.time() - t0, 3)}
+    return TableResult(rows, consts.to_json(), ref["config"], str(run / "table" / "table.md"),
+                       (folder / "table.md").read_text())

@@ -28,12 +28,14 @@ from __future__ import annotations
 import hashlib
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
 from flow.core.config import RunConfig
 from flow.core.io import atomic_write, write_json
 from flow.pipeline.rundir import RunDir
+from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import load_data
 from flow.reliability.campaign import CampaignSpec, run_campaign
 from flow.reliability.stats import median_ci
@@ -53,10 +55,12 @@ def _state_sha(model: torch.nn.Module) -> str:
 
 
 def _trained(run: RunDir, arch: str, cfg: RunConfig, data, progress: bool):
-    """The trained network ``arch`` (from ``zobnn/<arch>.pt`` when a previous run saved it)."""
+    """The trained network ``arch`` (from ``.cache/zobnn/<arch>.pt`` when a previous run saved
+    it: a crash of the study loses no training)."""
     z = cfg.zobnn
     m = build_bnn(arch, data.input_shape, data.num_classes, z.width, seed=cfg.seed)
-    path = run / "zobnn" / f"{arch}.pt"
+    path = run.cache / "zobnn" / f"{arch}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         m.load_state_dict(torch.load(path, weights_only=True))
         m.freeze()
@@ -81,9 +85,9 @@ def _campaign(run: RunDir, model, arch: str, net: str, cfg: RunConfig, data,
                         extra={"study": "zobnn", "arch": arch, "net": net,
                                "model_sha256": _state_sha(model)})
     res = run_campaign(TorchExecutor(model, image), image, data.test.x, data.test.y, spec,
-                       run / "campaigns.sqlite", progress=progress)
+                       run.store, progress=progress)
     per: dict[float, list[float]] = {}
-    with TrialStore(run / "campaigns.sqlite") as store:
+    with TrialStore(run.store) as store:
         for t in store.trials(res["campaign"]):
             per.setdefault(t["ber"], []).append(t["correct"] / t["total"])
     return res, per
@@ -116,14 +120,34 @@ def _md_table(head: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def run_study(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
-    """The whole study into ``RUN_DIR/zobnn/``; returns what ``hetq zobnn --json`` prints."""
+@dataclass
+class ZobnnResult(StepResult):
+    """The ZOBNN study: its config, per network its tables, campaigns and hardware."""
+
+    config: dict
+    archs: dict
+    markdown: str
+
+    def summary(self) -> str:
+        return self.markdown + "\nfiles: (RUN_DIR)/zobnn"
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        out.pop("markdown")
+        return out
+
+    def record(self) -> dict:
+        return {"archs": list(self.archs)}
+
+
+def run(ctx: StepContext) -> ZobnnResult:
+    """The whole study into ``RUN_DIR/zobnn/`` (written atomically; trained networks and
+    campaign trials are kept outside it, so a crash loses neither)."""
     from flow.pipeline.plots import plot_accuracy_vs_ber, plot_boxes
-    t_start = time.time()
+    run, cfg, progress = ctx.run, ctx.cfg, ctx.progress
     z = cfg.zobnn
     data = load_data(cfg)
-    out = run / "zobnn"
-    out.mkdir(parents=True, exist_ok=True)
+    out = ctx.out
     threads = torch.get_num_threads()
     result: dict = {"config": z.model_dump(mode="json"), "archs": {}}
     md = [f"# ZOBNN study on {cfg.data.name}", ""]
@@ -158,7 +182,7 @@ def run_study(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
                          / at["float"]["accuracy_mean"],
                          "zobnn_over_bnn": at["zobnn"]["accuracy_mean"]
                          / at["bnn"]["accuracy_mean"]}
-            hw = hardware(run / "zobnn" / f"hw_{arch}", run / "campaigns.sqlite", arch, zq,
+            hw = hardware(out / f"hw_{arch}", run.store, arch, zq,
                           z.study_bits, cfg, data, progress) if z.hardware \
                 else None
             t, tr = _timing({"bnn": bnn, "conventional": conventional(zq, info), "zobnn": zq},
@@ -219,8 +243,5 @@ def run_study(run: RunDir, cfg: RunConfig, progress: bool = True) -> dict:
     finally:
         torch.set_num_threads(threads)
     atomic_write(out / "study.md", "\n".join(md) + "\n")
-    result["seconds"] = round(time.time() - t_start, 3)
     write_json(out / "result.json", result)
-    run.record_step("zobnn", status="done", seconds=result["seconds"])
-    result["markdown"] = "\n".join(md)
-    return result
+    return ZobnnResult(result["config"], result["archs"], "\n".join(md))

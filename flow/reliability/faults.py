@@ -20,8 +20,9 @@ import numpy as np
 
 from flow.core.errors import ConfigError, FaultMapError
 from flow.core.image import WEIGHT_KINDS, MemoryImage
+from flow.core.kinds import FAULT_MODELS
 
-FAULT_KINDS = ("flip", "stuck0", "stuck1")
+FAULT_KINDS = FAULT_MODELS
 FAULTMAP_VERSION = 1
 _INT64 = (-2 ** 63, 2 ** 63 - 1)
 

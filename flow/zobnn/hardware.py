@@ -157,7 +157,7 @@ def _synth(folder: Path, cfg: RunConfig) -> dict:
     """Yosys resources of the RTL project on ``hls.board`` (kept while the sources match)."""
     board = get_board(cfg.hls.board, config_board_dirs(cfg), "hls.board")
     out = folder / "synth" / board.name
-    res = synthesize_cached(folder / "rtl", board, out)
+    res = synthesize_cached(folder / "rtl", board, out, folder / ".cache")
     atomic_write(out / "report.json", json.dumps(res, indent=1))
     return res
 
