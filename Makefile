@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint bench clean chromium
+.PHONY: setup run test test-fast lint bench clean chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,8 +28,13 @@ chromium:
 lint: setup
 	$(BIN)/ruff check flow tests examples sim
 
+# the whole suite, on both cores (pytest-xdist; modules that cache simulations stay on one worker)
 test: setup chromium lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+# the edit-test loop: unit tests and in-process CLI tests, no Verilator, C-sim or Yosys
+test-fast: setup lint
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow"
 
 bench: setup
 	$(BIN)/hetq bench fi

@@ -1,8 +1,9 @@
 """Shared fixtures: small trained runs, built once per test session in temporary folders."""
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,19 @@ import yaml
 from flow.cli import main
 
 
-def hetq_cli(*args: str) -> subprocess.CompletedProcess:
-    """Run the ``hetq`` command line in a subprocess (captured text output)."""
-    return subprocess.run([sys.executable, "-m", "flow.cli", *map(str, args)],
-                          capture_output=True, text=True)
+def hetq_inproc(cwd: Path | None, *args: str) -> subprocess.CompletedProcess:
+    """Run the ``hetq`` command line in this process (in ``cwd`` if given), as a subprocess would
+    be seen: exit status, captured stdout and stderr. The fast way to test the CLI; a few
+    contract tests in ``test_cli.py`` still start a real subprocess."""
+    out, err = io.StringIO(), io.StringIO()
+    where = contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext()
+    with where, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:                  # argparse: --help, usage errors
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    return subprocess.CompletedProcess(["hetq", *map(str, args)], code, out.getvalue(),
+                                       err.getvalue())
 
 
 def write_config(path: Path, obj: dict) -> Path:

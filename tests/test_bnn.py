@@ -7,6 +7,7 @@ from torch.overrides import TorchFunctionMode
 
 from flow.core.errors import ConfigError
 from flow.nn.data import Dataset, load_dataset
+from flow.nn.train import accuracy
 from flow.zobnn.bnn import (
     ARCHS,
     STORED_KINDS,
@@ -15,7 +16,6 @@ from flow.zobnn.bnn import (
     DoReFaBNN,
     FloatTwin,
     StoredParam,
-    accuracy,
     build_bnn,
     train_bnn,
 )

@@ -6,9 +6,10 @@
 (d) a residual network with a global average pool: lowers bit-exactly and takes campaigns;
 and a QONNX file exported with Brevitas from a network hetq never built, imported with an .npz.
 
-Each runs train -> inject -> rank -> hls (C-sim bit-exact, fault replay) -> rtl -> sim (bit-exact,
-latency within 1 % of the analytic count) -> synth (Yosys) -> search. Real Brevitas, hls4ml C-sim,
-Verilator and Yosys throughout.
+The dense network runs train -> inject -> rank -> hls (C-sim bit-exact, fault replay) -> rtl -> sim
+(bit-exact, latency within 1 % of the analytic count) -> search; the CNN train -> rtl -> sim (its
+shapes reach the RTL) here, and the whole flow with Yosys as the imported QONNX file; the binary
+MLP the whole `hetq run`. Real Brevitas, hls4ml C-sim, Verilator and Yosys throughout.
 """
 from __future__ import annotations
 
@@ -43,30 +44,32 @@ def cli(capsys, *args) -> dict:
     return json.loads(out)
 
 
-def flow(capsys, tmp_path: Path, model: dict, **sections) -> tuple[Path, dict]:
+def flow(capsys, tmp_path: Path, model: dict, steps: tuple[str, ...], **sections
+         ) -> tuple[Path, dict]:
     cfg = write_config(tmp_path / "cfg.yaml", {**QUICK, **sections, "model": model})
     run = tmp_path / "run"
     res = {"train": cli(capsys, "train", cfg, "--out", run)}
-    for step in ("inject", "rank", "hls", "rtl", "sim"):
+    for step in steps:
         res[step] = cli(capsys, step, run)
-    res["synth"] = cli(capsys, "synth", run, "--board", "pynq-z2")
-    res["search"] = cli(capsys, "search", run)
     return run, res
 
 
 def check_hardware(res: dict, protected: list[str]) -> None:
-    """C-sim and RTL bit-exact with the executor, faults replayed, cycles, Yosys."""
+    """Whichever of C-sim, RTL and Yosys ran: bit-exact with the executor, faults replayed,
+    cycles within 1 % of the analytic count, the design fits."""
     t = res["train"]["checks"]
     assert t["qonnx"]["exact"] and t["brevitas"]["exact"]
-    assert res["hls"]["csim"]["bit_exact"]
-    assert res["hls"]["replay"]["equal"] == res["hls"]["replay"]["maps"] == 5
-    assert res["hls"]["protected"] == protected
+    if "hls" in res:
+        assert res["hls"]["csim"]["bit_exact"]
+        assert res["hls"]["replay"]["equal"] == res["hls"]["replay"]["maps"] == 5
+        assert res["hls"]["protected"] == protected
     sim = res["sim"]["check"]
     assert sim["bit_exact"]
     assert abs(sim["latency_ratio"] - 1) <= 0.01, sim
     assert res["sim"]["summary"][0]["trials"] == 3
-    total = res["synth"]["designs"]["protected"]["pynq-z2"]["total"]
-    assert total["lut"] > 0 and res["synth"]["designs"]["protected"]["pynq-z2"]["fits"]
+    if "synth" in res:
+        total = res["synth"]["designs"]["protected"]["pynq-z2"]["total"]
+        assert total["lut"] > 0 and res["synth"]["designs"]["protected"]["pynq-z2"]["fits"]
     prot = {m["memory"]: m["protected"] for m in res["rtl"]["memories"]}
     for layer in protected:
         assert prot[f"{layer}.weight"]
@@ -76,7 +79,8 @@ def test_dense_64_37_23_10(tmp_path, capsys):
     layers = ["classifier.fc1", "classifier.fc2", "classifier.fc3"]
     run, res = flow(capsys, tmp_path, {"arch": f"{NETS}:dense_64_37_23_10",
                                        "weight_bits": dict(zip(layers, (3, 5, 7))),
-                                       "protected": ["classifier.fc2"]})
+                                       "protected": ["classifier.fc2"]},
+                    ("inject", "rank", "hls", "rtl", "sim", "search"))
     assert res["train"]["layers"] == layers
     mems = {m["memory"]: m for m in res["rtl"]["memories"]}
     # 3/5/7-bit words, the middle layer with its MSB triplicated (5 + 2 bits per lane)
@@ -93,7 +97,8 @@ def test_dense_64_37_23_10(tmp_path, capsys):
 
 
 def test_odd_cnn(tmp_path, capsys):
-    run, res = flow(capsys, tmp_path, {"arch": f"{NETS}:odd_cnn", "protected": ["mix"]})
+    run, res = flow(capsys, tmp_path, {"arch": f"{NETS}:odd_cnn", "protected": ["mix"]},
+                    ("rtl", "sim"))
     assert res["train"]["layers"] == ["features.0", "features.3", "mix", "head"]
     mvus = {s["layer"]: s["params"] for s in res["rtl"]["stages"] if s["module"] == "mvu"}
     assert (mvus["features.0"]["K"], mvus["features.0"]["PAD"]) == (5, 1)

@@ -1,4 +1,5 @@
-"""Tests of the ``hetq`` command line, run in a subprocess as a user would run it.
+"""Tests of the ``hetq`` command line, run in this process (``hetq_inproc``); the contract tests
+marked ``subprocess=True`` start ``python -m flow.cli`` as a user would.
 
 The contract: every user mistake ends with exactly one line ``hetq: error: ...`` on stderr that
 names the field and the value, exit status 2, no traceback, and nothing half-written (the ``--out``
@@ -11,12 +12,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
+import subprocess as sp
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_MLP, write_config
+from conftest import QUICK_MLP, hetq_inproc, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "cfg.yaml"  # relative to cwd=tmp_path, so messages hold no temporary path
@@ -29,23 +30,27 @@ def _env() -> dict[str, str]:
         "PYTHONWARNINGS": "ignore"}
 
 
-def hetq(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m flow.cli ARGS`` in ``cwd``; stdout and stderr captured as text."""
-    return subprocess.run([sys.executable, "-m", "flow.cli", *map(str, args)], cwd=cwd,
+def hetq(cwd: Path, *args: str, timeout: float = 300, subprocess: bool = False
+         ) -> sp.CompletedProcess:
+    """Run ``hetq ARGS`` in ``cwd`` (in this process, or with ``subprocess=True`` as
+    ``python -m flow.cli``); exit status, stdout and stderr captured as text."""
+    if not subprocess:
+        return hetq_inproc(cwd, *args)
+    return sp.run([sys.executable, "-m", "flow.cli", *map(str, args)], cwd=cwd,
                           env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def hetq_parallel(cwd: Path, *arglists: list[str], timeout: float = 300
-                  ) -> list[subprocess.CompletedProcess]:
+                  ) -> list[sp.CompletedProcess]:
     """Like :func:`hetq` for several independent command lines, run at the same time."""
     cmds = [[sys.executable, "-m", "flow.cli", *map(str, a)] for a in arglists]
-    procs = [subprocess.Popen(c, cwd=cwd, env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for c in cmds]
+    procs = [sp.Popen(c, cwd=cwd, env=_env(), stdout=sp.PIPE,
+                              stderr=sp.PIPE, text=True) for c in cmds]
     out = []
     try:
         for cmd, p in zip(cmds, procs):
             stdout, stderr = p.communicate(timeout=timeout)
-            out.append(subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr))
+            out.append(sp.CompletedProcess(cmd, p.returncode, stdout, stderr))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -54,7 +59,7 @@ def hetq_parallel(cwd: Path, *arglists: list[str], timeout: float = 300
     return out
 
 
-def assert_user_error(res: subprocess.CompletedProcess, field: str,
+def assert_user_error(res: sp.CompletedProcess, field: str,
                       *values: str) -> str:
     """Exit 2, one ``hetq: error:`` line naming ``field`` and then each of ``values``; no traceback.
 
@@ -149,7 +154,7 @@ def test_train_unknown_key(tmp_path: Path, cfg: dict, key: str, hint: str) -> No
 
 def test_train_malformed_yaml(tmp_path: Path) -> None:
     (tmp_path / CONFIG).write_text("seed: 0\nmodel: [arch: mlp\n")
-    res = hetq(tmp_path, "train", CONFIG, "--out", OUT)
+    res = hetq(tmp_path, "train", CONFIG, "--out", OUT, subprocess=True)
     msg = assert_user_error(res, "malformed YAML", f"'{CONFIG}'")
     assert "line" in msg
     assert not (tmp_path / OUT).exists()
@@ -185,7 +190,7 @@ def test_train_into_run_with_other_config_leaves_it_unchanged(tmp_path: Path,
 
 def test_inject_ber_out_of_range(tmp_path: Path, run_copy: Path) -> None:
     before = snapshot(run_copy)
-    res = hetq(tmp_path, "inject", run_copy.name, "--ber", "2", "--trials", "1")
+    res = hetq(tmp_path, "inject", run_copy.name, "--ber", "2", "--trials", "1", subprocess=True)
     assert_user_error(res, "ber", "2")
     assert snapshot(run_copy) == before
     assert not (run_copy / "campaigns.sqlite").exists()
@@ -245,7 +250,7 @@ def test_inject_map_names_unknown_memory(tmp_path: Path, mlp_run: Path) -> None:
     pytest.param(["train", "cfg.yaml"], ["--out"], id="missing-out"),
 ])
 def test_bad_command_line(tmp_path: Path, args: list[str], values: list[str]) -> None:
-    res = hetq(tmp_path, *args)
+    res = hetq(tmp_path, *args, subprocess=True)
     assert_user_error(res, "hetq", *values)
     assert list(tmp_path.iterdir()) == []
 
@@ -255,7 +260,7 @@ def test_bad_command_line(tmp_path: Path, args: list[str], values: list[str]) ->
 
 def test_help_exits_0(tmp_path: Path) -> None:
     for args in (["--help"], ["inject", "--help"], ["train", "--help"]):
-        res = hetq(tmp_path, *args)
+        res = hetq(tmp_path, *args, subprocess=True)
         assert res.returncode == 0, res.stderr
         assert res.stdout.startswith("usage: hetq"), res.stdout
         assert res.stderr == ""

@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import hetq_cli, write_config
+from conftest import hetq_inproc, write_config
 
 from flow.pipeline.report import fmt
 
@@ -53,7 +53,7 @@ def flow_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cfg = write_config(root / "mlp.yaml", {**CONFIG, "hls": {**CONFIG["hls"],
                                                               "boards_dir": str(boards)}})
     run = root / "run"
-    r = hetq_cli("run", cfg, "--out", run, "--json")
+    r = hetq_inproc(None, "run", cfg, "--out", run, "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     return {"run": run, "config": cfg, "out": json.loads(r.stdout), "stderr": r.stderr}
 
@@ -74,6 +74,34 @@ def test_every_step_ran_and_is_recorded(flow_run):
     assert m["steps"]["train"]["data_sha256"] and m["config_sha256"]
     for f in ("report.html", "report.md", "report.json", "accuracy_vs_ber.png", "lvf.png"):
         assert (run / "report" / f).is_file()
+
+
+TOOL_LINES = ("Layer name:", "Interpreting Model", "Topology:", "Creating HLS model", "Writing HLS",
+              "UserWarning", "%Warning", "g++", "yosys", "Yosys ", "cocotb")
+
+
+def _leaks(err: str) -> list[str]:
+    return [line for line in err.splitlines() if any(t in line for t in TOOL_LINES)
+            and not line.startswith("synth ")]
+
+
+def test_console_is_quiet_and_tools_write_step_logs(flow_run, tmp_path):
+    """The console shows hetq's step lines and results; hls4ml, qonnx, g++, Verilator, cocotb and
+    Yosys write to the step's log (`-v` shows them, on stderr: stdout keeps the JSON)."""
+    assert not _leaks(flow_run["stderr"]), _leaks(flow_run["stderr"])[:5]
+    for log in ("hls/hls.log", "synth/protected/pynq-z2/yosys.log",
+                "rtl/sim_build/build.log", "rtl/sim_build/sim.log"):    # Verilator, cocotb
+        assert (flow_run["run"] / log).stat().st_size > 0, log
+    run = tmp_path / "run"
+    shutil.copytree(flow_run["run"], run)
+    r = hetq_inproc(None, "run", flow_run["config"], "--out", run, "--from", "hls", "--to", "hls")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[5/9] hls" in r.stderr and not _leaks(r.stderr), _leaks(r.stderr)[:5]
+    hls_log = (run / "hls" / "hls.log").read_text()
+    assert "Layer name:" in hls_log and "Creating HLS model" in hls_log
+    r = hetq_inproc(None, "hls", run, "-v", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["csim"]["bit_exact"] and "Layer name:" in r.stderr
 
 
 class _Cells(HTMLParser):
@@ -199,30 +227,30 @@ def test_report_renders_in_headless_chromium(flow_run, tmp_path):
 def test_rerun_resumes_and_from_to_select_steps(flow_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(flow_run["run"], run)
-    r = hetq_cli("run", flow_run["config"], "--out", run, "--json")
+    r = hetq_inproc(None, "run", flow_run["config"], "--out", run, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["steps"] == {}
-    r = hetq_cli("run", flow_run["config"], "--out", run, "--from", "report")
+    r = hetq_inproc(None, "run", flow_run["config"], "--out", run, "--from", "report")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "[9/9] report" in r.stderr and "[8/9] synth: done, skipped" in r.stderr
     # a finished synthesis of unchanged sources is kept, not run again
     log = run / "synth" / "protected" / "pynq-z2" / "yosys.log"
     stamp = log.stat().st_mtime_ns
-    r = hetq_cli("synth", run, "--board", "pynq-z2", "--json")
+    r = hetq_inproc(None, "synth", run, "--board", "pynq-z2", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     again = json.loads(r.stdout)["designs"]["protected"]["pynq-z2"]
     first = json.loads((flow_run["run"] / "synth" / "protected" / "pynq-z2" / "report.json")
                        .read_text())
     assert again["total"] == first["total"] and log.stat().st_mtime_ns == stamp
-    r = hetq_cli("run", flow_run["config"], "--out", run, "--from", "bogus")
+    r = hetq_inproc(None, "run", flow_run["config"], "--out", run, "--from", "bogus")
     assert r.returncode == 2 and "--from: unknown step 'bogus'" in r.stderr
 
 
 def test_bad_run_requests_are_refused_before_anything_is_written(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", {**CONFIG, "report": {"boards": ["pynq-z2"]}})
-    r = hetq_cli("run", cfg, "--out", tmp_path / "run", "--from", "sim")
+    r = hetq_inproc(None, "run", cfg, "--out", tmp_path / "run", "--from", "sim")
     assert r.returncode == 2 and "--from: step 'sim' needs 'train' finished first" in r.stderr
     bad = write_config(tmp_path / "b.yaml", CONFIG)           # tiny-z7 without its boards_dir
-    r = hetq_cli("run", bad, "--out", tmp_path / "run")
+    r = hetq_inproc(None, "run", bad, "--out", tmp_path / "run")
     assert r.returncode == 2
     assert r.stderr.startswith("hetq: error: report.boards: unknown board 'tiny-z7'")
     assert not (tmp_path / "run").exists()

@@ -12,12 +12,13 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import yaml
-from conftest import hetq_cli
+from conftest import hetq_inproc
 
 from flow.core.executor import Executor
 from flow.core.image import MemoryImage
@@ -26,7 +27,8 @@ from flow.hw.hls import build
 from flow.pipeline.session import open_session
 from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
 
-pytestmark = pytest.mark.slow
+# one worker runs this module under pytest-xdist: its simulations are cached per process
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hls")]
 
 MAPS = 50
 # C-sim of the streaming CNN takes ~18 ms per image: replay on the first 20 test images
@@ -164,7 +166,7 @@ def test_hetq_hls_command(mlp_run, tmp_path):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     cfg["hls"] = {"replay_maps": 5}
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    r = hetq_cli("hls", str(run), "--board", "zcu104", "--json")
+    r = hetq_inproc(None, "hls", str(run), "--board", "zcu104", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout)
     assert res["csim"]["bit_exact"] and res["replay"]["equal"] == 5
@@ -173,49 +175,68 @@ def test_hetq_hls_command(mlp_run, tmp_path):
     assert "partial" not in (run / "hls" / "prj" / "hls4ml_config.yml").read_text()
     plan_sha = res["plan_sha256"]
     assert plan_sha in (run / "hls" / "prj" / "firmware" / "hetq_plan.h").read_text()
-    bad = hetq_cli("hls", str(run), "--board", "zcu999")
+    bad = hetq_inproc(None, "hls", str(run), "--board", "zcu999")
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
     assert "unknown board 'zcu999'" in bad.stderr and "pynq-z2" in bad.stderr
-    boards = json.loads(hetq_cli("boards", "--json").stdout)["boards"]
+    boards = json.loads(hetq_inproc(None, "boards", "--json").stdout)["boards"]
     assert {b["name"] for b in boards} >= {"pynq-z2", "zcu102", "zcu104", "ultra96-v2",
                                            "kv260", "alveo-u50", "alveo-u250"}
 
 
-@pytest.mark.parametrize("arch", ["alexnet", "vgg11", "resnet18"])
-def test_cifar_form_networks(arch, tmp_path):
-    """AlexNet and VGG-11 (width 1/8, digits32) are bit-exact in C-sim; hls4ml 1.3.0's ONNX
-    front end cannot convert ResNet-18 (no ReduceMean: its global average pool)."""
+def _cifar_form(arch: str, train_it: bool):
+    """A width-1/8 network on 160 digits32 images (trained one epoch, or untrained), its QONNX
+    graph, lowered network and data."""
     import torch
 
     from flow.core.config import RunConfig
-    from flow.hw.hls_ext import HlsError
     from flow.nn.lower import lower_graph
-    from flow.nn.qonnx_graph import export_module, save
-    from flow.nn.train import train
+    from flow.nn.qonnx_graph import export_module
+    from flow.nn.train import model_from_config, train
     from flow.pipeline.session import load_data
     cfg = RunConfig.model_validate({
         "seed": 1, "data": {"name": "digits32", "limit": 160},
         "model": {"arch": arch, "width": 0.125, "default_weight_bits": 4, "act_bits": 8},
         "train": {"epochs": 1}})
     ds = load_data(cfg)
-    if arch == "resnet18":          # the conversion fails whatever the weights: no training
-        from flow.nn.train import model_from_config
-        model = model_from_config(cfg, ds.input_shape, ds.num_classes)
-    else:
-        model, _ = train(cfg, ds, torch.device("cpu"), progress=False)
+    model = train(cfg, ds, torch.device("cpu"), progress=False)[0] if train_it else \
+        model_from_config(cfg, ds.input_shape, ds.num_classes)
     graph = export_module(model, ds.input_shape)
+    return graph, lower_graph(graph, arch), ds
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg11"])
+def test_cifar_form_networks(arch, tmp_path):
+    """AlexNet and VGG-11 (width 1/8, digits32) are bit-exact in C-sim."""
+    from flow.nn.qonnx_graph import save
+    graph, net, ds = _cifar_form(arch, train_it=True)
     save(graph, tmp_path / "model.onnx")
-    net = lower_graph(graph, arch)
     image = MemoryImage.build(net, [net.layers()[1]])        # one layer protected
     ex = Executor(net, image, "cpu")
-    if arch == "resnet18":
-        with pytest.raises(HlsError, match="ReduceMean"):
-            build(tmp_path / "model.onnx", net, image, tmp_path / "hls",
-                  part="xczu7ev-ffvc1156-2-e", clock_mhz=100)
-        return
     prj = build(tmp_path / "model.onnx", net, image, tmp_path / "hls",
                 part="xczu7ev-ffvc1156-2-e", clock_mhz=100)
     codes = ex.quantize_input(ds.test.x[:40])
     ref = ex.run(codes, quantized=True).numpy().astype(np.int64)
     assert np.array_equal(prj.scores(prj.inputs(codes.numpy())), ref)
     assert ref.std() > 0
+
+
+def test_global_average_pool_is_refused_in_one_line(tmp_path):
+    """hls4ml 1.3.0's ONNX front end cannot convert a global average pool (ReduceMean), as in
+    ResNet-18: a user's residual network with one gets a one-line HlsError, whatever its
+    weights (untrained here)."""
+    from flow.core.config import RunConfig
+    from flow.hw.hls_ext import HlsError
+    from flow.nn.lower import lower_graph
+    from flow.nn.qonnx_graph import export_module, save
+    from flow.nn.train import model_from_config
+    nets = Path(__file__).with_name("user_nets.py")
+    cfg = RunConfig.model_validate({"seed": 0, "model": {"arch": f"{nets}:residual_gap"}})
+    model = model_from_config(cfg, (1, 8, 8), 10)
+    graph = export_module(model, (1, 8, 8))
+    save(graph, tmp_path / "model.onnx")
+    net = lower_graph(graph, "residual_gap")
+    image = MemoryImage.build(net, [])
+    with pytest.raises(HlsError, match="ReduceMean") as e:
+        build(tmp_path / "model.onnx", net, image, tmp_path / "hls", part="xc7z020clg400-1",
+              clock_mhz=100)
+    assert "\n" not in str(e.value)

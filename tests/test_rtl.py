@@ -24,7 +24,8 @@ from flow.hw.rtlsim import RtlSim, image_codes_hwc, measured_timing
 from flow.pipeline.session import open_session
 from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
 
-pytestmark = pytest.mark.slow
+# one worker runs this module under pytest-xdist: its simulations are cached per process
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("rtl")]
 
 IMAGES = 200
 # the fault trials of the CNN (the slowest to simulate) run on its first 60 images

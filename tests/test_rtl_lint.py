@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import hetq_cli
+from conftest import hetq_inproc
 
 from flow.core.config import RtlConfig
 from flow.core.layout import memory_words
@@ -120,7 +120,7 @@ def test_bad_folding_is_one_line_error(mlp_run, tmp_path):
                            ({"fc1": {"pe": 3, "simd": 1}}, "rtl.folding.fc1.pe: 3")):
         cfg["rtl"] = {"target_cycles": 256, "folding": folding}
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-        r = hetq_cli("rtl", str(run))
+        r = hetq_inproc(None, "rtl", str(run))
         assert r.returncode == 2 and field in r.stderr and len(r.stderr.splitlines()) == 1
         assert not (run / "rtl").exists()
 
@@ -128,9 +128,9 @@ def test_bad_folding_is_one_line_error(mlp_run, tmp_path):
 def test_sim_without_project_is_one_line_error(mlp_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(mlp_run, run)
-    r = hetq_cli("sim", str(run), "--trials", "2")
+    r = hetq_inproc(None, "sim", str(run), "--trials", "2")
     assert r.returncode == 2 and "hetq rtl" in r.stderr and len(r.stderr.splitlines()) == 1
-    r = hetq_cli("sim", str(run), "--trials", "0")
+    r = hetq_inproc(None, "sim", str(run), "--trials", "0")
     assert r.returncode == 2 and "--trials: 0" in r.stderr
 
 
@@ -138,11 +138,11 @@ def test_sim_without_project_is_one_line_error(mlp_run, tmp_path):
 def test_hetq_sim_campaign_equals_software(mlp_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(mlp_run, run)
-    assert hetq_cli("rtl", str(run)).returncode == 0
-    r = hetq_cli("sim", str(run), "--ber", "1e-3", "1e-2", "--trials", "6", "--json")
+    assert hetq_inproc(None, "rtl", str(run)).returncode == 0
+    r = hetq_inproc(None, "sim", str(run), "--ber", "1e-3", "1e-2", "--trials", "6", "--json")
     assert r.returncode == 0, r.stderr
     hw = json.loads(r.stdout)
-    sw = json.loads(hetq_cli("inject", str(run), "--ber", "1e-3", "1e-2", "--trials", "6",
+    sw = json.loads(hetq_inproc(None, "inject", str(run), "--ber", "1e-3", "1e-2", "--trials", "6",
                           "--json").stdout)
     assert hw["check"]["bit_exact"] and hw["check"]["images"] == 359
     assert hw["faulty_inferences_per_s"] > 0 and hw["check"]["sim_cycles_per_s"] > 0
@@ -151,6 +151,6 @@ def test_hetq_sim_campaign_equals_software(mlp_run, tmp_path):
         assert a["accuracy_mean"] == pytest.approx(b["accuracy_mean"], abs=1e-12)
     assert (Path(hw["out_dir"]) / "summary.csv").is_file()
     # stored per trial: a rerun simulates nothing new and reports the same summary
-    again = json.loads(hetq_cli("sim", str(run), "--ber", "1e-3", "1e-2", "--trials", "6",
+    again = json.loads(hetq_inproc(None, "sim", str(run), "--ber", "1e-3", "1e-2", "--trials", "6",
                              "--json").stdout)
     assert again["summary"] == hw["summary"] and again["faulty_inferences_per_s"] is None

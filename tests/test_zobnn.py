@@ -7,9 +7,10 @@ import torch
 
 from flow.core.errors import ConfigError
 from flow.nn.data import load_dataset
+from flow.nn.train import accuracy
 from flow.reliability.campaign import CampaignSpec, run_campaign
 from flow.reliability.faults import FaultMap, Injector
-from flow.zobnn.bnn import accuracy, build_bnn, train_bnn
+from flow.zobnn.bnn import build_bnn, train_bnn
 from flow.zobnn.floatimage import FloatImage, TorchExecutor
 from flow.zobnn.quant import zobnn
 
@@ -88,13 +89,14 @@ def test_zobnn_survives_faults_that_break_the_float_parameters(trained, data, tm
     assert res["zobnn"]["accuracy_low"] > res["bnn"]["accuracy_high"]
 
 
+@pytest.mark.slow
 def test_hetq_zobnn_writes_the_study(tmp_path):
-    from conftest import hetq_cli, write_config
+    from conftest import hetq_inproc, write_config
     cfg = write_config(tmp_path / "z.yaml", {"seed": 0, "zobnn": {
         "archs": ["bdorefa"], "width": 0.5, "epochs": 3, "bits": [16, 8],
         "bers": [1e-4, 1e-3], "trials": 6, "timing_repeats": 2, "rtl_images": 40,
         "rtl_trials": 3, "rtl_target_cycles": 18432}})      # a small design: Yosys in ~35 s
-    r = hetq_cli("zobnn", cfg, "--out", tmp_path / "run", "--json")
+    r = hetq_inproc(None, "zobnn", cfg, "--out", tmp_path / "run", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     import json
     res = json.loads(r.stdout)["archs"]["bdorefa"]
@@ -116,8 +118,8 @@ def test_hetq_zobnn_writes_the_study(tmp_path):
     assert "bit-exact with the integer executor" in (tmp_path / "run" / "zobnn" /
                                                       "study.md").read_text()
     bad = write_config(tmp_path / "bad.yaml", {"zobnn": {"bits": [20]}})
-    r = hetq_cli("zobnn", bad, "--out", tmp_path / "bad")
+    r = hetq_inproc(None, "zobnn", bad, "--out", tmp_path / "bad")
     assert r.returncode == 2 and "zobnn.bits" in r.stderr and not (tmp_path / "bad").exists()
     bad = write_config(tmp_path / "bad2.yaml", {"hls": {"board": "nope"}})
-    r = hetq_cli("zobnn", bad, "--out", tmp_path / "bad2")
+    r = hetq_inproc(None, "zobnn", bad, "--out", tmp_path / "bad2")
     assert r.returncode == 2 and "hls.board" in r.stderr and not (tmp_path / "bad2").exists()

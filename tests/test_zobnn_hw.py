@@ -28,6 +28,10 @@ SEU_MAPS = 12
 SEU_BER = 1e-3
 
 
+# one worker runs this module under pytest-xdist: its trained network and simulations are shared
+pytestmark = pytest.mark.xdist_group("zobnn_hw")
+
+
 @pytest.fixture(scope="module")
 def data():
     return load_dataset("digits", None, seed=0, val_fraction=0.1, test_fraction=0.2, limit=None)

@@ -18,8 +18,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import math
-import os
-import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -118,21 +116,6 @@ def without_binary_requant():
         finally:
             flow._optimizers = saved
     return ctx()
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """hls4ml and its g++ build print to stdout; keep stdout for hetq's own output (--json)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 @contextlib.contextmanager
@@ -267,19 +250,17 @@ def build(qonnx_path: Path, net: IntNetwork, image: MemoryImage, folder: Path, *
     register()
     folder.mkdir(parents=True, exist_ok=True)
     conv = is_conv(net)
-    with stdout_to_stderr():
-        qm = hls_graph(qonnx_path, folder / "model.qonnx.onnx", channels_last=conv)
-    with stdout_to_stderr(), _unsupported():
+    qm = hls_graph(qonnx_path, folder / "model.qonnx.onnx", channels_last=conv)
+    with _unsupported():
         cfg = hls_config(qm, net, image, backend, reuse_factor)
     kwargs = dict(hls_config=cfg, output_dir=str(folder / "prj"), backend=backend, part=part,
                   clock_period=round(1000.0 / clock_mhz, 3),
                   io_type="io_stream" if conv else "io_parallel")
     binary = any(m.fmt.bipolar for m in image.memories.values())
-    with stdout_to_stderr():
-        with without_binary_requant() if (binary and workaround) else contextlib.nullcontext():
-            with _unsupported():
-                g = hls4ml.converters.convert_from_onnx_model(qm, **kwargs)
-        g.compile() if compile else g.write()
+    with without_binary_requant() if (binary and workaround) else contextlib.nullcontext():
+        with _unsupported():
+            g = hls4ml.converters.convert_from_onnx_model(qm, **kwargs)
+    g.compile() if compile else g.write()
     if stamp is not None:
         _stamp(folder / "prj", stamp)
     if not (compile and replayable):

@@ -7,6 +7,7 @@ validation accuracy are kept.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -53,6 +54,51 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return correct / max(1, len(x))
 
 
+def fit(model: torch.nn.Module, data: Dataset, *, epochs: int, lr: float, batch_size: int,
+        seed: int, weight_decay: float = 0.0, progress: bool = True, desc: str = "train",
+        after_epoch: Callable[[], object] | None = None) -> list[dict]:
+    """hetq's one training loop: train ``model`` in place on ``data`` and keep its best epoch.
+
+    Adam with a cosine learning rate, batches drawn in a seeded order (deterministic on one CPU
+    for a given initial model and ``seed``). ``after_epoch`` runs before each validation (ZOBNN
+    networks re-quantize their parameters there). The weights of the epoch with the best
+    validation accuracy are kept and the model ends in eval mode. Returns one dict per epoch:
+    ``epoch``, ``loss`` (mean train cross-entropy) and ``val_accuracy``.
+    """
+    dev = next(model.parameters()).device
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    gen = torch.Generator().manual_seed(seed)
+    x, y = data.train.x, data.train.y
+    history: list[dict] = []
+    best, best_acc = copy.deepcopy(model.state_dict()), -1.0
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress or None)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(logits(model, x[idx].to(dev)), y[idx].to(dev))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        sched.step()
+        if after_epoch is not None:
+            after_epoch()
+        val = accuracy(model, data.val.x, data.val.y)
+        history.append({"epoch": epoch + 1, "loss": total / len(x), "val_accuracy": val})
+        bar.set_postfix(loss=f"{total / len(x):.3f}", val=f"{val:.3f}")
+        if val > best_acc:
+            best, best_acc = copy.deepcopy(model.state_dict()), val
+    model.load_state_dict(best)
+    if after_epoch is not None:
+        after_epoch()
+    model.eval()
+    return history
+
+
 def train(cfg: RunConfig, data: Dataset, device: torch.device, *, progress: bool = True,
           init_state: dict | None = None, desc: str | None = None
           ) -> tuple[torch.nn.Module, list[dict]]:
@@ -65,36 +111,10 @@ def train(cfg: RunConfig, data: Dataset, device: torch.device, *, progress: bool
     model = model_from_config(cfg, data.input_shape, data.num_classes).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
-                           weight_decay=cfg.train.weight_decay)
-    epochs = cfg.train.epochs
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    x, y = data.train.x, data.train.y
-    history: list[dict] = []
-    best, best_acc = copy.deepcopy(model.state_dict()), -1.0
-    label = parse_arch(cfg.model.arch).label
-    bar = tqdm(range(epochs), desc=desc or f"train {label}", unit="epoch",
-               disable=not progress or None)
-    for epoch in bar:
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for i in range(0, len(x), cfg.train.batch_size):
-            idx = perm[i:i + cfg.train.batch_size]
-            loss = F.cross_entropy(logits(model, x[idx].to(device)), y[idx].to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        sched.step()
-        val = accuracy(model, data.val.x, data.val.y)
-        history.append({"epoch": epoch + 1, "loss": total / len(x), "val_accuracy": val})
-        bar.set_postfix(loss=f"{total / len(x):.3f}", val=f"{val:.3f}")
-        if val > best_acc:
-            best, best_acc = copy.deepcopy(model.state_dict()), val
-    model.load_state_dict(best)
-    model.eval()
+    t = cfg.train
+    history = fit(model, data, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, seed=cfg.seed,
+                  weight_decay=t.weight_decay, progress=progress,
+                  desc=desc or f"train {parse_arch(cfg.model.arch).label}")
     return model, history
 
 

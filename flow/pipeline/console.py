@@ -4,7 +4,8 @@ hls4ml and qonnx print to stdout, g++, Verilator and Yosys write to the process'
 descriptors, and libraries warn. While a step runs, :func:`tools_to_log` sends file descriptors 1
 and 2, Python's ``sys.stdout`` and the warnings to the step's log, and keeps Python's
 ``sys.stderr`` (where hetq's progress lines and tqdm bars go) where it was: on the terminal (or
-in whatever captures it). With ``verbose`` nothing is redirected.
+in whatever captures it). With ``verbose`` the tools' output stays on the terminal, moved from
+stdout to stderr, so that stdout holds only hetq's result (``--json``).
 """
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def tools_to_log(log: Path, verbose: bool = False) -> Iterator[None]:
-    """Send the tools' output to ``log`` (appended) while the block runs, unless ``verbose``."""
+    """Send the tools' output to ``log`` (appended) while the block runs; with ``verbose`` to
+    stderr instead."""
     if verbose:
-        yield
+        with _stdout_to_stderr():
+            yield
         return
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
@@ -59,3 +62,18 @@ def tools_to_log(log: Path, verbose: bool = False) -> Iterator[None]:
             os.close(saved_err)
             text.close()
             terminal.close()
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 and ``sys.stdout`` onto stderr while the block runs."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

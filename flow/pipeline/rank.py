@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tqdm.auto import tqdm
+
 from flow.core.io import write_json
 from flow.core.plan import save_plan
 from flow.pipeline.runner import StepContext, StepResult
@@ -63,8 +65,14 @@ def run(ctx: StepContext) -> RankResult:
     seed = ctx.cfg.seed if r.seed is None else r.seed
     x, y = s.data.test.x, s.data.test.y
 
+    bar = tqdm(total=r.max_generations, desc="GA", unit="generation",
+               disable=not ctx.progress or None, leave=False)
+
     def report(gen: int, ranking: list[str], inferences: int) -> None:
-        ctx.say(f"  generation {gen}: {' > '.join(ranking)} ({inferences} inferences)")
+        bar.update(1)
+        bar.set_postfix_str(f"{' > '.join(ranking)}, {inferences} inferences")
+        if ctx.verbose:
+            ctx.say(f"  generation {gen}: {' > '.join(ranking)} ({inferences} inferences)")
 
     p = ctx.cfg.parallel
     pool = make_pool(p.executor, s.executor, s.image, x, y, address=p.address,
@@ -72,6 +80,7 @@ def run(ctx: StepContext) -> RankResult:
     try:
         res = rank_layers_ga(s.executor, s.image, x, y, r, seed, report, pool=pool)
     finally:
+        bar.close()
         pool.close()
     out = RankResult(res.ranking, res.layers, res.generations, res.inferences, seed, len(y))
     write_json(ctx.out / "ga.json", {**out.to_json(), "history": res.history})

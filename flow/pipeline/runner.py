@@ -150,7 +150,9 @@ class Runner:
             raise
         kept = log
         home = run.path / (step.out_folder or step.name)    # the step's folder keeps its log
-        if log.is_file() and home.is_dir():
+        if log.is_file() and not log.stat().st_size:
+            log.unlink()                                    # the tools said nothing
+        elif log.is_file() and home.is_dir():
             kept = home / log.name
             shutil.move(str(log), kept)
         run.record_step(step.name, status="done", seconds=round(time.time() - t0, 3),

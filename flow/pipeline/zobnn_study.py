@@ -34,13 +34,14 @@ import torch
 
 from flow.core.config import RunConfig
 from flow.core.io import atomic_write, write_json
+from flow.nn.train import accuracy
 from flow.pipeline.rundir import RunDir
 from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import load_data
 from flow.reliability.campaign import CampaignSpec, run_campaign
 from flow.reliability.stats import median_ci
 from flow.reliability.store import TrialStore, export_csv
-from flow.zobnn.bnn import accuracy, build_bnn, train_bnn
+from flow.zobnn.bnn import build_bnn, train_bnn
 from flow.zobnn.floatimage import FloatImage, TorchExecutor
 from flow.zobnn.hardware import hardware, markdown
 from flow.zobnn.quant import conventional, zobnn

@@ -29,7 +29,6 @@ and the scale buffer ``alpha`` that :meth:`BNNModel.freeze` derives from the lat
 """
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,10 +36,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from flow.core.errors import ConfigError
 from flow.nn.data import Dataset
+from flow.nn.train import fit
 
 STORED_KINDS: tuple[str, ...] = ("weight", "bias", "bn", "rprelu", "rsign", "scale")
 BASE_CHANNELS = 32  # channels of the first conv at width 1.0
@@ -481,17 +480,6 @@ def build_bnn(arch: str, input_shape: tuple[int, int, int], num_classes: int,
 # Training
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
-    """Top-1 accuracy (fraction) of ``model`` in eval mode, as stored (no :meth:`freeze`)."""
-    model.eval()
-    dev = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(x), batch):
-        correct += int((model(x[i:i + batch].to(dev)).argmax(1).cpu() == y[i:i + batch]).sum())
-    return correct / max(1, len(x))
-
-
 def train_bnn(model: BNNModel, data: Dataset, *, epochs: int = 8, lr: float = 5e-3,
               batch_size: int = 64, seed: int = 0, progress: bool = True) -> list[dict]:
     """Train ``model`` in place on ``data`` (Adam, cosine learning rate); return the history.
@@ -505,34 +493,6 @@ def train_bnn(model: BNNModel, data: Dataset, *, epochs: int = 8, lr: float = 5e
             raise ConfigError(f"{field}: {v!r} is not a positive integer")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ConfigError(f"train.lr: {lr!r} must be > 0")
-    dev = next(model.parameters()).device
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    gen = torch.Generator().manual_seed(seed)
-    x, y = data.train.x, data.train.y
-    history: list[dict] = []
-    best, best_acc = None, -1.0
-    bar = tqdm(range(epochs), desc=f"train {getattr(model, 'arch', 'bnn')}", unit="epoch",
-               disable=not progress or None)
-    for epoch in bar:
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            loss = F.cross_entropy(model(x[idx].to(dev)), y[idx].to(dev))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        sched.step()
-        model.freeze()
-        val = accuracy(model, data.val.x, data.val.y)
-        history.append({"epoch": epoch + 1, "loss": total / len(x), "val_accuracy": val})
-        bar.set_postfix(loss=f"{total / len(x):.3f}", val=f"{val:.3f}")
-        if val > best_acc:
-            best, best_acc = copy.deepcopy(model.state_dict()), val
-    model.load_state_dict(best)
-    model.freeze()
-    model.eval()
-    return history
+    return fit(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+               progress=progress, desc=f"train {getattr(model, 'arch', 'bnn')}",
+               after_epoch=model.freeze)
