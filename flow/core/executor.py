@@ -3,9 +3,16 @@
 It computes exactly what hardware computes: integer multiply-accumulate, power-of-two
 requantization with round-half-to-even and saturation (as Brevitas' quantizers), max-pool,
 threshold compare for binary layers, per-channel integer affine (a batch-norm that feeds no
-sign). Integer tensors are carried in float32 (or float64 where a layer's worst-case accumulator
-reaches 2**24), so every value and every partial sum is an exact integer and PyTorch's fast
-convolution and matrix kernels can be used, on CPU or CUDA.
+sign). Integer tensors are carried in float32, so every value and every partial sum is an exact
+integer and PyTorch's fast convolution and matrix kernels can be used, on CPU or CUDA.
+
+A layer whose worst-case accumulator (any input code times any weight code the format can hold,
+so faulty weights included) reaches 2**24 is checked on its current weights before each run: if
+every output's sum of |weight codes| times the input's bound (plus the bias bound) stays below
+2**24, no partial sum of any order can leave the exact integers of float32, and one float32
+kernel runs. Otherwise its fan-in is split into chunks whose worst-case partial sums stay below
+2**24; each chunk runs through the float32 kernel and the exact partials are added in float64
+(exact to 2**53). The sums of |weight codes| follow every fault injection (:meth:`update`).
 
 The executor keeps one decoded tensor per memory. Fault injection changes stored words in the
 image and calls :meth:`Executor.update` with the touched words, so no copy of the model is made.
@@ -56,6 +63,23 @@ def _maxpool(x: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
+def _fanin_chunks(net: IntNetwork, node: Node) -> list[slice] | None:
+    """Slices of the input channels (conv) or features (dense) of ``node`` whose worst-case
+    partial sums stay below 2**24: input codes at the input's bound times weight codes at the
+    format's largest magnitude, the bias left out (it is added in float64). None where a single
+    input's products reach 2**24 (the layer then runs in float64)."""
+    src = net.node(node.inputs[0])
+    p = net.params[node.attrs["weight"]]
+    fmt = p.fmt
+    w_mag = 1 if fmt.bipolar else 1 << (fmt.bits - 1)
+    per_input = int(np.prod(p.codes.shape[2:])) * max(abs(src.lo), abs(src.hi)) * w_mag
+    n_in = p.codes.shape[1]
+    step = max(1, (EXACT_F32 - 1) // max(1, per_input))
+    if per_input >= EXACT_F32 or max(abs(src.lo), abs(src.hi)) >= EXACT_F32:
+        return None                        # one input's products alone reach 2**24
+    return [slice(i, min(i + step, n_in)) for i in range(0, n_in, step)]
+
+
 class Executor:
     """Runs ``net`` with the parameters decoded from ``image`` on ``device``."""
 
@@ -76,19 +100,40 @@ class Executor:
         for node in net.nodes:
             wide = max(abs(node.lo), abs(node.hi)) >= EXACT_F32
             self._dtype[node.name] = torch.float64 if wide else torch.float32
+        # fan-in chunks (input channels of a conv, input features of a dense layer) of the wide
+        # layers: slices whose worst-case partial sum stays below 2**24
+        self._chunks: dict[str, list[slice]] = {}
+        for node in net.nodes:
+            if node.op in ("conv", "dense") and self._dtype[node.name] == torch.float64:
+                chunks = _fanin_chunks(net, node)
+                if chunks is not None:
+                    self._chunks[node.name] = chunks
         for name in image.memories:
             self.tensors[name] = self._param_tensor(name)
         # On CPU, flat numpy views of the same storage: updates skip torch's dispatch.
         self._flat = ({n: t.numpy().reshape(-1) for n, t in self.tensors.items()}
                       if self.device.type == "cpu" else {})
+        # per wide layer: sum of |weight codes| per output, and the input's bound
+        self._absum: dict[str, np.ndarray] = {}
+        self._in_mag: dict[str, int] = {}
+        self._bias_of: dict[str, str | None] = {}
+        self._layer_of: dict[str, str] = {}
+        for name in self._chunks:
+            node = net.node(name)
+            src = net.node(node.inputs[0])
+            self._in_mag[name] = max(abs(src.lo), abs(src.hi))
+            self._bias_of[name] = node.attrs.get("bias")
+            self._layer_of[node.attrs["weight"]] = name
+            w = self.tensors[node.attrs["weight"]]
+            self._absum[name] = w.abs().reshape(w.shape[0], -1).sum(1).cpu().numpy().astype(
+                np.int64)
 
     def _param_tensor(self, name: str) -> torch.Tensor:
         p = self.net.params[name]
-        dtype = torch.float32
+        dtype = torch.float32              # weights: float32 always (codes below 2**16)
         for node in self.net.nodes:
-            if name in (node.attrs.get("weight"), node.attrs.get("bias"),
-                        node.attrs.get("threshold"), node.attrs.get("scale"),
-                        node.attrs.get("offset")):
+            if name in (node.attrs.get("bias"), node.attrs.get("threshold"),
+                        node.attrs.get("scale"), node.attrs.get("offset")):
                 dtype = self._dtype[node.name]
         codes = self.image.codes(name).reshape(p.codes.shape)
         return torch.as_tensor(codes, dtype=dtype, device=self.device).contiguous()
@@ -100,10 +145,26 @@ class Executor:
         flat = self._flat.get(memory)
         if flat is not None:
             flat[words] = vals
-            return
-        t = self.tensors[memory].view(-1)
-        idx = torch.as_tensor(words, dtype=torch.long, device=self.device)
-        t[idx] = torch.as_tensor(vals, dtype=t.dtype, device=self.device)
+        else:
+            t = self.tensors[memory].view(-1)
+            idx = torch.as_tensor(words, dtype=torch.long, device=self.device)
+            t[idx] = torch.as_tensor(vals, dtype=t.dtype, device=self.device)
+        layer = self._layer_of.get(memory)
+        if layer is not None:                  # the touched outputs' sums of |weight codes|
+            w = self.tensors[memory]
+            rows = np.unique(np.asarray(words) // (w.numel() // w.shape[0]))
+            r = torch.as_tensor(rows, dtype=torch.long, device=w.device)
+            self._absum[layer][rows] = w.reshape(w.shape[0], -1)[r].abs().sum(1).cpu().numpy()
+
+    def split(self, name: str) -> bool:
+        """Whether the layer ``name`` runs with its fan-in split at its current weights and bias
+        (some output's sum of |weight codes| times the input's bound, plus the largest |bias
+        code|, reaches 2**24); False for a layer whose worst case stays below 2**24."""
+        if name not in self._absum:
+            return False
+        bias = self._bias_of[name]
+        b_mag = int(self.tensors[bias].abs().max()) if bias else 0
+        return int(self._absum[name].max()) * self._in_mag[name] + b_mag >= EXACT_F32
 
     # -- running --------------------------------------------------------------------------------
     def _node(self, node: Node, vals: dict[str, torch.Tensor], inplace: bool) -> torch.Tensor:
@@ -115,10 +176,28 @@ class Executor:
         if op in ("conv", "dense"):
             w = self.tensors[a["weight"]]
             b = self.tensors[a["bias"]] if a.get("bias") else None
-            x = x.to(dt)
-            if op == "conv":
-                return F.conv2d(x, w, b, stride=a["stride"], padding=a["pad"])
-            return F.linear(x, w, b)
+            chunks = self._chunks.get(node.name) if self.split(node.name) else None
+            if chunks is None and dt == torch.float64 and node.name not in self._chunks:
+                # inputs beyond float32 (no chunk plan): a float64 kernel, rare
+                x, w = x.to(dt), w.to(dt)
+            elif x.dtype != torch.float32:                   # codes below 2**24: exact
+                x = x.to(torch.float32)
+            if chunks is None:
+                if b is not None and b.dtype != x.dtype:    # within the bound: exact
+                    b = b.to(x.dtype)
+                if op == "conv":
+                    return F.conv2d(x, w, b, stride=a["stride"], padding=a["pad"])
+                return F.linear(x, w, b)
+            acc = None
+            for c in chunks:               # exact float32 partials, added exactly in float64
+                if op == "conv":
+                    part = F.conv2d(x[:, c], w[:, c], None, stride=a["stride"], padding=a["pad"])
+                else:
+                    part = F.linear(x[:, c], w[:, c])
+                acc = part.to(torch.float64) if acc is None else acc.add_(part)
+            if b is not None:
+                acc.add_(b.view((1, -1) + (1,) * (acc.dim() - 2)))
+            return acc
         if op == "requant":
             shift = node.frac - self._fr[node.inputs[0]]
             # in place unless the accumulator is kept for a trace

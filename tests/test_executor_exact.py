@@ -1,0 +1,147 @@
+"""Exact integer arithmetic at the float32 boundary.
+
+A layer whose worst-case accumulator (any input code times any weight code of the format, so
+faulty weights included) reaches 2**24 runs as float32 chunks of its fan-in whose partial sums
+stay below 2**24, added exactly in float64. Checked against int64 and float64 references with
+worst-case codes, random codes over the whole range, every weight MSB flipped, and protected
+(MSB-triplicated) words, for dense and conv layers with a bias.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flow.core.executor import EXACT_F32, Executor
+from flow.core.image import MemoryImage
+from flow.core.ir import IntNetwork, Node, Param
+from flow.core.precision import Fixed
+from flow.reliability.faults import FaultMap, Injector
+
+IN_BITS, W_BITS, B_BITS = 8, 8, 28
+
+
+def _net(op: str, n_in: int, n_out: int, w: np.ndarray, b: np.ndarray, k: int = 3,
+         hw: int = 5) -> IntNetwork:
+    """input (unsigned 8-bit codes) -> [flatten] -> conv k x k (pad k//2) or dense, with a bias;
+    the accumulator is the output."""
+    wfmt, bfmt = Fixed(W_BITS, True, 0), Fixed(B_BITS, True, 0)
+    params = {"l.weight": Param("l.weight", "l", "weight", wfmt, w),
+              "l.bias": Param("l.bias", "l", "bias", bfmt, b)}
+    fan_in = n_in * (k * k if op == "conv" else 1)
+    bound = fan_in * ((1 << IN_BITS) - 1) * (1 << (W_BITS - 1)) + (1 << (B_BITS - 1))
+    nodes = [Node("input", "input", [], 0, 0, (1 << IN_BITS) - 1, {"bits": IN_BITS, "signed": False})]
+    if op == "conv":
+        nodes.append(Node("l", "conv", ["input"], 0, -bound, bound,
+                          {"weight": "l.weight", "bias": "l.bias", "stride": 1, "pad": k // 2}))
+        shape = (n_in, hw, hw)
+    else:
+        nodes += [Node("flat", "flatten", ["input"], 0, 0, (1 << IN_BITS) - 1),
+                  Node("l", "dense", ["flat"], 0, -bound, bound,
+                       {"weight": "l.weight", "bias": "l.bias"})]
+        shape = (n_in, 1, 1)
+    return IntNetwork("boundary", nodes, params, shape, n_out)
+
+
+def _reference(op: str, x: np.ndarray, w: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """int64 (dense) or float64 (conv, exact: every sum stays far below 2**53) reference."""
+    if op == "dense":
+        return x.reshape(len(x), -1).astype(np.int64) @ w.astype(np.int64).T + b
+    out = F.conv2d(torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(w, dtype=torch.float64),
+                   torch.as_tensor(b, dtype=torch.float64), padding=k // 2)
+    return out.numpy().astype(np.int64)
+
+
+CASES = [("dense", 4096, 6, 1), ("conv", 256, 5, 3)]   # worst case 2**30.0 and 2**29.2
+
+
+def _codes(op, n_in, n_out, k, rng, kind):
+    wshape = (n_out, n_in, k, k) if op == "conv" else (n_out, n_in)
+    xshape = (7, n_in, 5, 5) if op == "conv" else (7, n_in, 1, 1)
+    if kind == "worst":            # the most negative weight code against the largest inputs
+        w = np.full(wshape, -(1 << (W_BITS - 1)), np.int64)
+        x = np.full(xshape, (1 << IN_BITS) - 1, np.int64)
+        b = np.full(n_out, -(1 << (B_BITS - 1)), np.int64)
+    else:                          # large odd-and-even values of one sign: sums beyond 2**24
+        w = rng.integers(-(1 << (W_BITS - 1)), -48, wshape)
+        x = rng.integers(64, 1 << IN_BITS, xshape)
+        b = rng.integers(-(1 << (B_BITS - 1)), 1 << (B_BITS - 1), n_out)
+    return x, w, b
+
+
+@pytest.mark.parametrize("op, n_in, n_out, k", CASES)
+@pytest.mark.parametrize("kind", ["worst", "random"])
+def test_wide_layers_are_exact(op, n_in, n_out, k, kind):
+    rng = np.random.default_rng(0)
+    x, w, b = _codes(op, n_in, n_out, k, rng, kind)
+    net = _net(op, n_in, n_out, w, b, k)
+    ex = Executor(net, MemoryImage.build(net, []), "cpu")
+    assert len(ex._chunks["l"]) > 1                   # the layer is split, not run in float64
+    assert ex.tensors["l.weight"].dtype == torch.float32
+    got = ex.run(torch.as_tensor(x, dtype=torch.float32), quantized=True).numpy()
+    ref = _reference(op, x, w, b, k)
+    assert np.abs(ref - b.reshape((1, -1) + (1,) * (ref.ndim - 2))).max() >= EXACT_F32
+    assert np.array_equal(got.astype(np.int64), ref)
+    if kind == "random":           # a single float32 kernel would not be exact here
+        xt, wt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(w, dtype=torch.float32)
+        one = (F.linear(xt.flatten(1), wt) if op == "dense" else F.conv2d(xt, wt, padding=k // 2))
+        assert not np.array_equal(one.numpy().astype(np.int64), ref - b.reshape(
+            (1, -1) + (1,) * (ref.ndim - 2)))
+
+
+@pytest.mark.parametrize("op, n_in, n_out, k", CASES)
+@pytest.mark.parametrize("protected", [False, True])
+def test_every_msb_flipped_stays_exact(op, n_in, n_out, k, protected):
+    """Flip the MSB (every copy of it in a protected word) of every weight: the decoded weights
+    change sign or magnitude, and the executor still equals the reference on them."""
+    rng = np.random.default_rng(1)
+    x, w, b = _codes(op, n_in, n_out, k, rng, "random")
+    net = _net(op, n_in, n_out, w, b, k)
+    image = MemoryImage.build(net, ["l"] if protected else [])
+    ex = Executor(net, image, "cpu")
+    m = image.memory("l.weight")
+    msb = m.msb_bits() if protected else [m.fmt.bits - 1]
+    words = np.repeat(np.arange(m.depth), len(msb))
+    fmap = FaultMap(["l.weight"] * len(words), words, np.tile(msb, m.depth),
+                    ["flip"] * len(words))
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    with Injector(image, ex).injected(fmap):
+        faulty = image.codes("l.weight").reshape(w.shape)
+        assert not np.array_equal(faulty, w)
+        got = ex.run(xt, quantized=True).numpy().astype(np.int64)
+        assert np.array_equal(got, _reference(op, x, faulty, b, k))
+    assert np.array_equal(ex.run(xt, quantized=True).numpy().astype(np.int64),
+                          _reference(op, x, w, b, k))
+    if protected:                  # one copy of every MSB flipped: the voter masks it
+        one = FaultMap(["l.weight"] * m.depth, np.arange(m.depth), [msb[0]] * m.depth,
+                       ["flip"] * m.depth)
+        with Injector(image, ex).injected(one):
+            assert np.array_equal(ex.run(xt, quantized=True).numpy().astype(np.int64),
+                                  _reference(op, x, w, b, k))
+
+
+@pytest.mark.parametrize("op, n_in, n_out, k", CASES)
+def test_small_weights_run_one_kernel_until_faults_make_them_large(op, n_in, n_out, k):
+    """Trained-like weights (small codes): one float32 kernel, exact. Flipping the MSB of every
+    weight of output 0 makes its sum of |codes| reach the bound: the layer splits its fan-in,
+    stays exact, and runs one kernel again once the faults are undone."""
+    rng = np.random.default_rng(2)
+    x, _, b = _codes(op, n_in, n_out, k, rng, "random")
+    w = rng.integers(-6, 7, (n_out, n_in, k, k) if op == "conv" else (n_out, n_in))
+    net = _net(op, n_in, n_out, w, b // 64, k)
+    image = MemoryImage.build(net, [])
+    ex = Executor(net, image, "cpu")
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    assert not ex.split("l")
+    assert np.array_equal(ex.run(xt, quantized=True).numpy().astype(np.int64),
+                          _reference(op, x, w, b // 64, k))
+    m = image.memory("l.weight")
+    fan = m.depth // n_out
+    fmap = FaultMap(["l.weight"] * fan, np.arange(fan), [m.fmt.bits - 1] * fan, ["flip"] * fan)
+    with Injector(image, ex).injected(fmap):
+        assert ex.split("l")
+        faulty = image.codes("l.weight").reshape(w.shape)
+        assert np.array_equal(ex.run(xt, quantized=True).numpy().astype(np.int64),
+                              _reference(op, x, faulty, b // 64, k))
+    assert not ex.split("l")
