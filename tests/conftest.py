@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import subprocess
 from pathlib import Path
 
@@ -25,6 +26,34 @@ def hetq_inproc(cwd: Path | None, *args: str) -> subprocess.CompletedProcess:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     return subprocess.CompletedProcess(["hetq", *map(str, args)], code, out.getvalue(),
                                        err.getvalue())
+
+
+def assert_user_error(res: subprocess.CompletedProcess, field: str,
+                      *values: str) -> str:
+    """Exit 2, one ``hetq: error:`` line naming ``field`` and then each of ``values``; no traceback.
+
+    A value must appear after the field as a whole token (``1`` does not match inside ``fc1``).
+    Returns the message.
+    """
+    err = res.stderr
+    assert "Traceback" not in err, err
+    assert res.returncode == 2, (res.returncode, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    msg = lines[0]
+    assert msg.startswith("hetq: error: "), msg
+    assert field in msg, f"field {field!r} not in: {msg}"
+    rest = msg[msg.index(field) + len(field):]
+    for v in values:
+        assert re.search(rf"(?<![\w.]){re.escape(v)}(?!\w)", rest), f"value {v!r} not in: {msg}"
+    assert res.stdout == "", res.stdout
+    return msg
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` (relative path -> content)."""
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def write_config(path: Path, obj: dict) -> Path:

@@ -110,9 +110,12 @@ def test_odd_cnn(tmp_path, capsys):
 
 def test_binary_mlp_whole_run(tmp_path, capsys):
     """`hetq run` on a binary network: search keeps the 1-bit weights and chooses protection."""
+    # synthesized for UltraScale+ (zcu104) and 7-series (pynq-z2)
     cfg = write_config(tmp_path / "cfg.yaml", {**QUICK, "model": {"arch": f"{NETS}:binary_mlp"},
                                                "search": {**QUICK["search"], "ber": 1e-2,
-                                                          "drop_threshold": 0.001}})
+                                                          "drop_threshold": 0.001},
+                                               "report": {"boards": ["pynq-z2", "zcu104"],
+                                                          "baseline": False}})
     res = cli(capsys, "run", cfg, "--out", tmp_path / "run")["steps"]
     assert res["train"]["layers"] == ["hidden.0", "hidden.1", "out"]
     assert res["search"]["q"] is None and "binary" in res["search"]["note"]
@@ -120,11 +123,14 @@ def test_binary_mlp_whole_run(tmp_path, capsys):
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert {e["weight_bits"] for e in plan["layers"].values()} == {1}
     check_hardware(res, sorted(res["search"]["protected"]))
+    z = res["synth"]["designs"]["protected"]["zcu104"]
+    assert z["family"] == "xcup" and z["fits"] and z["total"]["lut"] > 0
     assert (tmp_path / "run" / "report" / "report.html").is_file()
 
 
 def test_residual_gap_lowers_and_takes_campaigns(tmp_path, capsys):
     cfg = write_config(tmp_path / "cfg.yaml", {**QUICK, "model": {"arch": f"{NETS}:residual_gap"},
+                                               "train": {"epochs": 2},
                                                "campaign": {"bers": [1e-3, 1e-2], "trials": 5,
                                                             "kinds": ["weight", "bias"]}})
     run = tmp_path / "run"

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_MLP, hetq_inproc, write_config
+from conftest import QUICK_MLP, assert_user_error, hetq_inproc, snapshot, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "cfg.yaml"  # relative to cwd=tmp_path, so messages hold no temporary path
@@ -57,34 +57,6 @@ def hetq_parallel(cwd: Path, *arglists: list[str], timeout: float = 300
                 p.kill()
                 p.communicate()
     return out
-
-
-def assert_user_error(res: sp.CompletedProcess, field: str,
-                      *values: str) -> str:
-    """Exit 2, one ``hetq: error:`` line naming ``field`` and then each of ``values``; no traceback.
-
-    A value must appear after the field as a whole token (``1`` does not match inside ``fc1``).
-    Returns the message.
-    """
-    err = res.stderr
-    assert "Traceback" not in err, err
-    assert res.returncode == 2, (res.returncode, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    msg = lines[0]
-    assert msg.startswith("hetq: error: "), msg
-    assert field in msg, f"field {field!r} not in: {msg}"
-    rest = msg[msg.index(field) + len(field):]
-    for v in values:
-        assert re.search(rf"(?<![\w.]){re.escape(v)}(?!\w)", rest), f"value {v!r} not in: {msg}"
-    assert res.stdout == "", res.stdout
-    return msg
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file below ``folder`` (relative path -> content)."""
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def merged(**sections: dict) -> dict:

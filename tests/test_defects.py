@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import QUICK_MLP, write_config
+from conftest import QUICK_MLP, assert_user_error, hetq_inproc, snapshot, write_config
 
 from flow.cli import main
 from flow.core.config import RtlConfig, parse_config
@@ -30,27 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 def user_error(capsys: pytest.CaptureFixture, argv: list, field: str, *values: str) -> str:
     """Run ``hetq ARGV`` in process: exit 2, one ``hetq: error:`` line naming ``field`` and then
     each of ``values`` as a whole token, nothing on stdout. Returns the message."""
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    assert code == 2, (code, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    msg = lines[0]
-    assert msg.startswith("hetq: error: "), msg
-    assert field in msg, f"field {field!r} not in: {msg}"
-    rest = msg[msg.index(field) + len(field):]
-    for v in values:
-        assert re.search(rf"(?<![\w.]){re.escape(v)}(?!\w)", rest), f"value {v!r} not in: {msg}"
-    assert out == "", out
-    return msg
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file below ``folder`` (relative path -> content)."""
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return assert_user_error(hetq_inproc(None, *argv), field, *values)
 
 
 @pytest.fixture

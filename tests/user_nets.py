@@ -168,6 +168,28 @@ def residual_gap(num_classes: int, channels: int = 8) -> nn.Module:
     return ResidualGAP(num_classes, channels)
 
 
+class MeanPool(nn.Module):
+    """conv 3x3 -> ReLU -> mean over the map (``x.mean((2, 3))``, exported as ReduceMean, as the
+    zoo's ResNet-18 pools) -> quantized ReLU -> dense."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.quant_in = _in(8)
+        self.conv = _conv(1, 4, 3, bits=4, padding=1)
+        self.act = _relu(6)
+        self.quant_pool = _relu(8)
+        self.fc = _linear(4, num_classes, bits=4)
+
+    def forward(self, x):
+        z = self.act(self.conv(self.quant_in(x))).value.mean(dim=(2, 3))
+        return self.fc(self.quant_pool(z))
+
+
+def mean_pool(num_classes: int) -> nn.Module:
+    """Factory of :class:`MeanPool`."""
+    return MeanPool(num_classes)
+
+
 # -- networks the front end refuses ------------------------------------------------------------
 class _Small(nn.Module):
     """quant_in -> conv(1->4, 3x3) -> relu -> flatten -> fc; ``conv`` and ``fc`` replaceable."""
