@@ -77,7 +77,8 @@ def test_wide_layers_are_exact(op, n_in, n_out, k, kind):
     x, w, b = _codes(op, n_in, n_out, k, rng, kind)
     net = _net(op, n_in, n_out, w, b, k)
     ex = Executor(net, MemoryImage.build(net, []), "cpu")
-    assert len(ex._chunks["l"]) > 1                   # the layer is split, not run in float64
+    assert ex.split("l") and len(ex._chunks["l"]) > 1   # split, not run in float64
+    assert 1 < len(ex._chunks_now("l")) <= len(ex._chunks["l"])
     assert ex.tensors["l.weight"].dtype == torch.float32
     got = ex.run(torch.as_tensor(x, dtype=torch.float32), quantized=True).numpy()
     ref = _reference(op, x, w, b, k)

@@ -80,6 +80,27 @@ def _fanin_chunks(net: IntNetwork, node: Node) -> list[slice] | None:
     return [slice(i, min(i + step, n_in)) for i in range(0, n_in, step)]
 
 
+def _colsum(w: torch.Tensor) -> np.ndarray:
+    """Sums of |weight codes| per (output, input channel) of a conv or dense weight tensor."""
+    a = w.abs()
+    a = a.sum(dim=tuple(range(2, a.dim()))) if a.dim() > 2 else a
+    return a.cpu().numpy().astype(np.int64)
+
+
+def _chunks_for(colsum: np.ndarray, in_mag: int) -> list[slice]:
+    """Consecutive input-channel slices, each as wide as keeps every output's sum of |weight
+    codes| over the slice, times ``in_mag``, below 2**24 (one channel at least)."""
+    cum = np.concatenate([np.zeros((colsum.shape[0], 1), np.int64), np.cumsum(colsum, 1)], 1)
+    out, start, n = [], 0, colsum.shape[1]
+    while start < n:
+        span = (cum[:, start + 1:] - cum[:, start:start + 1]).max(0) * in_mag
+        fits = np.flatnonzero(span < EXACT_F32)          # a prefix: the spans only grow
+        end = start + 1 + (int(fits[-1]) if fits.size else 0)
+        out.append(slice(start, end))
+        start = end
+    return out
+
+
 class Executor:
     """Runs ``net`` with the parameters decoded from ``image`` on ``device``."""
 
@@ -113,7 +134,10 @@ class Executor:
         # On CPU, flat numpy views of the same storage: updates skip torch's dispatch.
         self._flat = ({n: t.numpy().reshape(-1) for n, t in self.tensors.items()}
                       if self.device.type == "cpu" else {})
-        # per wide layer: sum of |weight codes| per output, and the input's bound
+        # per wide layer: sums of |weight codes| per (output, input channel) and per output, the
+        # input's bound, and the fan-in chunks at the current weights (None: to be planned)
+        self._colsum: dict[str, np.ndarray] = {}
+        self._plan: dict[str, list[slice] | None] = {}
         self._absum: dict[str, np.ndarray] = {}
         self._in_mag: dict[str, int] = {}
         self._bias_of: dict[str, str | None] = {}
@@ -125,8 +149,9 @@ class Executor:
             self._bias_of[name] = node.attrs.get("bias")
             self._layer_of[node.attrs["weight"]] = name
             w = self.tensors[node.attrs["weight"]]
-            self._absum[name] = w.abs().reshape(w.shape[0], -1).sum(1).cpu().numpy().astype(
-                np.int64)
+            self._colsum[name] = _colsum(w)
+            self._absum[name] = self._colsum[name].sum(1)
+            self._plan[name] = None
 
     def _param_tensor(self, name: str) -> torch.Tensor:
         p = self.net.params[name]
@@ -154,7 +179,16 @@ class Executor:
             w = self.tensors[memory]
             rows = np.unique(np.asarray(words) // (w.numel() // w.shape[0]))
             r = torch.as_tensor(rows, dtype=torch.long, device=w.device)
-            self._absum[layer][rows] = w.reshape(w.shape[0], -1)[r].abs().sum(1).cpu().numpy()
+            self._colsum[layer][rows] = _colsum(w[r])
+            self._absum[layer][rows] = self._colsum[layer][rows].sum(1)
+            self._plan[layer] = None
+
+    def _chunks_now(self, name: str) -> list[slice]:
+        """The fan-in chunks of ``name`` at its current weights: as few as keep every output's
+        partial sum below 2**24 (never more than the worst-case plan)."""
+        if self._plan[name] is None:
+            self._plan[name] = _chunks_for(self._colsum[name], self._in_mag[name])
+        return self._plan[name]
 
     def split(self, name: str) -> bool:
         """Whether the layer ``name`` runs with its fan-in split at its current weights and bias
@@ -176,7 +210,7 @@ class Executor:
         if op in ("conv", "dense"):
             w = self.tensors[a["weight"]]
             b = self.tensors[a["bias"]] if a.get("bias") else None
-            chunks = self._chunks.get(node.name) if self.split(node.name) else None
+            chunks = self._chunks_now(node.name) if self.split(node.name) else None
             if chunks is None and dt == torch.float64 and node.name not in self._chunks:
                 # inputs beyond float32 (no chunk plan): a float64 kernel, rare
                 x, w = x.to(dt), w.to(dt)
