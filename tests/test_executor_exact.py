@@ -31,7 +31,8 @@ def _net(op: str, n_in: int, n_out: int, w: np.ndarray, b: np.ndarray, k: int = 
               "l.bias": Param("l.bias", "l", "bias", bfmt, b)}
     fan_in = n_in * (k * k if op == "conv" else 1)
     bound = fan_in * ((1 << IN_BITS) - 1) * (1 << (W_BITS - 1)) + (1 << (B_BITS - 1))
-    nodes = [Node("input", "input", [], 0, 0, (1 << IN_BITS) - 1, {"bits": IN_BITS, "signed": False})]
+    nodes = [Node("input", "input", [], 0, 0, (1 << IN_BITS) - 1,
+                  {"bits": IN_BITS, "signed": False})]
     if op == "conv":
         nodes.append(Node("l", "conv", ["input"], 0, -bound, bound,
                           {"weight": "l.weight", "bias": "l.bias", "stride": 1, "pad": k // 2}))
