@@ -1,6 +1,8 @@
 """The fault-injection benchmark runs end to end (its figures are reported, not asserted)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from flow.pipeline.bench import BERS, bench_text
@@ -44,3 +46,19 @@ def test_pytorchfi_corrupts_the_same_weights(mlp_run):
         for name, lin in zip(twin.param_layers, layers):
             frac = s.net.params[name].fmt.frac
             assert torch.equal(lin.weight.data, ex.tensors[name] * 2.0 ** -frac)
+
+
+def test_bench_clean_reports_each_size(tmp_path):
+    """`hetq bench clean` on two MLP widths: both timed, the 1M-weight one's layers past 2**24
+    named with the way they ran, the result stored in the run."""
+    from conftest import hetq_inproc
+    r = hetq_inproc(None, "bench", "clean", "--out", tmp_path / "b", "--repeats", "2", "--json",
+                    "--set", "bench.clean_sizes=[{arch: mlp, width: 0.5}, {arch: mlp, width: 16}]")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    small, large = res["rows"]
+    assert (small["weights"], small["wide_layers"]) == (3392, {})
+    assert large["weights"] > 1_000_000 and set(large["wide_layers"]) == {"fc2", "fc3"}
+    assert set(large["wide_layers"].values()) <= {"split", "one kernel"}
+    assert all(row["executor_s"] > 0 and row["float_twin_s"] > 0 for row in res["rows"])
+    assert json.loads((tmp_path / "b" / "bench_clean" / "result.json").read_text()) == res

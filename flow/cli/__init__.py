@@ -130,11 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("config", nargs="?", help="run config (default: the digits default)")
     sp.add_argument("--out", default="runs/zobnn", help="run directory (default: runs/zobnn)")
     sp.add_argument("--trials", type=int, help="fault maps per fault rate")
-    sp = cmd("bench", "benchmarks: 'fi', fault-injection throughput", "set", "seed")
-    sp.add_argument("what", choices=["fi"], help="the benchmark")
-    sp.add_argument("--out", default="runs/bench", help="run directory (default: runs/bench)")
+    sp = cmd("bench", "benchmarks: 'fi', fault-injection throughput; 'clean', clean inference "
+             "of the executor and the float twin by network size", "set", "seed")
+    sp.add_argument("what", choices=["fi", "clean"], help="the benchmark")
+    sp.add_argument("--out", help="run directory (default: runs/bench, runs/bench-clean)")
     sp.add_argument("--repeats", type=int, help="repeats per measurement (median)")
-    sp.add_argument("--epochs", type=int, help="training epochs of the bench network")
+    sp.add_argument("--epochs", type=int, help="training epochs of the bench network(s)")
     return p
 
 
@@ -187,7 +188,9 @@ def _dispatch(a: argparse.Namespace):
         return C.boards(a.boards_dir)
     if c == "zobnn":
         return C.zobnn(a.config, a.out, trials=a.trials, sets=sets, con=con)
-    return C.bench(a.out, repeats=a.repeats, seed=a.seed, epochs=a.epochs, sets=sets, con=con)
+    out = a.out or ("runs/bench" if a.what == "fi" else "runs/bench-clean")
+    return C.bench(out, what=a.what, repeats=a.repeats, seed=a.seed, epochs=a.epochs, sets=sets,
+                   con=con)
 
 
 def main(argv: list[str] | None = None) -> int:

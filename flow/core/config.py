@@ -156,11 +156,26 @@ class ParallelConfig(_Strict):
     workers: Int | None = Field(default=None, ge=1)
 
 
+class BenchSize(_Strict):
+    """One network of ``hetq bench clean``: a zoo architecture and its width."""
+
+    arch: Literal["mlp", "cnn"]
+    width: Float = Field(gt=0)
+
+
 class BenchConfig(_Strict):
-    """``hetq bench fi``: repeats of the interleaved timing, trials per repeat."""
+    """``hetq bench fi``: repeats of the interleaved timing, trials per repeat. ``hetq bench
+    clean``: the networks (about 10k, 100k and 1M weights by default), their training epochs and
+    the timed runs per network."""
 
     repeats: Int = Field(default=5, ge=1)
     trials: Int = Field(default=20, ge=1)
+    clean_sizes: list[BenchSize] = Field(default_factory=lambda: [
+        BenchSize(arch="cnn", width=1), BenchSize(arch="cnn", width=4),
+        BenchSize(arch="cnn", width=14), BenchSize(arch="mlp", width=4),
+        BenchSize(arch="mlp", width=16)], min_length=1)
+    clean_epochs: Int = Field(default=1, ge=1)
+    clean_repeats: Int = Field(default=15, ge=1)
 
 
 class SearchConfig(_Strict):

@@ -176,9 +176,18 @@ def zobnn(config: str | None, out: str, *, trials: int | None = None, sets=None,
     return Runner(run, cfg, progress=con.progress, verbose=con.verbose).run_step(S.ZOBNN)
 
 
-def bench(out: str, *, repeats: int | None = None, seed: int | None = None,
+def bench(out: str, *, what: str = "fi", repeats: int | None = None, seed: int | None = None,
           epochs: int | None = None, sets=None, con: Console = Console()) -> StepResult:
-    """``hetq bench fi``: train the digits CNN into ``out`` (once), then the benchmark."""
+    """``hetq bench fi``: train the digits CNN into ``out`` (once), then the benchmark.
+    ``hetq bench clean``: clean inference of the executor and the float twin by size."""
+    if what == "clean":
+        cfg = _configure(load_config(None), {"bench.clean_repeats": (repeats, "--repeats"),
+                                             "seed": (seed, "--seed"),
+                                             "bench.clean_epochs": (epochs, "--epochs")}, sets)
+        run = RunDir(out)
+        run.init(cfg.to_yaml(), cfg.seed)
+        runner = Runner(run, cfg, progress=con.progress, verbose=con.verbose)
+        return runner.run_flow(S.BENCH_CLEAN_FLOW)["bench_clean"]
     cfg = _configure(load_config(None), {"bench.repeats": (repeats, "--repeats"),
                                          "seed": (seed, "--seed"),
                                          "train.epochs": (epochs, "--epochs")}, sets)

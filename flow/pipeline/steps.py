@@ -33,6 +33,7 @@ REPORT = Step("report", _lazy("flow.pipeline.report:run"))
 TABLE = Step("table", _lazy("flow.pipeline.table:run"))
 ZOBNN = Step("zobnn", _lazy("flow.pipeline.zobnn_study:run"))
 BENCH = Step("bench", _lazy("flow.pipeline.bench:run"))
+BENCH_CLEAN = Step("bench_clean", _lazy("flow.pipeline.bench_clean:run"))
 
 FLOW: list[Step] = [TRAIN, RANK, SEARCH, INJECT, HLS, RTL, SIM, SYNTH, REPORT]
 """``hetq run``: the whole flow."""
@@ -42,4 +43,6 @@ ZOBNN_FLOW: list[Step] = [ZOBNN]
 """``hetq zobnn``: the ZOBNN study (it trains its own networks)."""
 BENCH_FLOW: list[Step] = [TRAIN, BENCH]
 """``hetq bench fi``: train the benchmark's network, then measure."""
+BENCH_CLEAN_FLOW: list[Step] = [BENCH_CLEAN]
+"""``hetq bench clean``: it trains its own networks."""
 STEPS: dict[str, Step] = {s.name: s for s in FLOW}
