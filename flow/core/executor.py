@@ -16,6 +16,9 @@ kernel runs. Otherwise its fan-in is split into chunks whose worst-case partial 
 
 The executor keeps one decoded tensor per memory. Fault injection changes stored words in the
 image and calls :meth:`Executor.update` with the touched words, so no copy of the model is made.
+:meth:`Executor.remember` keeps the clean activations of a batch (a campaign's test set): a
+later run of that batch starts at the first node whose parameters differ from the clean ones,
+so a trial whose faults sit in late layers recomputes only those.
 """
 from __future__ import annotations
 
@@ -134,6 +137,18 @@ class Executor:
         # On CPU, flat numpy views of the same storage: updates skip torch's dispatch.
         self._flat = ({n: t.numpy().reshape(-1) for n, t in self.tensors.items()}
                       if self.device.type == "cpu" else {})
+        # the first node reading each memory; the clean activations of remembered batches, and
+        # per memory which words differ from the clean values (once a batch is remembered)
+        self._reader: dict[str, int] = {}
+        for i, node in enumerate(net.nodes):
+            for key in ("weight", "bias", "threshold", "direction", "scale", "offset"):
+                mem = node.attrs.get(key)
+                if isinstance(mem, str) and mem in image.memories:
+                    self._reader.setdefault(mem, i)
+        self._memo: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        self._clean: dict[str, np.ndarray] = {}
+        self._differs: dict[str, np.ndarray] = {}
+        self._ndiff: dict[str, int] = {}
         # per wide layer: sums of |weight codes| per (output, input channel) and per output, the
         # input's bound, and the fan-in chunks at the current weights (None: to be planned)
         self._colsum: dict[str, np.ndarray] = {}
@@ -174,6 +189,12 @@ class Executor:
             t = self.tensors[memory].view(-1)
             idx = torch.as_tensor(words, dtype=torch.long, device=self.device)
             t[idx] = torch.as_tensor(vals, dtype=t.dtype, device=self.device)
+        if memory in self._clean:              # which words now differ from the clean values
+            u, first = np.unique(np.asarray(words), return_index=True)
+            differs = self._differs[memory]
+            before = int(differs[u].sum())
+            differs[u] = np.asarray(vals)[first] != self._clean[memory][u]
+            self._ndiff[memory] += int(differs[u].sum()) - before
         layer = self._layer_of.get(memory)
         if layer is not None:                  # the touched outputs' sums of |weight codes|
             w = self.tensors[memory]
@@ -267,18 +288,68 @@ class Executor:
         n = self.net.nodes[0]
         return torch.round(x.to(self.device, torch.float32) * (2.0 ** n.frac)).clamp_(n.lo, n.hi)
 
+    @staticmethod
+    def _key(x: torch.Tensor, quantized: bool) -> tuple:
+        """Identity of an input batch: its storage, shape, strides and version (an in-place
+        change of the batch makes it another batch)."""
+        return (x.device.type, x.data_ptr(), tuple(x.shape), tuple(x.stride()), x._version,
+                quantized)
+
+    @torch.no_grad()
+    def remember(self, x: torch.Tensor, batch_size: int = 1024, *, quantized: bool = False
+                 ) -> None:
+        """Keep the clean activations of ``x``, batch by batch as :meth:`predict` splits it
+        (a batch is known by its storage, shape, strides and version). Later runs of those
+        batches start at the first node that reads a memory whose words differ from the clean
+        ones. The parameters must be clean now."""
+        if any(self._ndiff.values()):
+            raise RuntimeError("remember(): faults are injected; remember the clean network")
+        if not self._clean:
+            for name, t in self.tensors.items():
+                self._clean[name] = t.detach().cpu().numpy().reshape(-1).copy()
+                self._differs[name] = np.zeros(t.numel(), bool)
+                self._ndiff[name] = 0
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            vals = self.run(xb, trace=True, quantized=quantized)
+            self._memo[self._key(xb, quantized)] = (xb, vals)   # xb kept: its storage stays ours
+
+    def _first_dirty(self) -> int | None:
+        """Index of the first node that reads a memory with words off their clean values."""
+        idx = [self._reader[m] for m, n in self._ndiff.items() if n and m in self._reader]
+        return min(idx) if idx else None
+
     @torch.no_grad()
     def run(self, x: torch.Tensor, *, trace: bool = False, quantized: bool = False):
         """Run one batch of float inputs (or input codes if ``quantized``).
 
         Returns the class-score codes, or with ``trace`` every node's codes by node name.
         """
+        memo = None if trace or not self._memo else self._memo.get(self._key(x, quantized))
+        if memo is not None:
+            vals = memo[1]
+            start = self._first_dirty()
+            if start is None:
+                return vals[self.net.output].clone()
+            return self._forward(dict(vals), start, reuse=True)[self.net.output]
         with _exact_cuda() if self.device.type == "cuda" else contextlib.nullcontext():
             xq = x.to(self.device, torch.float32) if quantized else self.quantize_input(x)
-            vals: dict[str, torch.Tensor] = {"input": xq}
-            for node in self.net.nodes[1:]:
-                vals[node.name] = self._node(node, vals, not trace and self._sole[node.name])
+            vals = self._forward({"input": xq}, 1, reuse=False, trace=trace)
         return vals if trace else vals[self.net.output]
+
+    def _forward(self, vals: dict[str, torch.Tensor], start: int, *, reuse: bool,
+                 trace: bool = False) -> dict[str, torch.Tensor]:
+        """Run nodes ``start``.. on ``vals`` (which holds every earlier node's codes). With
+        ``reuse`` the earlier codes are remembered clean activations: never overwritten."""
+        kept = {n.name for n in self.net.nodes[:start]} if reuse else set()
+        with _exact_cuda() if self.device.type == "cuda" else contextlib.nullcontext():
+            for i in range(start, len(self.net.nodes)):
+                node = self.net.nodes[i]
+                inplace = not trace and self._sole[node.name] and node.inputs[0] not in kept
+                vals[node.name] = self._node(node, vals, inplace)
+                if node.op == "flatten" and node.inputs[0] in kept:
+                    kept.add(node.name)            # a view of a remembered tensor
+        return vals
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 1024, *, quantized: bool = False

@@ -36,6 +36,7 @@ class FaultWorker:
         self.inj = Injector(image, executor)
         self.xq = executor.quantize_input(x)
         self.y = y.to(executor.device)
+        executor.remember(self.xq, quantized=True)    # trials recompute from the first faulty node
         self.clean_pred = executor.predict(self.xq, quantized=True)
         self.clean = int((self.clean_pred == self.y).sum())
         self._samplers: dict[tuple, SeuSampler] = {}
