@@ -140,6 +140,10 @@ class TorchExecutor:
         """The input as the model takes it (float, on the device)."""
         return x.to(self.device, torch.float32)
 
+    def remember(self, x: torch.Tensor, quantized: bool = True) -> None:
+        """The executor protocol's clean-activation cache: the float model always runs in full
+        (its faults may sit in any parameter), so there is nothing to remember."""
+
     @torch.no_grad()
     def run(self, x: torch.Tensor, quantized: bool = True) -> torch.Tensor:
         """Logits of a batch."""
