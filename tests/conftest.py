@@ -56,6 +56,17 @@ def snapshot(folder: Path) -> dict[str, bytes]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def board_doc(name: str, **over: object) -> dict:
+    """A board YAML document of a test board (an Artix-7 35T's capacity), ``over`` replacing
+    fields."""
+    doc = {"name": name, "vendor_board": "Test Board", "part": "xc7a35tcpg236-1",
+           "family": "xc7", "clock_mhz": 125,
+           "capacity": {"lut": 20800, "ff": 41600, "bram18": 100, "dsp": 90, "uram": 0},
+           "source": "Xilinx DS180 7 Series FPGAs Overview (XC7A35T)"}
+    doc.update(over)
+    return doc
+
+
 def write_config(path: Path, obj: dict) -> Path:
     """Write a YAML config and return its path."""
     path.write_text(yaml.safe_dump(obj))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import board_doc
 
 from flow.core.errors import ConfigError
 from flow.hw.boards import BOARDS_DIR, CAPACITY_KEYS, Board, get_board, load_boards
@@ -13,13 +14,6 @@ from flow.hw.boards import BOARDS_DIR, CAPACITY_KEYS, Board, get_board, load_boa
 SHIPPED = ["alveo-u250", "alveo-u50", "kv260", "pynq-z2", "ultra96-v2", "zcu102", "zcu104"]
 
 
-def _board_doc(name: str, **over: object) -> dict:
-    doc = {"name": name, "vendor_board": "Test Board", "part": "xc7a35tcpg236-1",
-           "family": "xc7", "clock_mhz": 125,
-           "capacity": {"lut": 20800, "ff": 41600, "bram18": 100, "dsp": 90, "uram": 0},
-           "source": "Xilinx DS180 7 Series FPGAs Overview (XC7A35T)"}
-    doc.update(over)
-    return doc
 
 
 def _write(folder: Path, stem: str, doc: object) -> Path:
@@ -72,8 +66,8 @@ def test_unknown_board_lists_known_ones() -> None:
 
 def test_user_folder_adds_and_overrides(tmp_path: Path) -> None:
     mine = tmp_path / "my_boards"
-    _write(mine, "arty-a7", _board_doc("arty-a7"))
-    _write(mine, "zcu102", {**_board_doc("zcu102"), "part": "xczu9eg-ffvb1156-2-e",
+    _write(mine, "arty-a7", board_doc("arty-a7"))
+    _write(mine, "zcu102", {**board_doc("zcu102"), "part": "xczu9eg-ffvb1156-2-e",
                             "family": "xcup", "clock_mhz": 250})
     boards = load_boards([mine])
     assert sorted(boards) == sorted([*SHIPPED, "arty-a7"])
@@ -92,16 +86,16 @@ def test_missing_extra_folder(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("doc, field, needle", [
-    (_board_doc("bad", capacity={"lut": -5, "ff": 1, "bram18": 1, "dsp": 1, "uram": 0}),
+    (board_doc("bad", capacity={"lut": -5, "ff": 1, "bram18": 1, "dsp": 1, "uram": 0}),
      "capacity.lut", "(got -5)"),
-    ({**_board_doc("bad"), "speed_grade": 2}, "speed_grade", "unknown key"),
-    ({**_board_doc("bad"), "capacity": {"lutt": 1, "ff": 1, "bram18": 1, "dsp": 1, "uram": 0}},
+    ({**board_doc("bad"), "speed_grade": 2}, "speed_grade", "unknown key"),
+    ({**board_doc("bad"), "capacity": {"lutt": 1, "ff": 1, "bram18": 1, "dsp": 1, "uram": 0}},
      "capacity.lutt", "did you mean 'lut'"),
-    (_board_doc("bad", capacity={"lut": 1, "ff": 1, "bram18": 1, "dsp": 1}),
+    (board_doc("bad", capacity={"lut": 1, "ff": 1, "bram18": 1, "dsp": 1}),
      "capacity.uram", "missing"),
-    (_board_doc("bad", family="xc6"), "family", "'xc6'"),
-    (_board_doc("bad", clock_mhz=0), "clock_mhz", "(got 0)"),
-    (_board_doc("other"), "name", "'other'"),
+    (board_doc("bad", family="xc6"), "family", "'xc6'"),
+    (board_doc("bad", clock_mhz=0), "clock_mhz", "(got 0)"),
+    (board_doc("other"), "name", "'other'"),
 ])
 def test_malformed_board_names_file_and_field(tmp_path: Path, doc: dict, field: str,
                                                needle: str) -> None:
@@ -115,7 +109,7 @@ def test_malformed_board_names_file_and_field(tmp_path: Path, doc: dict, field: 
 
 
 def test_negative_lut_message(tmp_path: Path) -> None:
-    path = _write(tmp_path / "b", "foo", _board_doc(
+    path = _write(tmp_path / "b", "foo", board_doc(
         "foo", capacity={"lut": -5, "ff": 1, "bram18": 1, "dsp": 1, "uram": 0}))
     with pytest.raises(ConfigError) as e:
         get_board("foo", [path.parent])

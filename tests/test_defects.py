@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import QUICK_MLP, assert_user_error, hetq_inproc, snapshot, write_config
+from conftest import (
+    QUICK_MLP,
+    assert_user_error,
+    board_doc,
+    hetq_inproc,
+    snapshot,
+    write_config,
+)
 
 from flow.cli import main
 from flow.core.config import RtlConfig, parse_config
@@ -41,13 +48,6 @@ def run_copy(mlp_run: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _board_doc(name: str, **over: object) -> dict:
-    doc = {"name": name, "vendor_board": "Test Board", "part": "xc7a35tcpg236-1",
-           "family": "xc7", "clock_mhz": 125,
-           "capacity": {"lut": 20800, "ff": 41600, "bram18": 100, "dsp": 90, "uram": 0},
-           "source": "Xilinx DS180"}
-    doc.update(over)
-    return doc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def test_unsafe_board_file_name(tmp_path: Path, capsys: pytest.CaptureFixture,
                                 stem: str) -> None:
     folder = tmp_path / "boards"
     folder.mkdir()
-    (folder / f"{stem}.yaml").write_text(yaml.safe_dump(_board_doc(stem)))
+    (folder / f"{stem}.yaml").write_text(yaml.safe_dump(board_doc(stem)))
     user_error(capsys, ["boards", "--boards-dir", folder], "name", repr(stem))
 
 
@@ -302,14 +302,14 @@ def test_unsafe_board_file_name(tmp_path: Path, capsys: pytest.CaptureFixture,
 def test_unsafe_board_part(tmp_path: Path, capsys: pytest.CaptureFixture, part: str) -> None:
     folder = tmp_path / "boards"
     folder.mkdir()
-    (folder / "mine.yaml").write_text(yaml.safe_dump(_board_doc("mine", part=part)))
+    (folder / "mine.yaml").write_text(yaml.safe_dump(board_doc("mine", part=part)))
     user_error(capsys, ["boards", "--boards-dir", folder], "part", repr(part))
 
 
 def test_safe_board_name_loads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     folder = tmp_path / "boards"
     folder.mkdir()
-    (folder / "my_board-v2.1.yaml").write_text(yaml.safe_dump(_board_doc("my_board-v2.1")))
+    (folder / "my_board-v2.1.yaml").write_text(yaml.safe_dump(board_doc("my_board-v2.1")))
     capsys.readouterr()
     assert main(["boards", "--boards-dir", str(folder), "--json"]) == 0
     names = [b["name"] for b in json.loads(capsys.readouterr().out)["boards"]]
@@ -332,7 +332,7 @@ def test_synth_board_dotdot_from_a_board_file(tmp_path: Path, run_copy: Path,
     the folder is refused when it is read, whichever board is asked for."""
     folder = tmp_path / "boards"
     folder.mkdir()
-    (folder / "...yaml").write_text(yaml.safe_dump(_board_doc("..")))
+    (folder / "...yaml").write_text(yaml.safe_dump(board_doc("..")))
     before = snapshot(run_copy)
     for board in ("..", "pynq-z2"):
         field = "--board" if board == ".." else f"{folder / '...yaml'}: name"

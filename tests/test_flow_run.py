@@ -94,13 +94,10 @@ def test_console_is_quiet_and_tools_write_step_logs(flow_run, tmp_path):
     for log in ("hls/hls.log", "synth/protected/pynq-z2/yosys.log",
                 "rtl/sim_build/build.log", "rtl/sim_build/sim.log"):    # Verilator, cocotb
         assert (flow_run["run"] / log).stat().st_size > 0, log
+    hls_log = (flow_run["run"] / "hls" / "hls.log").read_text()
+    assert "Layer name:" in hls_log and "Creating HLS model" in hls_log
     run = tmp_path / "run"
     shutil.copytree(flow_run["run"], run)
-    r = hetq_inproc(None, "run", flow_run["config"], "--out", run, "--from", "hls", "--to", "hls")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "[5/9] hls" in r.stderr and not _leaks(r.stderr), _leaks(r.stderr)[:5]
-    hls_log = (run / "hls" / "hls.log").read_text()
-    assert "Layer name:" in hls_log and "Creating HLS model" in hls_log
     r = hetq_inproc(None, "hls", run, "-v", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["csim"]["bit_exact"] and "Layer name:" in r.stderr

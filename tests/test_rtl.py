@@ -2,7 +2,7 @@
 
 For the MLP, the small CNN and the binary MLP, each with its plan's protection (one layer with
 MSB TMR, the others plain), and the CNN fully unprotected: class scores bit-exact on 200 test
-images; 50 random SEU maps give exactly the software's predictions; every single flip of a
+images; 30 random SEU maps give exactly the software's predictions; every single flip of a
 protected MSB triplet is masked and every double flip is not; a weight bit named by (layer,
 output, input, bit) through the manifest flips the same weight as in software; cycles match the
 analytic count and do not change with TMR (the CNN). One simulator run per design carries all of
@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("rtl")]
 IMAGES = 200
 # the fault trials of the CNN (the slowest to simulate) run on its first 60 images
 FAULT_IMAGES = {"mlp": IMAGES, "cnn": 60, "bmlp": IMAGES}
-SEU_MAPS = 50
+SEU_MAPS = 30
 SEU_BER = 1e-2
 NETS = ("mlp", "cnn", "bmlp")
 # each network with its plan's protection (protected and plain layers in one design), and the
