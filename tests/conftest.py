@@ -113,3 +113,15 @@ def bmlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train(tmp_path_factory.mktemp("bmlp_run"), "bmlp",
                   {"seed": 0, "model": {"arch": "bmlp", "width": 0.25, "protected": ["fc2"]},
                    "train": {"epochs": 3}, "campaign": {"bers": [1e-2], "trials": 10}})
+
+
+# The longest modules first: pytest-xdist hands out work in collection order, so the slowest
+# groups (one worker each) start at once and the short tests fill the gaps, not the tail.
+_FIRST = ("test_hls.py", "test_flow_run.py", "test_rtl.py", "test_byo_flow.py",
+          "test_zobnn_hw.py", "test_zobnn.py", "test_rtl_lint.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the session: the modules of ``_FIRST`` in that order, then the rest as collected."""
+    rank = {name: i for i, name in enumerate(_FIRST)}
+    items.sort(key=lambda it: rank.get(it.path.name, len(_FIRST)))
