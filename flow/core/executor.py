@@ -211,6 +211,11 @@ class Executor:
             self._plan[name] = _chunks_for(self._colsum[name], self._in_mag[name])
         return self._plan[name]
 
+    def wide_layers(self) -> list[str]:
+        """The layers whose worst-case accumulator reaches 2**24 and that can split their
+        fan-in (see :meth:`split`)."""
+        return list(self._chunks)
+
     def split(self, name: str) -> bool:
         """Whether the layer ``name`` runs with its fan-in split at its current weights and bias
         (some output's sum of |weight codes| times the input's bound, plus the largest |bias

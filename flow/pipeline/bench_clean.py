@@ -86,7 +86,7 @@ def run(ctx: StepContext) -> CleanBenchResult:
                                    if p.kind == "weight")),
                 "executor_s": te, "float_twin_s": tt, "ratio": te / tt,
                 "wide_layers": {n: ("split" if ex.split(n) else "one kernel")
-                                for n in ex._chunks}})
+                                for n in ex.wide_layers()}})
     finally:
         torch.set_num_threads(threads)
     res = CleanBenchResult(cfg.data.name, len(x), b.clean_repeats, 1, rows)
