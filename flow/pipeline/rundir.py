@@ -12,6 +12,7 @@ import hashlib
 import os
 import platform
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock = threading.RLock()   # two steps running side by side share the manifest
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -127,33 +129,36 @@ class RunDir:
     def record_step(self, step: str, **info: object) -> None:
         """Record a step's status, time and details in the manifest; a step that starts
         (``status="running"``) replaces its old record."""
-        m = self.manifest()
-        old = {} if info.get("status") == "running" else m.get("steps", {}).get(step, {})
-        m.setdefault("steps", {})[step] = {**old, **info}
-        write_json(self.manifest_path, m)
+        with self._lock:
+            m = self.manifest()
+            old = {} if info.get("status") == "running" else m.get("steps", {}).get(step, {})
+            m.setdefault("steps", {})[step] = {**old, **info}
+            write_json(self.manifest_path, m)
 
     def restore_step(self, step: str, record: dict | None) -> None:
         """Put back a step's earlier record (None: the step had none)."""
-        m = self.manifest()
-        steps = m.setdefault("steps", {})
-        if record is None:
-            steps.pop(step, None)
-        else:
-            steps[step] = record
-        write_json(self.manifest_path, m)
+        with self._lock:
+            m = self.manifest()
+            steps = m.setdefault("steps", {})
+            if record is None:
+                steps.pop(step, None)
+            else:
+                steps[step] = record
+            write_json(self.manifest_path, m)
 
     def invalidate_after(self, step: str, order: list[str]) -> None:
         """Mark the finished steps after ``step`` in ``order`` stale (their inputs change)."""
-        m = self.manifest()
-        later = order[order.index(step) + 1:]
-        changed = False
-        for name in later:
-            st = m.get("steps", {}).get(name)
-            if st and st.get("status") == "done":
-                st["status"] = "stale"
-                changed = True
-        if changed:
-            write_json(self.manifest_path, m)
+        with self._lock:
+            m = self.manifest()
+            later = order[order.index(step) + 1:]
+            changed = False
+            for name in later:
+                st = m.get("steps", {}).get(name)
+                if st and st.get("status") == "done":
+                    st["status"] = "stale"
+                    changed = True
+            if changed:
+                write_json(self.manifest_path, m)
 
     @contextmanager
     def atomic_folder(self, relpath: str) -> Iterator[Path]:

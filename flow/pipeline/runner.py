@@ -8,6 +8,11 @@ folder; ``ctx.atomic(path)`` for outputs keyed inside a folder, such as one camp
 sends the tools' output to the step's log (:mod:`flow.pipeline.console`) and, in a flow, marks
 the later finished steps stale. ``hetq run``, ``hetq table``, ``hetq zobnn`` and ``hetq bench``
 are lists of steps of this one runner.
+
+A step may run *beside* the step before it when it needs only what came earlier (``synth``
+beside ``sim``: both read the RTL project; Yosys and Verilator then share the machine's cores).
+Such a step keeps its tools' output to itself (Yosys writes its own logs) and runs without
+progress lines or bars of its own; the runner says when it starts and ends.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,11 +108,13 @@ class StepContext:
 @dataclass(frozen=True)
 class Step:
     """A step of the flow: its name (the manifest key), its function, its atomic folder
-    (default: the name; None for a step whose outputs are keyed inside its folder)."""
+    (default: the name; None for a step whose outputs are keyed inside its folder), and the step
+    before it in a flow that it may run beside (``beside``; None: after it)."""
 
     name: str
     run: Callable[[StepContext], StepResult]
     folder: str | None = ""
+    beside: str | None = None
 
     @property
     def out_folder(self) -> str | None:
@@ -121,16 +129,21 @@ class Runner:
                  verbose: bool = False) -> None:
         self.run, self.cfg, self.progress, self.verbose = run, cfg, progress, verbose
 
-    def run_step(self, step: Step, **options: Any) -> StepResult:
-        """Run one step: record it, give it its folder and its log, record its result."""
+    def run_step(self, step: Step, *, beside: str | None = None, **options: Any) -> StepResult:
+        """Run one step: record it, give it its folder and its log, record its result.
+
+        ``beside``: the step this one runs beside (in another thread); it then gets no log
+        redirection and no progress output of its own, and its record names that step."""
         run = self.run
         t0 = time.time()
         before = run.manifest().get("steps", {}).get(step.name)
-        run.record_step(step.name, status="running", started=t0)
+        run.record_step(step.name, status="running", started=t0,
+                        **({"beside": beside} if beside else {}))
         log = run.path / f"{step.name}.log"
-        ctx = StepContext(run, self.cfg, self.progress, self.verbose, None, options)
+        ctx = StepContext(run, self.cfg, self.progress and not beside, self.verbose, None,
+                          options)
         try:
-            with tools_to_log(log, self.verbose):
+            with contextlib.nullcontext() if beside else tools_to_log(log, self.verbose):
                 if step.out_folder:
                     with run.atomic_folder(step.out_folder) as out:
                         ctx.out = out
@@ -172,11 +185,39 @@ class Runner:
                 if self.progress:
                     print(f"{tag}: done, skipped", file=sys.stderr)
                 continue
-            if self.progress:
-                print(tag, file=sys.stderr, flush=True)
+            if step.name in results:                     # it ran beside the step before it
+                continue
             self.run.invalidate_after(step.name, names)
-            results[step.name] = self.run_step(step)
+            nxt = steps[i + 1] if i + 1 <= stop else None
+            if nxt is not None and nxt.beside == step.name:
+                self._say(f"{tag}\n[{i + 2}/{len(steps)}] {nxt.name}: runs beside {step.name}")
+                results.update(self._side_by_side(step, nxt))
+            else:
+                self._say(tag)
+                results[step.name] = self.run_step(step)
         return results
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            print(text, file=sys.stderr, flush=True)
+
+    def _side_by_side(self, step: Step, other: Step) -> dict[str, StepResult]:
+        """``step`` here and ``other`` in a thread beside it; both finish before this returns,
+        and the first error (``step``'s before ``other``'s) is raised."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hetq-{other.name}") as pool:
+            fut = pool.submit(self.run_step, other, beside=step.name)
+            try:
+                first = self.run_step(step)
+            except BaseException:
+                self._say(f"{other.name}: waiting for it to stop after {step.name} failed")
+                fut.exception()                              # let it finish and record itself
+                raise
+            t0 = time.time()
+            second = fut.result()
+            waited = time.time() - t0
+        self._say(f"{other.name}: done beside {step.name}"
+                  + (f" ({waited:.0f} s after it)" if waited >= 1 else ""))
+        return {step.name: first, other.name: second}
 
     def resume_point(self, steps: Sequence[Step]) -> int:
         """Index of the first step that is not finished (``len(steps)`` if all are)."""
