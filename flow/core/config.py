@@ -121,6 +121,7 @@ class CampaignConfig(_Strict):
     layers: list[str] | None = None
     bits: list[Int] | None = None
     seed: Int | None = Field(default=None, ge=0)
+    batch_maps: Int = Field(default=1, ge=1)
 
     @field_validator("bers")
     @classmethod

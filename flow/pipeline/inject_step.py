@@ -114,7 +114,8 @@ def inject(ctx: StepContext, protected: list[str] | None = None,
                      address=p.address, workers=p.workers)
     try:
         res = run_campaign(ex, image, s.data.test.x, s.data.test.y, spec, run.store,
-                           progress=ctx.progress, pool=pool)
+                           progress=ctx.progress, pool=pool,
+                           batch_maps=cfg.campaign.batch_maps)
     finally:
         pool.close()
     rel = f"inject/{res['campaign']}"

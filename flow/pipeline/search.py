@@ -47,7 +47,8 @@ def _drop(net: IntNetwork, protected: list[str], cfg: RunConfig, data, device, s
     s = cfg.search
     spec = CampaignSpec(bers=(s.ber,), trials=s.trials, seed=cfg.seed,
                         extra={**tag, "protected": sorted(protected)})
-    res = run_campaign(ex, image, data.test.x, data.test.y, spec, store, progress=False)
+    res = run_campaign(ex, image, data.test.x, data.test.y, spec, store, progress=False,
+                       batch_maps=cfg.campaign.batch_maps)
     row = res["summary"][0]
     return {"accuracy": res["clean_accuracy"], "drop": row["drop_mean"],
             "drop_low": row["drop_low"], "drop_high": row["drop_high"],

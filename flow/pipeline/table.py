@@ -140,7 +140,8 @@ def run(ctx: StepContext) -> TableResult:
             ex = Executor(net, image, device)
             spec = CampaignSpec(bers=bers, trials=t.trials, seed=cfg.seed,
                                 extra={"table": name, "n": n, "protected": sorted(protected)})
-            res = run_campaign(ex, image, x, y, spec, store, progress=progress)
+            res = run_campaign(ex, image, x, y, spec, store, progress=progress,
+                               batch_maps=cfg.campaign.batch_maps)
             at = next(r for r in res["summary"] if r["ber"] == t.ber)
             curves[n][name] = res["summary"]
             rows.append({"config": name, "n": n, "protected": protected,

@@ -48,11 +48,12 @@ def default_trials(trials: int | None, margin: float, confidence: float) -> int:
 
 def run_campaign(executor: Executor, image: MemoryImage, x: torch.Tensor, y: torch.Tensor,
                  spec: CampaignSpec, store_path: Path, *, progress: bool = True,
-                 pool=None) -> dict:
+                 pool=None, batch_maps: int = 1) -> dict:
     """Run (or resume) a campaign; every trial is committed to the store as it finishes.
 
     Trials run on ``pool`` (a :mod:`flow.reliability.parallel` pool; default: in this process on
-    ``executor``). Returns ``{"campaign", "clean_accuracy", "bits", "summary": [...]}``.
+    ``executor``), ``batch_maps`` fault maps per forward pass (the results do not depend on it).
+    Returns ``{"campaign", "clean_accuracy", "bits", "summary": [...]}``.
     """
     from flow.reliability.parallel import FaultWorker, LocalPool
     for b in spec.bers:
@@ -68,10 +69,12 @@ def run_campaign(executor: Executor, image: MemoryImage, x: torch.Tensor, y: tor
         todo = [(spec.seed, b, t, spec.kinds, spec.layers, spec.bits, spec.fault)
                 for b in spec.bers for t in range(spec.trials) if t not in done_sets[b]]
         bar = tqdm(total=len(todo), desc="campaign", unit="trial", disable=not progress or None)
-        for task, (n_faults, correct, seconds) in pool.imap("trial", todo):
-            store.add(cid, task[1], task[2], n_faults=n_faults, correct=correct, total=len(y),
-                      seconds=seconds)
-            bar.update()
+        groups = [(todo[i:i + batch_maps],) for i in range(0, len(todo), batch_maps)]
+        for (tasks,), results in pool.imap("trials", groups):
+            for task, (n_faults, correct, seconds) in zip(tasks, results):
+                store.add(cid, task[1], task[2], n_faults=n_faults, correct=correct,
+                          total=len(y), seconds=seconds)
+                bar.update()
         bar.close()
         summary = store.summary(cid, clean_accuracy=clean)
     return {"campaign": cid, "clean_accuracy": clean, "bits": nbits, "trials": spec.trials,

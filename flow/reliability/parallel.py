@@ -1,8 +1,9 @@
 """One executor interface for fault-injection work: in-process by default, or a Ray cluster.
 
 A :class:`FaultWorker` holds its own copy of the memory image and integer executor (faults are
-applied in place, so workers never share one) and answers two kinds of task: a campaign trial
-(seed, BER, trial index -> flips and correct images) and the GA's group test of a pool of bits.
+applied in place, so workers never share one) and answers two kinds of task: campaign trials
+(seed, BER, trial index -> flips and correct images; several at once are classified in one
+forward pass, :mod:`flow.core.multimap`) and the GA's group test of a pool of bits.
 Results depend only on the task's arguments, so the same seed gives the same numbers whichever
 pool runs them and in whatever order they finish.
 
@@ -22,6 +23,7 @@ from flow.core.errors import ConfigError
 from flow.core.executor import Executor
 from flow.core.image import MemoryImage
 from flow.core.ir import IntNetwork
+from flow.core.multimap import MapParams, predict_maps
 from flow.reliability.faults import Injector, SeuSampler, trial_rng
 
 EXECUTORS = ("local", "ray")
@@ -63,6 +65,27 @@ class FaultWorker:
         with self.inj.injected(fmap):
             correct = int((self.ex.predict(self.xq, quantized=True) == self.y).sum())
         return len(fmap), correct, time.perf_counter() - t0
+
+    def trials(self, tasks: Sequence[tuple]) -> list[tuple[int, int, float]]:
+        """Several campaign trials (each task as :meth:`trial` takes it), their maps classified
+        in one forward pass: the same (flips, correct images) as :meth:`trial` one by one, and
+        each trial's share of the time. Falls back to one at a time where the maps cannot be
+        batched exactly (or the executor has no batched form)."""
+        if len(tasks) == 1 or not isinstance(self.ex, Executor):
+            return [self.trial(*task) for task in tasks]
+        t0 = time.perf_counter()
+        sizes, params = [], []
+        for seed, ber, t, kinds, layers, bits, fault in tasks:
+            fmap = self.sampler(kinds, layers, bits).sample(ber, trial_rng(seed, ber, t), fault)
+            sizes.append(len(fmap))
+            with self.inj.injected(fmap):
+                touched = {str(m): fmap.word[fmap.memory == m] for m in np.unique(fmap.memory)}
+                params.append(MapParams.capture(self.ex, touched))
+        preds = predict_maps(self.ex, self.xq, params)
+        if preds is None:
+            return [self.trial(*task) for task in tasks]
+        share = (time.perf_counter() - t0) / len(tasks)
+        return [(n, int((p == self.y).sum()), share) for n, p in zip(sizes, preds)]
 
     def test(self, genes: np.ndarray) -> tuple[bool, float]:
         """(any prediction changed, accuracy drop) when the weight bits ``genes`` flip."""
