@@ -171,6 +171,9 @@ def test_protection_costs_memory_and_voters_not_cycles(flow_run):
                - v("lat.protected.pynq-z2.latency_cycles_analytic")) <= 1
     assert f["check.rtl.protected.bit_exact"]["value"] is True
     assert f["check.rtl.baseline.bit_exact"]["value"] is True
+    # Verilator measured the same cycles with and without TMR (the voters add no cycle)
+    sim = json.loads(next((flow_run["run"] / "sim").glob("*/summary.json")).read_text())
+    assert sim["check"]["measured"] == sim["baseline_check"]["measured"]
     assert f["check.hls.bit_exact"]["value"] is True
     # RTL trials reproduce the software trials with the same fault maps
     assert v("rel.rtl_agreement") == v("rel.rtl_compared") > 0
@@ -239,6 +242,29 @@ def test_rerun_resumes_and_from_to_select_steps(flow_run, tmp_path):
     assert again["total"] == first["total"] and log.stat().st_mtime_ns == stamp
     r = hetq_inproc(None, "run", flow_run["config"], "--out", run, "--from", "bogus")
     assert r.returncode == 2 and "--from: unknown step 'bogus'" in r.stderr
+
+
+def test_hetq_sim_campaign_equals_software(flow_run, tmp_path):
+    """`hetq sim` on its own (the flow's Verilator model, copied with the run, is reused):
+    the RTL campaign equals `hetq inject` with the same options, and is stored per trial."""
+    run = tmp_path / "run"
+    shutil.copytree(flow_run["run"], run)
+    r = hetq_inproc(None, "sim", str(run), "--ber", "1e-2", "--trials", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    hw = json.loads(r.stdout)
+    sw = json.loads(hetq_inproc(None, "inject", str(run), "--ber", "1e-2", "--trials", "3",
+                          "--json").stdout)
+    assert hw["check"]["bit_exact"] and hw["check"]["images"] == 359
+    assert hw["faulty_inferences_per_s"] > 0 and hw["check"]["sim_cycles_per_s"] > 0
+    assert len(hw["summary"]) == len(sw["summary"]) == 1
+    for a, b in zip(hw["summary"], sw["summary"]):
+        assert a["ber"] == b["ber"] and a["mean_faults"] == b["mean_faults"]
+        assert a["accuracy_mean"] == pytest.approx(b["accuracy_mean"], abs=1e-12)
+    assert (Path(hw["out_dir"]) / "summary.csv").is_file()
+    # stored per trial: a rerun simulates nothing new and reports the same summary
+    again = json.loads(hetq_inproc(None, "sim", str(run), "--ber", "1e-2", "--trials", "3",
+                             "--json").stdout)
+    assert again["summary"] == hw["summary"] and again["faulty_inferences_per_s"] is None
 
 
 def test_bad_run_requests_are_refused_before_anything_is_written(tmp_path):

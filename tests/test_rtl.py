@@ -1,13 +1,13 @@
 """The RTL accelerator in Verilator through cocotb against the integer executor.
 
 For the MLP, the small CNN and the binary MLP, each with its plan's protection (one layer with
-MSB TMR, the others plain), and the CNN fully unprotected: class scores bit-exact on 200 test
-images; 30 random SEU maps give exactly the software's predictions; every single flip of a
-protected MSB triplet is masked and every double flip is not; a weight bit named by (layer,
-output, input, bit) through the manifest flips the same weight as in software; cycles match the
-analytic count and do not change with TMR (the CNN). One simulator run per design carries all of
-these trials; the CNN's fault trials run on its first 60 images (the CNN is the slowest design
-to simulate).
+MSB TMR, the others plain): class scores bit-exact on 200 test images; 30 random SEU maps give
+exactly the software's predictions; every single flip of a protected MSB triplet is masked and
+every double flip is not; a weight bit named by (layer, output, input, bit) through the manifest
+flips the same weight as in software; cycles match the analytic count (that they do not change
+with TMR: test_flow_run.py, whose flow simulates the unprotected baseline too). One simulator run
+per design carries all of these trials; the CNN's fault trials run on its first 60 images (the
+CNN is the slowest design to simulate).
 """
 from __future__ import annotations
 
@@ -34,13 +34,10 @@ FAULT_IMAGES = {"mlp": IMAGES, "cnn": 60, "bmlp": IMAGES}
 SEU_MAPS = 30
 SEU_BER = 1e-2
 NETS = ("mlp", "cnn", "bmlp")
-# each network with its plan's protection (protected and plain layers in one design), and the
-# default CNN fully unprotected (the baseline design)
-DESIGNS = [(n, "plan") for n in NETS] + [("cnn", "unprotected")]
 # (layer, output, PyTorch fan-in index) of the weight flipped through the manifest
 NAMED = {"mlp": ("fc1", 3, 37), "cnn": ("conv1", 5, 4), "bmlp": ("fc3", 7, 11)}
 
-_cache: dict[tuple[str, str], dict] = {}
+_cache: dict[str, dict] = {}
 
 
 def _maps(image: MemoryImage, protected: list[str], named: tuple, man) -> list[tuple]:
@@ -67,10 +64,9 @@ def _maps(image: MemoryImage, protected: list[str], named: tuple, man) -> list[t
     return out
 
 
-def _simulate(run_dir: Path, tmp: Path, protected: list[str] | None) -> dict:
+def _simulate(run_dir: Path, tmp: Path) -> dict:
     s = open_session(run_dir, "cpu")
-    prot = [n for n, e in s.plan["layers"].items() if e["protected"]] if protected is None \
-        else protected
+    prot = [n for n, e in s.plan["layers"].items() if e["protected"]]
     image = MemoryImage.build(s.net, prot)
     ex = Executor(s.net, image, "cpu")
     prj = tmp / "prj"
@@ -98,28 +94,26 @@ def _simulate(run_dir: Path, tmp: Path, protected: list[str] | None) -> dict:
             "analytic": sim.manifest.obj["analytic"]}
 
 
-def results(request, tmp_path_factory, net: str, variant: str) -> dict:
-    """Simulation results of ``net`` with its plan's protection or none (cached)."""
-    key = (net, variant)
-    if key not in _cache:
+def results(request, tmp_path_factory, net: str) -> dict:
+    """Simulation results of ``net`` with its plan's protection (cached)."""
+    if net not in _cache:
         run_dir = request.getfixturevalue(f"{net}_run")
-        tmp = tmp_path_factory.mktemp(f"rtl_{net}_{variant}")
-        _cache[key] = _simulate(run_dir, tmp, None if variant == "plan" else [])
-    return _cache[key]
+        _cache[net] = _simulate(run_dir, tmp_path_factory.mktemp(f"rtl_{net}"))
+    return _cache[net]
 
 
-@pytest.mark.parametrize("net, variant", DESIGNS)
-def test_clean_scores_bit_exact(request, tmp_path_factory, net, variant):
-    r = results(request, tmp_path_factory, net, variant)
-    assert variant == "unprotected" or r["protected"], "the plan protects a layer"
+@pytest.mark.parametrize("net", NETS)
+def test_clean_scores_bit_exact(request, tmp_path_factory, net):
+    r = results(request, tmp_path_factory, net)
+    assert r["protected"], "the plan protects a layer"
     assert r["rtl"][0].shape == r["clean"].shape == (IMAGES, 10)
     assert np.array_equal(r["rtl"][0], r["clean"])
     assert len(np.unique(r["clean"].argmax(1))) > 5     # a real classifier, not a constant
 
 
-@pytest.mark.parametrize("net, variant", DESIGNS)
-def test_seu_maps_match_software(request, tmp_path_factory, net, variant):
-    r = results(request, tmp_path_factory, net, variant)
+@pytest.mark.parametrize("net", NETS)
+def test_seu_maps_match_software(request, tmp_path_factory, net):
+    r = results(request, tmp_path_factory, net)
     idx = [k for k, kind in enumerate(r["kinds"]) if kind == "seu"]
     assert len(idx) == SEU_MAPS
     changed = 0
@@ -132,7 +126,7 @@ def test_seu_maps_match_software(request, tmp_path_factory, net, variant):
 
 @pytest.mark.parametrize("net", NETS)
 def test_tmr_masks_single_flips_not_double(request, tmp_path_factory, net):
-    r = results(request, tmp_path_factory, net, "plan")
+    r = results(request, tmp_path_factory, net)
     singles = [k for k, kind in enumerate(r["kinds"]) if kind == "tmr1"]
     doubles = [k for k, kind in enumerate(r["kinds"]) if kind == "tmr2"]
     assert len(singles) == len(doubles) == 3 * len(r["protected"]) > 0
@@ -143,9 +137,9 @@ def test_tmr_masks_single_flips_not_double(request, tmp_path_factory, net):
         assert not np.array_equal(r["rtl"][k], r["fault_clean"])
 
 
-@pytest.mark.parametrize("net, variant", DESIGNS)
-def test_manifest_names_weight_bits(request, tmp_path_factory, net, variant):
-    r = results(request, tmp_path_factory, net, variant)
+@pytest.mark.parametrize("net", NETS)
+def test_manifest_names_weight_bits(request, tmp_path_factory, net):
+    r = results(request, tmp_path_factory, net)
     k = r["kinds"].index("named")
     assert np.array_equal(r["rtl"][k], r["soft"][k])
     assert not np.array_equal(r["rtl"][k], r["fault_clean"]), "the named flip reached the scores"
@@ -153,11 +147,7 @@ def test_manifest_names_weight_bits(request, tmp_path_factory, net, variant):
 
 @pytest.mark.parametrize("net", NETS)
 def test_cycles_match_analytic(request, tmp_path_factory, net):
-    prot = results(request, tmp_path_factory, net, "plan")
-    if net == "cnn":                     # with and without TMR: the same cycles
-        plain = results(request, tmp_path_factory, net, "unprotected")
-        assert prot["timing"] == plain["timing"]
-        assert prot["analytic"] == plain["analytic"]
+    prot = results(request, tmp_path_factory, net)
     m, a = prot["timing"], prot["analytic"]
     assert 0.9 <= m["latency_cycles"] / a["latency_cycles"] <= 1.1
     assert 0.9 <= m["ii_cycles"] / a["ii_cycles"] <= 1.1
