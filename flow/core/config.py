@@ -253,7 +253,7 @@ class SimConfig(_Strict):
 class ReportConfig(_Strict):
     """The designer report of ``hetq run``: boards to synthesize for, baseline design."""
 
-    boards: list[str] = Field(default_factory=lambda: ["pynq-z2", "zcu104"], min_length=1)
+    boards: list[str] = Field(default_factory=lambda: ["pynq-z2"], min_length=1)
     baseline: bool = True
     synth_workers: Int = Field(default=2, ge=1)
 
