@@ -73,4 +73,7 @@ def test_rank_command_writes_results_and_plan(mlp_run, tmp_path, capsys):
     lvf = {r["layer"]: r["lvf"] for r in out["layers"]}
     assert {n: e["vulnerability"] for n, e in plan["layers"].items()} == lvf
     assert (run / "rank" / "ga.json").is_file() and (run / "rank" / "ground_truth.json").is_file()
-    assert main(["info", str(run)]) == 0          # the plan still matches its checkpoint
+    capsys.readouterr()
+    assert main(["info", str(run), "--json"]) == 0  # the plan still matches its checkpoint
+    rank = json.loads(capsys.readouterr().out)["steps"]["rank"]
+    assert rank["status"] == "done" and rank["ranking"] == out["ranking"]  # the runner recorded it
