@@ -67,6 +67,25 @@ def board_doc(name: str, **over: object) -> dict:
     return doc
 
 
+def lowered_network(arch: str, name: str = "test"):
+    """An untrained network (seed 0) of ``arch`` on the digits, lowered to the integer network,
+    its weight-memory image with its second layer protected, and the data set."""
+    import torch
+
+    from flow.core.config import RunConfig
+    from flow.core.image import MemoryImage
+    from flow.nn.lower import lower_graph
+    from flow.nn.qonnx_graph import export_module
+    from flow.nn.train import model_from_config
+    from flow.pipeline.session import load_data
+    cfg = RunConfig.model_validate({"seed": 0, "model": {"arch": arch}})
+    data = load_data(cfg)
+    torch.manual_seed(0)
+    model = model_from_config(cfg, data.input_shape, data.num_classes).eval()
+    net = lower_graph(export_module(model, data.input_shape), name)
+    return net, MemoryImage.build(net, net.layers()[1:2]), data
+
+
 def write_config(path: Path, obj: dict) -> Path:
     """Write a YAML config and return its path."""
     path.write_text(yaml.safe_dump(obj))

@@ -12,26 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import lowered_network
 
-from flow.core.config import RunConfig
 from flow.core.executor import Executor
-from flow.core.image import MemoryImage
-from flow.nn.lower import lower_graph
-from flow.nn.qonnx_graph import export_module
-from flow.nn.train import model_from_config
-from flow.pipeline.session import load_data
 from flow.reliability.faults import Injector, SeuSampler, trial_rng
 
 NETS = Path(__file__).with_name("user_nets.py")
 
 
 def _setup(arch: str):
-    cfg = RunConfig.model_validate({"seed": 0, "model": {"arch": arch}})
-    data = load_data(cfg)
-    torch.manual_seed(0)
-    model = model_from_config(cfg, data.input_shape, data.num_classes).eval()
-    net = lower_graph(export_module(model, data.input_shape), "memo")
-    image = MemoryImage.build(net, net.layers()[1:2])          # one layer protected
+    net, image, data = lowered_network(arch, "memo")             # one layer protected
     fresh = Executor(net, image, "cpu")                        # never remembers anything
     ex = Executor(net, image, "cpu")
     xq = ex.quantize_input(data.test.x)

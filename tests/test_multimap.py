@@ -11,27 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import lowered_network
 
-from flow.core.config import RunConfig
 from flow.core.executor import Executor
 from flow.core.image import MemoryImage
 from flow.core.multimap import MapParams, predict_maps
-from flow.nn.lower import lower_graph
-from flow.nn.qonnx_graph import export_module
-from flow.nn.train import model_from_config
-from flow.pipeline.session import load_data
 from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
 
 NETS = Path(__file__).with_name("user_nets.py")
 
 
 def _setup(arch: str):
-    cfg = RunConfig.model_validate({"seed": 0, "model": {"arch": arch}})
-    data = load_data(cfg)
-    torch.manual_seed(0)
-    model = model_from_config(cfg, data.input_shape, data.num_classes).eval()
-    net = lower_graph(export_module(model, data.input_shape), "maps")
-    image = MemoryImage.build(net, net.layers()[1:2])          # one layer protected
+    net, image, data = lowered_network(arch, "maps")             # one layer protected
     ex = Executor(net, image, "cpu")
     return net, image, ex, ex.quantize_input(data.test.x)
 
@@ -101,9 +92,8 @@ def test_campaign_with_batched_maps_stores_the_same_trials(tmp_path):
     """run_campaign with 4 maps per pass stores, trial by trial, what 1 map per pass stores."""
     from flow.reliability.campaign import CampaignSpec, run_campaign
     from flow.reliability.store import TrialStore
-    cfg = RunConfig.model_validate({"seed": 0, "model": {"arch": "cnn"}})
-    data = load_data(cfg)
-    net, image, ex, _ = _setup("cnn")
+    net, image, data = lowered_network("cnn", "maps")
+    ex = Executor(net, image, "cpu")
     spec = CampaignSpec(bers=(1e-4, 1e-2), trials=10, seed=3)
     rows = {}
     for k in (1, 4):

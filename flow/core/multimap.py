@@ -68,6 +68,16 @@ def _stack(ex: Executor, name: str, maps: list[MapParams]) -> torch.Tensor:
     return out
 
 
+def _param(ex: Executor, stacked: dict[str, torch.Tensor], name: str, k: int) -> torch.Tensor:
+    """Memory ``name`` for k maps, (k, *shape): the per-map tensor if some map changes it, else
+    the clean tensor repeated without a copy."""
+    t = stacked.get(name)
+    if t is not None:
+        return t
+    clean = ex.tensors[name]
+    return clean.unsqueeze(0).expand((k,) + tuple(clean.shape))
+
+
 def _exact(ex: Executor, node: Node, w: torch.Tensor, b: torch.Tensor | None) -> bool:
     """Whether every map's sums stay below 2**24 in one float32 kernel (``w``: (k, out, ...))."""
     src = ex.net.node(node.inputs[0])
@@ -89,13 +99,8 @@ def _conv_dense(ex: Executor, node: Node, x: torch.Tensor, shared: bool, k: int,
     the same for every map: one kernel with the maps' weights side by side as k times the
     outputs) or per map (k*B rows: a batched matrix product, or one convolution per map)."""
     a = node.attrs
-    w = stacked.get(a["weight"])
-    if w is None:
-        w = ex.tensors[a["weight"]].unsqueeze(0).expand((k,) + ex.tensors[a["weight"]].shape)
-    b = None
-    if a.get("bias"):
-        b = stacked.get(a["bias"])
-        b = _clean(ex, a["bias"], k) if b is None else b.reshape(k, -1)
+    w = _param(ex, stacked, a["weight"], k)
+    b = _param(ex, stacked, a["bias"], k).reshape(k, -1) if a.get("bias") else None
     if x.dtype != torch.float32 or not _exact(ex, node, w, b):
         return None
     b = None if b is None else b.to(torch.float32)
@@ -139,28 +144,15 @@ def _run_node(ex: Executor, node: Node, vals: dict[str, torch.Tensor], shared: s
                         ), False
     x = ins[node.inputs[0]]
     if node.op == "threshold":
-        thr = stacked.get(a["threshold"])
-        d = stacked.get(a["direction"])
-        thr = _clean(ex, a["threshold"], k) if thr is None else thr
-        d = _clean(ex, a["direction"], k) if d is None else d
-        xs, thr = _per_map(x, k, thr)
-        d = d.reshape(thr.shape)
+        xs, thr = _per_map(x, k, _param(ex, stacked, a["threshold"], k))
+        d = _param(ex, stacked, a["direction"], k).reshape(thr.shape)
         pos = torch.where(d > 0, xs >= thr, xs <= thr)
         return (pos.to(torch.float32) * 2 - 1).reshape(x.shape), False
     if node.op == "affine":
-        m = stacked.get(a["scale"])
-        o = stacked.get(a["offset"])
-        m = _clean(ex, a["scale"], k) if m is None else m
-        o = _clean(ex, a["offset"], k) if o is None else o
-        dt = ex._dtype[node.name]
-        xs, m = _per_map(x.to(dt), k, m)
-        return (xs * m + o.reshape(m.shape)).reshape(x.shape), False
+        xs, m = _per_map(x.to(ex._dtype[node.name]), k, _param(ex, stacked, a["scale"], k))
+        o = _param(ex, stacked, a["offset"], k).reshape(m.shape)
+        return (xs * m + o).reshape(x.shape), False
     raise ValueError(f"batched maps: no per-map form of op '{node.op}'")   # pragma: no cover
-
-
-def _clean(ex: Executor, name: str, k: int) -> torch.Tensor:
-    """The clean tensor of memory ``name`` as (k, elements), without a copy."""
-    return ex.tensors[name].reshape(1, -1).expand(k, -1)
 
 
 def _forward(ex: Executor, vals: dict[str, torch.Tensor], start: int, k: int,

@@ -16,6 +16,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,16 +219,18 @@ def sim_workers(requested: int | None) -> int:
 
 
 class _Simulators:
-    """One simulator per worker thread, each with its own work folder, result file and log
-    (the build is shared: it exists once on disk)."""
+    """Runs parts of an RTL campaign, one simulator per worker thread, each with its own work
+    folder, result file and log (the build is shared: it exists once on disk)."""
 
-    def __init__(self, project: Path, n_max: int, work: Path, cid: str) -> None:
+    def __init__(self, project: Path, n_max: int, work: Path, cid: str, hwc: np.ndarray,
+                 sampler: SeuSampler, seed: int) -> None:
         self.project, self.n_max, self.work, self.cid = project, n_max, work, cid
+        self.hwc, self.sampler, self.seed = hwc, sampler, seed
         self._local = threading.local()
         self._count = 0
         self._lock = threading.Lock()
 
-    def get(self) -> tuple[RtlSim, Path, Path, str]:
+    def _mine(self) -> tuple[RtlSim, Path, Path, str]:
         """This thread's simulator, work folder, result file and log name."""
         if not hasattr(self._local, "sim"):
             with self._lock:
@@ -238,6 +241,22 @@ class _Simulators:
             self._local.sim = (sim, self.work / f"w{n}",
                                self.work / f"trials_{self.cid}_w{n}.jsonl", f"sim_w{n}")
         return self._local.sim
+
+    def run(self, part: list[tuple[float, int]]) -> list[tuple[dict, object]]:
+        """The (BER, trial) pairs of ``part`` in one simulator launch: (task, result) each."""
+        sim, folder, results, log = self._mine()
+        batch = []
+        for b, t in part:
+            fmap = self.sampler.sample(b, trial_rng(self.seed, b, t))
+            batch.append({"id": [b, t], "flips": sim.flips(fmap), "n_faults": len(fmap)})
+        return list(zip(batch, sim.run(self.hwc, batch, folder, out_file=results, log=log)))
+
+    def each(self, pool: ThreadPoolExecutor, todo: list[tuple[float, int]], size: int
+             ) -> Iterator[tuple[dict, object]]:
+        """Every trial of ``todo`` as it finishes, parts of ``size`` spread over ``pool``."""
+        jobs = [pool.submit(self.run, todo[i:i + size]) for i in range(0, len(todo), size)]
+        for job in as_completed(jobs):
+            yield from job.result()
 
 
 def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
@@ -282,28 +301,16 @@ def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
                 _ingest(store, cid, f, y)                # trials a crashed run finished
             done = {b: store.done(cid, b) for b in bers}
             todo = [(b, t) for b in bers for t in range(trials) if t not in done[b]]
-            sims = _Simulators(run / "rtl", n_max, work, cid)
+            sims = _Simulators(run / "rtl", n_max, work, cid, hwc, sampler, seed)
             size = max(1, min(chunk, math.ceil(len(todo) / (2 * workers))))
-
-            def launch(part: list[tuple[float, int]]) -> list[tuple[dict, object]]:
-                one, folder, results, log = sims.get()
-                batch = []
-                for b, t in part:
-                    fmap = sampler.sample(b, trial_rng(seed, b, t))
-                    batch.append({"id": [b, t], "flips": one.flips(fmap), "n_faults": len(fmap)})
-                return list(zip(batch, one.run(hwc, batch, folder, out_file=results, log=log)))
-
             bar = tqdm(total=len(todo), desc="rtl campaign", unit="trial",
                        disable=not ctx.progress or None)
             t0 = time.perf_counter()
-            jobs = [pool.submit(launch, todo[i:i + size]) for i in range(0, len(todo), size)]
-            for job in as_completed(jobs):
-                for task, r in job.result():
-                    correct = int((r.preds == y).sum())
-                    store.add(cid, task["id"][0], task["id"][1], n_faults=task["n_faults"],
-                              correct=correct, total=len(y), seconds=r.wall_s)
-                    inferences += len(y)
-                    bar.update(1)
+            for task, r in sims.each(pool, todo, size):
+                store.add(cid, task["id"][0], task["id"][1], n_faults=task["n_faults"],
+                          correct=int((r.preds == y).sum()), total=len(y), seconds=r.wall_s)
+                inferences += len(y)
+                bar.update(1)
             wall = time.perf_counter() - t0      # elapsed: simulator launches included
             bar.close()
             summary = store.summary(cid, clean_accuracy=clean_correct / len(y))
