@@ -341,3 +341,12 @@ def test_faultmap_out_is_a_directory(tmp_path: Path, mlp_run: Path) -> None:
 def test_inject_margin_out_of_range(tmp_path: Path, run_copy: Path) -> None:
     res = hetq(tmp_path, "inject", run_copy.name, "--ber", "1e-3", "--margin", "2")
     assert_user_error(res, "margin", "2")
+
+
+def test_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`hetq boards | head`: a reader that closed the pipe (here `true`, which reads nothing and
+    exits before hetq has started) ends hetq quietly with 141, as SIGPIPE would."""
+    r = sp.run(f"'{sys.executable}' -m flow.cli boards | true; echo ${{PIPESTATUS[0]}}",
+               shell=True, executable="/bin/bash", capture_output=True, text=True, cwd=tmp_path)
+    assert r.stderr == "", r.stderr
+    assert r.stdout.strip() == "141"

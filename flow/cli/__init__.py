@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from flow import __version__
@@ -204,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hetq: interrupted", file=sys.stderr)
         return 130
-    print(json.dumps(res.to_json(), indent=2, default=str) if args.json else res.summary())
+    try:
+        print(json.dumps(res.to_json(), indent=2, default=str) if args.json else res.summary())
+        sys.stdout.flush()
+    except BrokenPipeError:            # the reader stopped early (``hetq boards | head``)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no error at exit
+        return 141                     # as a Unix tool killed by SIGPIPE
     return 0 if res.ok else 1
 
 
