@@ -31,7 +31,7 @@ QUICK = {"seed": 0, "train": {"epochs": 4},
          "campaign": {"bers": [1e-2], "trials": 5},
          "search": {"trials": 10, "finetune_epochs": 1, "accuracy_threshold": 0.5},
          "hls": {"replay_maps": 5, "replay_images": 40},
-         "sim": {"bers": [1e-2], "trials": 3, "images": 40},
+         "sim": {"bers": [1e-2], "trials": 3, "images": 40, "workers": 1},
          "report": {"boards": ["pynq-z2"], "baseline": False},
          # few MAC lanes: small designs, so Yosys takes about half the time
          "rtl": {"target_cycles": 4096}}

@@ -265,9 +265,10 @@ def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
     ``sim/<campaign>/``, written atomically, every trial to the run's store as it finishes.
 
     The campaign's trials are spread over ``sim.workers`` simulator processes (default: the
-    CPUs), at most ``chunk`` trials per process launch. When the run has an unprotected
-    baseline project (``rtl_base/``), its clean bit-exactness and cycles are measured too
-    (``baseline_check`` in the result), beside the campaign.
+    CPUs), one launch per worker when the campaign is small (a launch costs a Python start and
+    a model load, about a second of CPU), at most ``chunk`` trials per launch. When the run has
+    an unprotected baseline project (``rtl_base/``), its clean bit-exactness and cycles are
+    measured too (``baseline_check`` in the result), beside the campaign.
     """
     run, cfg = ctx.run, ctx.cfg
     bers = [check_ber(b) for b in (cfg.sim.bers or cfg.campaign.bers)]
@@ -302,7 +303,7 @@ def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
             done = {b: store.done(cid, b) for b in bers}
             todo = [(b, t) for b in bers for t in range(trials) if t not in done[b]]
             sims = _Simulators(run / "rtl", n_max, work, cid, hwc, sampler, seed)
-            size = max(1, min(chunk, math.ceil(len(todo) / (2 * workers))))
+            size = max(1, min(chunk, math.ceil(len(todo) / workers)))
             bar = tqdm(total=len(todo), desc="rtl campaign", unit="trial",
                        disable=not ctx.progress or None)
             t0 = time.perf_counter()
