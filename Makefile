@@ -8,10 +8,13 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-# torch first, pinned to the CPU wheel on disk; then the project with its test extras.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# torch first, pinned to the CPU wheel on disk; then the project with its test extras; then
+# MRFI, a peer of `hetq bench fi`, without its dependencies: its wheel requires torchvision,
+# which its core never imports (numpy, scipy, pyyaml and torch, which it does, are installed).
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps mrfi==2.1.0
 	touch $@
 
 setup: $(VENV)/.installed

@@ -1,64 +1,99 @@
-"""The fault-injection benchmark runs end to end (its figures are reported, not asserted)."""
+"""The benchmarks run end to end (their figures are reported, not asserted), and the peers are
+used as their users use them: PyTorchFI flips one bit of a weight's fixed-point code per fault,
+MRFI re-injects at every forward and leaves the weights alone in its golden run."""
 from __future__ import annotations
 
 import json
+import random
 
+import numpy as np
 import pytest
+import torch
 
-from flow.pipeline.bench import BERS, bench_text
+from flow.pipeline.bench import CLEAN, TOOLS, bench_text
+from flow.pipeline.bench_peers import (
+    FloatTwin,
+    flip_fixed_point,
+    mrfi_model,
+    pytorchfi_trial,
+    seed_peers,
+)
 from flow.pipeline.commands import Console, bench
+from flow.pipeline.session import open_session
 
 
 @pytest.mark.slow
-def test_bench_fi_reports_every_figure(tmp_path):
-    res = bench(str(tmp_path / "bench"), repeats=1, epochs=1, sets=["bench.trials=3"],
+def test_bench_fi_reports_every_tool_and_size(tmp_path):
+    res = bench(str(tmp_path / "bench"), repeats=1, epochs=1,
+                sets=["bench.trials=2", "bench.bers=[1e-3, 1e-2]", "bench.images=64",
+                      "bench.sizes=[{arch: mlp, width: 0.5}, {arch: cnn, width: 0.5}]"],
                 con=Console(progress=False)).to_json()
-    assert [r["ber"] for r in res["bers"]] == list(BERS)
-    for r in res["bers"]:
-        assert r["trials_per_second"] > 0 and r["pytorchfi_trials_per_second"] > 0
-        assert r["vs_clean_inference"] > 0 and r["vs_pytorchfi"] > 0
-    assert res["bers"][-1]["mean_faults"] > res["bers"][0]["mean_faults"]
-    assert "PyTorchFI" in bench_text(res)
+    assert [n["network"] for n in res["networks"]] == ["mlp x0.5", "cnn x0.5"]
+    assert res["test_images"] == 64
+    for n in res["networks"]:
+        assert [r["ber"] for r in n["bers"]] == [1e-3, 1e-2]
+        for r in n["bers"]:
+            assert all(r["trial_seconds"][k] > 0 for k in TOOLS)
+            assert all(r["clean_seconds"][k] > 0 for k in CLEAN)
+            assert set(r["hetq_speedup"]) == set(TOOLS[1:])
+            # MRFI float32 flips 32 bits per weight, the others the stored bits
+            assert r["flips"]["mrfi_float32"] == pytest.approx(
+                r["flips"]["mrfi_int"] * 32 * n["weights"] / n["weight_bits"])
+        assert n["bers"][1]["flips"]["hetq"] > n["bers"][0]["flips"]["hetq"]
+    text = bench_text(res)
+    assert "PyTorchFI" in text and "MRFI int" in text and "MRFI f32" in text
+    stored = json.loads((tmp_path / "bench" / "bench" / "result.json").read_text())
+    assert stored == res
 
 
-def test_pytorchfi_corrupts_the_same_weights(mlp_run):
-    """PyTorchFI's corrupted float twin holds exactly our faulty weights, dequantized."""
-    import numpy as np
-    import torch
-    from pytorchfi.core import fault_injection
+@pytest.mark.parametrize("bits,frac", [(8, 6), (4, 2), (2, 1)])
+def test_flip_fixed_point_flips_one_bit_of_the_code(bits, frac):
+    random.seed(0)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    for code in range(lo, hi + 1):
+        out = flip_fixed_point(torch.tensor(code * 2.0 ** -frac), bits, frac)
+        new = out * 2 ** frac
+        assert new == int(new) and lo <= new <= hi
+        diff = (code ^ int(new)) & ((1 << bits) - 1)
+        assert diff and diff & (diff - 1) == 0          # exactly one bit of the bits-bit word
 
-    from flow.core.executor import Executor
-    from flow.core.image import MemoryImage
-    from flow.pipeline.bench import _pfi_args, _Twin
-    from flow.pipeline.session import open_session
-    from flow.reliability.faults import Injector, sample_seu
 
+def test_pytorchfi_trial_flips_code_bits_at_its_own_locations(mlp_run):
     s = open_session(mlp_run, "cpu")
-    image = MemoryImage.build(s.net)            # unprotected, as in the benchmark
-    ex = Executor(s.net, image, "cpu")
-    twin = _Twin(s.net).eval()
-    pfi = fault_injection(twin, 4, input_shape=[1, 8, 8],
-                          layer_types=[torch.nn.Conv2d, torch.nn.Linear])
-    fmap = sample_seu(image, 2e-2, np.random.default_rng(3))
-    corrupted = pfi.declare_weight_fi(**_pfi_args(fmap, image, twin))
-    with Injector(image, ex).injected(fmap):
-        layers = [m for m in corrupted.modules() if isinstance(m, torch.nn.Linear)]
-        for name, lin in zip(twin.param_layers, layers):
-            frac = s.net.params[name].fmt.frac
-            assert torch.equal(lin.weight.data, ex.tensors[name] * 2.0 ** -frac)
+    twin = FloatTwin(s.net).eval()
+    trial = pytorchfi_trial(s.net, twin, 4, [1, 8, 8])
+    bits = sum(s.net.params[n].codes.size * s.net.params[n].fmt.bits for n in twin.param_layers)
+    seed_peers(3)
+    corrupted = trial(3e-4, bits)
+    changed = 0
+    for name, (_, a), (_, b) in zip(twin.param_layers, twin.weight_modules(),
+                                    corrupted.weight_modules()):
+        f = s.net.params[name].fmt
+        ca = (a.weight.detach().numpy() * 2.0 ** f.frac).astype(np.int64)
+        cb = (b.weight.detach().numpy() * 2.0 ** f.frac).astype(np.int64)
+        diff = (ca ^ cb) & ((1 << f.bits) - 1)
+        changed += int((diff != 0).sum())
+        assert all(d & (d - 1) == 0 for d in diff[diff != 0])   # one bit each (seed 3: distinct)
+    assert changed > 0
+    assert all(torch.equal(p, q) for p, q in zip(twin.parameters(),
+                                                 FloatTwin(s.net).parameters()))   # untouched
+    seed_peers(3)
+    again = trial(3e-4, bits)                               # seeded: the same faults
+    assert all(torch.equal(p, q) for p, q in zip(corrupted.parameters(), again.parameters()))
 
 
-def test_bench_clean_reports_each_size(tmp_path):
-    """`hetq bench clean` on two MLP widths: both timed, the 1M-weight one's layers past 2**24
-    named with the way they ran, the result stored in the run."""
-    from conftest import hetq_inproc
-    r = hetq_inproc(None, "bench", "clean", "--out", tmp_path / "b", "--repeats", "2", "--json",
-                    "--set", "bench.clean_sizes=[{arch: mlp, width: 0.5}, {arch: mlp, width: 16}]")
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads(r.stdout)
-    small, large = res["rows"]
-    assert (small["weights"], small["wide_layers"]) == (3392, {})
-    assert large["weights"] > 1_000_000 and set(large["wide_layers"]) == {"fc2", "fc3"}
-    assert set(large["wide_layers"].values()) <= {"split", "one kernel"}
-    assert all(row["executor_s"] > 0 and row["float_twin_s"] > 0 for row in res["rows"])
-    assert json.loads((tmp_path / "b" / "bench_clean" / "result.json").read_text()) == res
+def test_mrfi_injects_each_forward_and_not_in_its_golden_run(mlp_run):
+    s = open_session(mlp_run, "cpu")
+    twin = FloatTwin(s.net).eval()
+    x = s.data.test.x[:64]
+    seed_peers(0)
+    for integer in (True, False):
+        m = mrfi_model(s.net, twin, 1e-2, integer=integer)
+        with m.golden_run():
+            gold = m(x)
+        first, second = m(x), m(x)
+        assert not torch.equal(first, gold) and not torch.equal(first, second)
+        with m.golden_run():
+            assert torch.equal(m(x), gold)                  # weights restored before each call
+        if not integer:
+            assert torch.equal(gold, twin(x).detach())      # float32: nothing but the flips

@@ -285,3 +285,19 @@ def test_bad_run_requests_are_refused_before_anything_is_written(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith("hetq: error: report.boards: unknown board 'tiny-z7'")
     assert not (tmp_path / "run").exists()
+
+
+def test_search_pick_is_undominated_and_reported(flow_run):
+    """The whole run's search (pareto mode) builds a design no evaluated accurate design
+    dominates, and the report lists every design with both picks."""
+    res = json.loads((flow_run["run"] / "search" / "result.json").read_text())
+    pick, pool = res["designs"][res["chosen"]], [d for d in res["designs"] if d["meets_a"]]
+    assert pick in pool and not any(
+        d["weight_bits"] <= pick["weight_bits"] and d["drop"] <= pick["drop"]
+        and (d["weight_bits"], d["drop"]) != (pick["weight_bits"], pick["drop"]) for d in pool)
+    plan = json.loads((flow_run["run"] / "plan.json").read_text())
+    assert {e["weight_bits"] for e in plan["layers"].values()} == {pick["q"]}
+    table = next(t for t in _report(flow_run["run"])["tables"] if t["id"] == "search")
+    assert len(table["rows"]) == len(res["designs"])
+    assert [r[-1] for r in table["rows"]].count("pareto (plan)") + [
+        r[-1] for r in table["rows"]].count("pareto + paper (plan)") == 1

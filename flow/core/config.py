@@ -158,25 +158,32 @@ class ParallelConfig(_Strict):
 
 
 class BenchSize(_Strict):
-    """One network of ``hetq bench clean``: a zoo architecture and its width."""
+    """One network of ``hetq bench``: a zoo architecture and its width."""
 
     arch: Literal["mlp", "cnn"]
     width: Float = Field(gt=0)
 
 
 class BenchConfig(_Strict):
-    """``hetq bench fi``: repeats of the interleaved timing, trials per repeat. ``hetq bench
-    clean``: the networks (about 10k, 100k and 1M weights by default), their training epochs and
-    the timed runs per network."""
+    """``hetq bench fi`` and ``hetq bench clean``: the networks (about 10k, 100k and 1M weights
+    by default) and their training epochs; ``fi``: BERs, test images, trials per repeat and
+    repeats of the interleaved timing; ``clean``: timed runs per network."""
 
-    repeats: Int = Field(default=5, ge=1)
-    trials: Int = Field(default=20, ge=1)
-    clean_sizes: list[BenchSize] = Field(default_factory=lambda: [
+    sizes: list[BenchSize] = Field(default_factory=lambda: [
         BenchSize(arch="cnn", width=1), BenchSize(arch="cnn", width=4),
         BenchSize(arch="cnn", width=14), BenchSize(arch="mlp", width=4),
         BenchSize(arch="mlp", width=16)], min_length=1)
-    clean_epochs: Int = Field(default=1, ge=1)
+    epochs: Int = Field(default=1, ge=1)
+    bers: list[Float] = Field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2], min_length=1)
+    images: Int | None = Field(default=None, ge=1)
+    repeats: Int = Field(default=2, ge=1)
+    trials: Int = Field(default=5, ge=1)
     clean_repeats: Int = Field(default=15, ge=1)
+
+    @field_validator("bers")
+    @classmethod
+    def _ber_range(cls, v: list[float]) -> list[float]:
+        return _check_bers(v)
 
 
 class SearchConfig(_Strict):
@@ -189,6 +196,8 @@ class SearchConfig(_Strict):
     start_bits: Int = Field(default=8, ge=2, le=16)
     finetune_epochs: Int = Field(default=3, ge=1)
     finetune_lr_scale: Float = Field(default=0.1, gt=0)
+    mode: Literal["pareto", "paper"] = "pareto"
+    objective: Literal["bits", "rap"] = "bits"
 
 
 class TableConfig(_Strict):

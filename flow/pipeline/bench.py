@@ -1,228 +1,195 @@
-"""``hetq bench fi``: fault-injection throughput, measured side by side in one run.
+"""``hetq bench fi``: fault-injection throughput of hetq, PyTorchFI 0.6.0 and MRFI 2.1.0.
 
-On the digits CNN (trained here for a few epochs, seeded) and its test set:
+For each network of ``bench.sizes`` (the digits CNN and MLP, about 10k, 100k and 1M weights by
+default), trained ``bench.epochs`` epochs (seeded) and lowered, at each BER of ``bench.bers``,
+one trial of each tool classifies the test set (or its first ``bench.images``) under a new
+fault map:
 
-(a) campaign throughput of the integer executor (sample an SEU map, apply it in place, classify
-    the whole test set, undo) as a ratio against clean inference of the same executor;
-(b) the same throughput against PyTorchFI 0.6.0 weight injection (``declare_weight_fi``) on the
-    float twin of the network (plain Conv2d/Linear holding the dequantized weights), with the same
-    corrupted weights per trial (PyTorchFI only hooks leaf modules, so it cannot see the layers
-    inside Brevitas modules). PyTorchFI's fault lists are prepared outside its timed region;
-    our sampling is inside ours;
-(c) clean inference time of the integer executor against the Brevitas model's forward.
+- **hetq**: sample an SEU map of the weight-memory image, apply it in place, run the integer
+  executor, undo;
+- **PyTorchFI**: draw the fault count for the BER over the same stored bits, locations from its
+  own sampler, ``declare_weight_fi`` with a fixed-point bit-flip function, run the corrupted
+  float twin (:mod:`flow.pipeline.bench_peers`);
+- **MRFI int**: MRFI's weight injection, BER-rate selector, its symmetric quantization at the
+  layer's bit-width and power-of-two range, its integer random bit flip;
+- **MRFI float32**: the same selector at 32 bits per weight, its float32 bit flip.
 
-Every time is the median over ``repeats`` x ``trials`` measurements, taken in turn.
+Each tool's clean inference is timed too (hetq's executor, the float twin PyTorchFI runs, MRFI's
+golden run), so that injection cost (trial minus the tool's own clean inference) and inference
+speed are reported apart. Every call is timed in turn, trial by trial, ``bench.repeats`` x
+``bench.trials`` times, on one thread; figures are medians.
 """
 from __future__ import annotations
 
-import gc
+import logging
 import statistics
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from torch import nn
+from tqdm.auto import tqdm
 
+from flow.core.config import BenchSize, RunConfig
+from flow.core.errors import ConfigError
 from flow.core.executor import Executor
-from flow.core.image import MemoryImage, decode
+from flow.core.image import MemoryImage
 from flow.core.io import write_json
-from flow.core.ir import IntNetwork
-from flow.nn.train import load_checkpoint, logits, model_from_config
+from flow.pipeline.bench_clean import train_size
+from flow.pipeline.bench_peers import (
+    FloatTwin,
+    mrfi_model,
+    pytorchfi_trial,
+    seed_peers,
+    timed,
+)
 from flow.pipeline.runner import StepContext, StepResult
-from flow.pipeline.session import open_session
-from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
+from flow.reliability.faults import Injector, SeuSampler, trial_rng
 
-BERS = (1e-5, 1e-4, 1e-3, 1e-2)
-
-
-class _Twin(nn.Module):
-    """Float twin of a fixed-point integer network: dequantized weights, ReLU, max-pool."""
-
-    def __init__(self, net: IntNetwork) -> None:
-        super().__init__()
-        mods: list[nn.Module] = []
-        self.param_layers: list[str] = []
-        for node in net.nodes[1:]:
-            a = node.attrs
-            if node.op in ("conv", "dense"):
-                p = net.params[a["weight"]]
-                w = torch.tensor(p.codes * 2.0 ** -p.fmt.frac, dtype=torch.float32)
-                if node.op == "conv":
-                    m = nn.Conv2d(w.shape[1], w.shape[0], a["k"], stride=a["stride"],
-                                  padding=a["pad"], bias=a["bias"] is not None)
-                else:
-                    m = nn.Linear(w.shape[1], w.shape[0], bias=a["bias"] is not None)
-                m.weight.data.copy_(w)
-                if a["bias"]:
-                    b = net.params[a["bias"]]
-                    m.bias.data.copy_(torch.tensor(b.codes * 2.0 ** -b.fmt.frac))
-                mods.append(m)
-                self.param_layers.append(p.name)
-            elif node.op == "requant":
-                mods.append(nn.ReLU())
-            elif node.op == "maxpool":
-                mods.append(nn.MaxPool2d(a["k"]))
-            elif node.op == "flatten":
-                mods.append(nn.Flatten())
-            else:
-                raise ValueError(f"float twin: op {node.op} not supported")
-        self.seq = nn.Sequential(*mods)
-
-    def forward(self, x):
-        return self.seq(x)
+TOOLS = ("hetq", "pytorchfi", "mrfi_int", "mrfi_float32")
+CLEAN = ("hetq", "float_twin", "mrfi_int", "mrfi_float32")
+NAMES = {"hetq": "hetq", "pytorchfi": "PyTorchFI", "mrfi_int": "MRFI int",
+         "mrfi_float32": "MRFI f32", "float_twin": "float twin"}
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _require_peers() -> None:
+    """One line naming the missing peer and how to install it."""
+    for mod, how in (("pytorchfi", "pip install pytorchfi==0.6.0 (the bench extra)"),
+                     ("mrfi", "pip install --no-deps mrfi==2.1.0 (make setup does it)")):
+        try:
+            __import__(mod)
+        except ImportError as e:
+            raise ConfigError(f"bench fi: {mod} is not installed ({e.msg}); {how}") from None
 
 
-def _timed(fn, *args) -> float:
-    """Seconds one call takes, with the garbage collector off during the call (as ``timeit``).
+def _network(cfg: RunConfig, size: BenchSize, images: int | None) -> dict:
+    """Every timed call of one network: trials by BER and trial, clean inferences."""
+    net, data = train_size(cfg, size)
+    x = data.test.x if images is None else data.test.x[:images]
+    image = MemoryImage.build(net)
+    ex = Executor(net, image, "cpu")
+    inj, sampler = Injector(image, ex), SeuSampler(image)
+    xq = ex.quantize_input(x)
+    twin = FloatTwin(net).eval()
+    pfi = pytorchfi_trial(net, twin, len(x), list(x.shape[1:]))
+    bits = sampler.total_bits
+    seed = cfg.seed if cfg.campaign.seed is None else cfg.campaign.seed
+    return {"net": net, "x": x, "ex": ex, "twin": twin, "pfi": pfi, "bits": bits,
+            "sampler": sampler, "inj": inj, "xq": xq, "seed": seed,
+            "weights": int(sum(p.codes.size for p in net.params.values() if p.kind == "weight"))}
 
-    Without this, collections triggered by PyTorchFI's per-trial deep copies land in whichever
-    call comes next.
-    """
-    gc.collect()
-    gc.disable()
-    try:
-        t0 = time.perf_counter()
-        fn(*args)
-        return time.perf_counter() - t0
-    finally:
-        gc.enable()
 
+def _time_ber(n: dict, ber: float, repeats: int, trials: int) -> dict:
+    """Median seconds of every tool's trial and clean inference at ``ber``, timed in turn."""
+    x, ex, xq, twin = n["x"], n["ex"], n["xq"], n["twin"]
+    mrfi_i = mrfi_model(n["net"], twin, ber, integer=True)
+    mrfi_f = mrfi_model(n["net"], twin, ber, integer=False)
+    flips: list[int] = []
 
-def _pfi_args(fmap: FaultMap, image: MemoryImage, twin: _Twin) -> dict:
-    """PyTorchFI declare_weight_fi arguments that set the same corrupted weights as ``fmap``."""
-    layer_num, k, d1, d2, d3, value = [], [], [], [], [], []
-    for name in dict.fromkeys(fmap.memory.tolist()):
-        mem = image.memories[name]
-        sel = fmap.memory == name
-        words = mem.words.copy()
-        np.bitwise_xor.at(words, fmap.word[sel], np.left_shift(1, fmap.bit[sel]))
-        for wi in np.unique(fmap.word[sel]):
-            idx = np.unravel_index(int(wi), mem.shape)
-            code = int(decode(words[wi:wi + 1], mem.fmt, mem.protected)[0])
-            layer_num.append(twin.param_layers.index(name))
-            k.append(int(idx[0]))
-            d1.append(int(idx[1]))
-            d2.append(int(idx[2]) if len(idx) > 2 else None)
-            d3.append(int(idx[3]) if len(idx) > 3 else None)
-            value.append(code * 2.0 ** -mem.fmt.frac)
-    return {"layer_num": layer_num, "k": k, "dim1": d1, "dim2": d2, "dim3": d3, "value": value}
+    def hetq(t: int) -> None:
+        fmap = n["sampler"].sample(ber, trial_rng(n["seed"], ber, t))
+        flips.append(len(fmap))
+        with n["inj"].injected(fmap):
+            ex.predict(xq, quantized=True)
+
+    def golden(m) -> Callable[[int], None]:
+        def run(t: int) -> None:
+            with m.golden_run():
+                m(x).argmax(1)
+        return run
+
+    calls = {
+        ("trial", "hetq"): hetq,
+        ("trial", "pytorchfi"): lambda t: n["pfi"](ber, n["bits"])(x).argmax(1),
+        ("trial", "mrfi_int"): lambda t: mrfi_i(x).argmax(1),
+        ("trial", "mrfi_float32"): lambda t: mrfi_f(x).argmax(1),
+        ("clean", "hetq"): lambda t: ex.predict(xq, quantized=True),
+        ("clean", "float_twin"): lambda t: twin(x).argmax(1),
+        ("clean", "mrfi_int"): golden(mrfi_i),
+        ("clean", "mrfi_float32"): golden(mrfi_f),
+    }
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in calls}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for t in range(trials):        # in turn: a slow spell of the machine hits all alike
+                for k, fn in calls.items():
+                    times[k].append(timed(fn, t))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    trial = {tool: med[("trial", tool)] for tool in TOOLS}
+    clean = {tool: med[("clean", tool)] for tool in CLEAN}
+    own = {"hetq": clean["hetq"], "pytorchfi": clean["float_twin"],
+           "mrfi_int": clean["mrfi_int"], "mrfi_float32": clean["mrfi_float32"]}
+    return {"ber": ber,
+            "flips": {"hetq": sum(flips) / len(flips), "pytorchfi": ber * n["bits"],
+                      "mrfi_int": ber * n["bits"], "mrfi_float32": ber * 32 * n["weights"]},
+            "trial_seconds": trial, "clean_seconds": clean,
+            "injection_seconds": {k: trial[k] - own[k] for k in TOOLS},
+            "hetq_speedup": {k: trial[k] / trial["hetq"] for k in TOOLS if k != "hetq"}}
 
 
 @dataclass
 class BenchResult(StepResult):
-    """Every figure of the fault-injection benchmark (seconds, rates, ratios)."""
+    """Every figure of the fault-injection benchmark, by network and BER (seconds, ratios)."""
 
-    model: str
     data: str
     test_images: int
     repeats: int
     trials_per_repeat: int
     threads: int
-    weight_bits: int
-    clean_inference_seconds: dict
-    executor_vs_brevitas: float
-    bers: list[dict]
+    networks: list[dict]
 
     def summary(self) -> str:
         return bench_text(self.to_json())
 
 
 def run(ctx: StepContext) -> BenchResult:
-    """The benchmark on the run's trained network; ``bench/result.json``."""
-    from pytorchfi.core import fault_injection
-
-    cfg = ctx.cfg
-    repeats, trials = cfg.bench.repeats, cfg.bench.trials
-    seed = cfg.seed if cfg.campaign.seed is None else cfg.campaign.seed
-    s = open_session(ctx.run.path, "cpu")
-    data, net = s.data, s.net
-    dev = torch.device("cpu")
-    model = model_from_config(cfg, data.input_shape, data.num_classes)
-    model.load_state_dict(load_checkpoint(ctx.run / "train" / "model.pt")["state_dict"])
-    model.eval()
-    image = MemoryImage.build(net)
-    ex = Executor(net, image, dev)
-    inj = Injector(image, ex)
-    sampler = SeuSampler(image)
-    x = data.test.x
-    twin = _Twin(net).eval()
-    layer_types = [nn.Conv2d, nn.Linear]
-    pfi = fault_injection(twin, len(x), input_shape=list(x.shape[1:]), layer_types=layer_types)
-
-    xq = ex.quantize_input(x)
-    with torch.no_grad():
-        clean_brevitas = _median_time(lambda: logits(model, x).argmax(1), repeats)
-        clean_twin = _median_time(lambda: twin(x).argmax(1), repeats)
-    clean_exec = _median_time(lambda: ex.predict(xq, quantized=True), repeats)
-    rows = []
-    for ber in BERS:
-        maps = [sampler.sample(ber, trial_rng(seed, ber, t)) for t in range(trials)]
-        pfi_args = [_pfi_args(m, image, twin) for m in maps]
-
-        def clean(t: int) -> None:
-            ex.predict(xq, quantized=True)
-
-        def ours(t: int) -> None:
-            fmap = sampler.sample(ber, trial_rng(seed, ber, t))
-            with inj.injected(fmap):
-                ex.predict(xq, quantized=True)
-
-        def theirs(t: int) -> None:
-            args = pfi_args[t]
-            corrupted = pfi.declare_weight_fi(**args) if args["layer_num"] else twin
-            with torch.no_grad():
-                corrupted(x).argmax(1)
-
-        # Clean inference, our trial and PyTorchFI's trial are timed in turn, trial by trial,
-        # so a slow spell of the machine hits all three alike; figures are medians.
-        t_clean, t_ours, t_pfi = [], [], []
-        for _ in range(repeats):
-            for t in range(trials):
-                for fn, acc in ((clean, t_clean), (ours, t_ours), (theirs, t_pfi)):
-                    acc.append(_timed(fn, t))
-        med = statistics.median
-        rows.append({"ber": ber, "mean_faults": float(np.mean([len(m) for m in maps])),
-                     "clean_seconds": med(t_clean), "trial_seconds": med(t_ours),
-                     "trials_per_second": 1 / med(t_ours),
-                     "pytorchfi_trial_seconds": med(t_pfi),
-                     "pytorchfi_trials_per_second": 1 / med(t_pfi),
-                     "vs_clean_inference": med(t_clean) / med(t_ours),
-                     "vs_pytorchfi": med(t_pfi) / med(t_ours)})
-    res = BenchResult(
-        model=net.arch, data=cfg.data.name, test_images=len(x), repeats=repeats,
-        trials_per_repeat=trials, threads=torch.get_num_threads(),
-        weight_bits=image.size_bits(("weight",))["total"],
-        clean_inference_seconds={"executor": clean_exec, "brevitas": clean_brevitas,
-                                 "float_twin": clean_twin},
-        executor_vs_brevitas=clean_brevitas / clean_exec, bers=rows)
+    """The benchmark over ``bench.sizes`` x ``bench.bers``; ``bench/result.json``."""
+    _require_peers()
+    cfg, b = ctx.cfg, ctx.cfg.bench
+    seed_peers(cfg.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    logging.disable(logging.WARNING)       # MRFI warns on rates above 0.1 (float32 at 1e-2)
+    nets, images = [], 0
+    try:
+        bar = tqdm(total=len(b.sizes) * len(b.bers), desc="bench fi", unit="point",
+                   disable=not ctx.progress or None)
+        for size in b.sizes:
+            n = _network(cfg, size, b.images)
+            images = len(n["x"])
+            rows = []
+            for ber in b.bers:
+                rows.append(_time_ber(n, ber, b.repeats, b.trials))
+                bar.update(1)
+            nets.append({"network": f"{size.arch} x{size.width:g}", "arch": size.arch,
+                         "width": size.width, "weights": n["weights"],
+                         "weight_bits": n["bits"], "bers": rows})
+        bar.close()
+    finally:
+        logging.disable(logging.NOTSET)
+        torch.set_num_threads(threads)
+    res = BenchResult(data=cfg.data.name, test_images=images, repeats=b.repeats,
+                      trials_per_repeat=b.trials, threads=1, networks=nets)
     write_json(ctx.out / "result.json", res.to_json())
     return res
 
 
 def bench_text(res: dict) -> str:
-    """Human-readable table of :func:`bench_fi` results."""
-    c = res["clean_inference_seconds"]
-    lines = [f"{res['model']} on {res['data']}, {res['test_images']} test images, "
-             f"{res['weight_bits']} weight bits, "
+    """Human-readable tables of :func:`run`'s result: one per network."""
+    lines = [f"fault-injection trials on {res['data']} ({res['test_images']} test images each), "
              f"median of {res['repeats']} repeats x {res['trials_per_repeat']} trials, "
-             f"{res['threads']} threads",
-             f"clean inference: executor {1e3 * c['executor']:.2f} ms, Brevitas "
-             f"{1e3 * c['brevitas']:.2f} ms (executor {res['executor_vs_brevitas']:.2f}x faster), "
-             f"float twin {1e3 * c['float_twin']:.2f} ms",
-             f"{'BER':>8} {'flips':>7} {'trials/s':>9} {'PyTorchFI/s':>11} "
-             f"{'vs clean':>9} {'vs PyTorchFI':>12}"]
-    for r in res["bers"]:
-        lines.append(f"{r['ber']:>8.0e} {r['mean_faults']:>7.1f} {r['trials_per_second']:>9.1f} "
-                     f"{r['pytorchfi_trials_per_second']:>11.1f} {r['vs_clean_inference']:>8.2f}x "
-                     f"{r['vs_pytorchfi']:>11.2f}x")
+             f"{res['threads']} thread; ms per trial (injection = trial - the tool's clean "
+             f"inference), hetq's speed-up"]
+    for n in res["networks"]:
+        c = {k: statistics.median(r["clean_seconds"][k] for r in n["bers"]) for k in CLEAN}
+        lines.append(f"\n{n['network']}: {n['weights']:,} weights, {n['weight_bits']:,} stored "
+                     f"bits; clean ms (median over BERs): " + ", ".join(f"{NAMES[k]} {1e3 * c[k]:.2f}"
+                                                     for k in CLEAN))
+        lines.append(f"{'BER':>7} {'flips':>8} " + " ".join(f"{NAMES[k]:>17}" for k in TOOLS)
+                     + "  " + " ".join(f"{'vs ' + NAMES[k]:>12}" for k in TOOLS[1:]))
+        for r in n["bers"]:
+            ms, inj = r["trial_seconds"], r["injection_seconds"]
+            cells = [f"{1e3 * ms[k]:>8.2f} ({1e3 * inj[k]:>6.2f})" for k in TOOLS]
+            lines.append(f"{r['ber']:>7.0e} {r['flips']['hetq']:>8.1f} " + " ".join(
+                f"{c:>17}" for c in cells) + "  " + " ".join(
+                f"{r['hetq_speedup'][k]:>11.2f}x" for k in TOOLS[1:]))
     return "\n".join(lines)

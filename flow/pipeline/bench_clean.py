@@ -1,7 +1,7 @@
 """``hetq bench clean``: clean inference of the integer executor against the float twin, by size.
 
-For each network of ``bench.clean_sizes`` (zoo architecture and width; the digits CNN and MLP
-from about 10k to 1M weights by default), trained ``bench.clean_epochs`` epochs (seeded), lowered
+For each network of ``bench.sizes`` (zoo architecture and width; the digits CNN and MLP
+from about 10k to 1M weights by default), trained ``bench.epochs`` epochs (seeded), lowered
 and put in its memory image: the integer executor (exact, from the image) and the float twin
 (plain ``Conv2d``/``Linear`` holding the dequantized weights, ReLU, ``MaxPool2d``) classify the
 test set in turn, ``bench.clean_repeats`` times each; figures are medians. The result
@@ -16,16 +16,30 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from flow.core.config import RunConfig
+from flow.core.config import BenchSize, RunConfig
 from flow.core.executor import Executor
 from flow.core.image import MemoryImage
 from flow.core.io import write_json
+from flow.core.ir import IntNetwork
+from flow.nn.data import Dataset
 from flow.nn.lower import lower_graph
 from flow.nn.qonnx_graph import export_module
 from flow.nn.train import train
-from flow.pipeline.bench import _timed, _Twin
+from flow.pipeline.bench_peers import FloatTwin, timed
 from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import load_data
+
+
+def train_size(cfg: RunConfig, size: BenchSize) -> tuple[IntNetwork, Dataset]:
+    """The zoo network ``size`` trained ``bench.epochs`` epochs on the run's data (seeded, 8-bit
+    weights and activations unless the config says otherwise), lowered; and the data."""
+    obj = cfg.model_dump(mode="json")
+    obj["model"].update(arch=size.arch, width=size.width, weight_bits={}, protected=[])
+    obj["train"]["epochs"] = cfg.bench.epochs
+    c = RunConfig.model_validate(obj)
+    data = load_data(c)
+    model, _ = train(c, data, torch.device("cpu"), progress=False)
+    return lower_graph(export_module(model, data.input_shape), size.arch), data
 
 
 @dataclass
@@ -51,24 +65,18 @@ class CleanBenchResult(StepResult):
 
 
 def run(ctx: StepContext) -> CleanBenchResult:
-    """Time every network of ``bench.clean_sizes``; ``bench_clean/result.json``."""
+    """Time every network of ``bench.sizes``; ``bench_clean/result.json``."""
     cfg = ctx.cfg
     b = cfg.bench
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         rows = []
-        for size in tqdm(b.clean_sizes, desc="bench clean", unit="network",
+        for size in tqdm(b.sizes, desc="bench clean", unit="network",
                          disable=not ctx.progress or None):
-            obj = cfg.model_dump(mode="json")
-            obj["model"].update(arch=size.arch, width=size.width, weight_bits={}, protected=[])
-            obj["train"]["epochs"] = b.clean_epochs
-            c = RunConfig.model_validate(obj)
-            data = load_data(c)
-            model, _ = train(c, data, torch.device("cpu"), progress=False)
-            net = lower_graph(export_module(model, data.input_shape), size.arch)
+            net, data = train_size(cfg, size)
             ex = Executor(net, MemoryImage.build(net), "cpu")
-            twin = _Twin(net).eval()
+            twin = FloatTwin(net).eval()
             x = data.test.x
             xq = ex.quantize_input(x)
             t_ex, t_twin = [], []
@@ -76,8 +84,8 @@ def run(ctx: StepContext) -> CleanBenchResult:
                 ex.run(xq, quantized=True)
                 twin(x)
                 for _ in range(b.clean_repeats):          # in turn: a slow spell hits both
-                    t_ex.append(_timed(lambda: ex.run(xq, quantized=True)))
-                    t_twin.append(_timed(lambda: twin(x)))
+                    t_ex.append(timed(lambda: ex.run(xq, quantized=True)))
+                    t_twin.append(timed(lambda: twin(x)))
             te, tt = statistics.median(t_ex), statistics.median(t_twin)
             rows.append({
                 "network": f"{size.arch} x{size.width:g}", "arch": size.arch,

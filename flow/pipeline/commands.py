@@ -196,27 +196,17 @@ def zobnn(config: str | None, out: str, *, trials: int | None = None, sets=None,
 
 def bench(out: str, *, what: str = "fi", repeats: int | None = None, seed: int | None = None,
           epochs: int | None = None, sets=None, con: Console = Console()) -> StepResult:
-    """``hetq bench fi``: train the digits CNN into ``out`` (once), then the benchmark.
-    ``hetq bench clean``: clean inference of the executor and the float twin by size."""
-    if what == "clean":
-        cfg = _configure(load_config(None), {"bench.clean_repeats": (repeats, "--repeats"),
-                                             "seed": (seed, "--seed"),
-                                             "bench.clean_epochs": (epochs, "--epochs")}, sets)
-        run = RunDir(out)
-        run.init(cfg.to_yaml(), cfg.seed)
-        runner = Runner(run, cfg, progress=con.progress, verbose=con.verbose)
-        return runner.run_flow(S.BENCH_CLEAN_FLOW)["bench_clean"]
-    cfg = _configure(load_config(None), {"bench.repeats": (repeats, "--repeats"),
-                                         "seed": (seed, "--seed"),
-                                         "train.epochs": (epochs, "--epochs")}, sets)
-    from flow.pipeline.train_step import validate
+    """``hetq bench fi``: fault-injection trials of hetq, PyTorchFI and MRFI by network size.
+    ``hetq bench clean``: clean inference of the executor and the float twin by size. Both
+    train each network of ``bench.sizes`` (``--epochs``: ``bench.epochs``) in ``out``."""
+    key = "bench.clean_repeats" if what == "clean" else "bench.repeats"
+    cfg = _configure(load_config(None), {key: (repeats, "--repeats"), "seed": (seed, "--seed"),
+                                         "bench.epochs": (epochs, "--epochs")}, sets)
     run = RunDir(out)
-    if not (run.exists() and run.step_done("train")):
-        validate(cfg)
     run.init(cfg.to_yaml(), cfg.seed)
     runner = Runner(run, cfg, progress=con.progress, verbose=con.verbose)
-    res = runner.run_flow(S.BENCH_FLOW, runner.resume_point(S.BENCH_FLOW[:1]))
-    return res["bench"]
+    flow = S.BENCH_CLEAN_FLOW if what == "clean" else S.BENCH_FLOW
+    return runner.run_flow(flow)[flow[0].name]
 
 
 # -- steps on an existing run ----------------------------------------------------------------------

@@ -133,6 +133,37 @@ class _Builder:
                       ylabel="LVF = vulnerable bits / tested bits")
             self.figures.append({"id": "lvf", "title": "LVF per layer (GA)", "file": "lvf.png"})
 
+    def search_section(self) -> None:
+        """Every design Algorithm 1 evaluated, with both picks (when ``hetq search`` ran)."""
+        path = self.run / "search" / "result.json"
+        if "search" not in self.steps or not path.is_file():
+            return
+        res, f, rows = read_json(path, "search result"), self.facts, []
+        if "designs" not in res:
+            return
+        src = "search/result.json"
+        for i, d in enumerate(res["designs"]):
+            picks = [w for w, j in (("pareto", res["chosen"]), ("paper", res["paper_choice"]))
+                     if i == j]
+            k = f"search.d{i}"
+            rows.append([
+                d["step"], "kept" if d["q"] is None else str(d["q"]),
+                ", ".join(d["protected"]) or "none",
+                f.add(f"{k}.accuracy", 100.0 * d["accuracy"], "%", src),
+                f.add(f"{k}.drop", 100.0 * d["drop"], "%", src),
+                f"[{100 * d['drop_low']:.2f}, {100 * d['drop_high']:.2f}]",
+                f.add(f"{k}.weight_bits", d["weight_bits"], "bits", src),
+                f.add(f"{k}.rap", d["rap_pct"], "%", src),
+                " + ".join(picks) + (" (plan)" if picks and res["mode"] in picks else "")])
+        t = res["thresholds"]
+        self.tables.append(_table(
+            "search", "Algorithm 1: every design evaluated",
+            ["step", "q", "protected", "accuracy (%)", "drop (%)", "drop 95 % CI",
+             "weight bits", "RAP (%)", "pick"], rows,
+            f"a = {t['accuracy']}, r = {t['drop']}, drop at BER {t['ber']:g} over "
+            f"{t['trials']} maps; RAP relative to the first design. search.mode = "
+            f"{res['mode']}, objective {res['objective']}: {res['choice_reason']}."))
+
     # ---- resources ----
     def resources_section(self) -> None:
         f = self.facts
@@ -468,6 +499,7 @@ class _Builder:
 
     def build(self) -> dict:
         self.plan_section()
+        self.search_section()
         self.resources_section()
         self.latency_section()
         self.reliability_section()

@@ -41,7 +41,7 @@ TABLE_FLOW: list[Step] = [TRAIN, TABLE]
 """``hetq table``: train (if new), then the paper's experiment."""
 ZOBNN_FLOW: list[Step] = [ZOBNN]
 """``hetq zobnn``: the ZOBNN study (it trains its own networks)."""
-BENCH_FLOW: list[Step] = [TRAIN, BENCH]
+BENCH_FLOW: list[Step] = [BENCH]
 """``hetq bench fi``: train the benchmark's network, then measure."""
 BENCH_CLEAN_FLOW: list[Step] = [BENCH_CLEAN]
 """``hetq bench clean``: it trains its own networks."""
