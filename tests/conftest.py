@@ -144,3 +144,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Order the session: the modules of ``_FIRST`` in that order, then the rest as collected."""
     rank = {name: i for i, name in enumerate(_FIRST)}
     items.sort(key=lambda it: rank.get(it.path.name, len(_FIRST)))
+
+
+def hls_reuse_factors(prj: Path) -> list[int]:
+    """The reuse factor of every dense/conv layer config in the generated ``parameters.h``, in
+    the project's layer order (a convolution's inner ``_mult`` config is not a layer)."""
+    text = (prj / "firmware" / "parameters.h").read_text()
+    blocks = re.findall(r"struct config\d+ : nnet::(?:dense|conv2d|pointwise_conv2d)_config "
+                        r"\{(.*?)\n\};", text, re.S)
+    return [int(re.search(r"reuse_factor = (\d+);", b).group(1)) for b in blocks]

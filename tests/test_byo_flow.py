@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_config
+from conftest import hls_reuse_factors, write_config
 
 from flow.cli import main
 
@@ -91,6 +91,12 @@ def test_dense_64_37_23_10(tmp_path, capsys):
     assert [mems[f"{x}.weight"]["protected"] for x in layers] == [False, True, False]
     assert set(res["rank"]["ranking"]) == set(layers)
     check_hardware(res, ["classifier.fc2"])
+    # hls4ml's valid reuse factors for 64x37, 37x23 and 23x10 products: its closest-to-4 rule
+    # takes 4, 1 and 1 (fully parallel, weights in logic); hetq the smallest valid one >= 4
+    rf = res["hls"]["reuse_factors"]
+    assert [rf[x]["used"] for x in layers] == [4, 37, 23]
+    assert not any(v["fully_parallel"] for v in rf.values())
+    assert hls_reuse_factors(run / "hls" / "prj") == [rf[x]["used"] for x in layers]
     s = res["search"]
     assert s["q"] in [r["q"] for r in s["tried"]] and s["note"] is None
     plan = json.loads((run / "plan.json").read_text())

@@ -147,3 +147,45 @@ def test_small_weights_run_one_kernel_until_faults_make_them_large(op, n_in, n_o
         assert np.array_equal(ex.run(xt, quantized=True).numpy().astype(np.int64),
                               _reference(op, x, faulty, b // 64, k))
     assert not ex.split("l")
+
+
+def test_incremental_sums_and_plan_follow_the_faults():
+    """A split layer's sums of |codes| are updated word by word (equal to recounting them), its
+    chunk plan stays while every touched output fits and is planned again when one does not;
+    every result stays exact, before, under and after the faults."""
+    from flow.core.executor import _colsum
+    rng = np.random.default_rng(3)
+    n_in, n_out = 4096, 6
+    x = rng.integers(0, 1 << IN_BITS, (5, n_in, 1, 1))
+    w = rng.integers(-40, 41, (n_out, n_in))
+    b = rng.integers(-1000, 1000, n_out)
+    net = _net("dense", n_in, n_out, w, b)
+    image = MemoryImage.build(net, [])
+    ex = Executor(net, image, "cpu")
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    assert np.array_equal(ex.run(xt, quantized=True).numpy().astype(np.int64),
+                          _reference("dense", x, w, b, 1))
+    clean_plan = ex._chunks_now("l")
+    assert ex.split("l") and len(clean_plan) >= 2
+    m = image.memory("l.weight")
+    inj = Injector(image, ex)
+
+    def check(codes):
+        got = ex.run(xt, quantized=True).numpy().astype(np.int64)
+        assert np.array_equal(got, _reference("dense", x, codes, b, 1))
+        assert np.array_equal(ex._colsum["l"], _colsum(ex.tensors["l.weight"]))
+        assert np.array_equal(ex._absum["l"], ex._colsum["l"].sum(1))
+
+    few = FaultMap(["l.weight"] * 20, rng.choice(m.depth, 20, replace=False), [0] * 20,
+                   ["flip"] * 20)          # LSB flips: every chunk still fits, the plan stays
+    with inj.injected(few):
+        check(image.codes("l.weight").reshape(w.shape))
+        assert ex._plan["l"] is clean_plan
+    first = clean_plan[0]                  # MSB flips across output 0's first chunk: it no
+    words = np.arange(first.start, first.stop)          # longer fits, so it is planned again
+    many = FaultMap(["l.weight"] * words.size, words, [W_BITS - 1] * words.size,
+                    ["flip"] * words.size)
+    with inj.injected(many):
+        check(image.codes("l.weight").reshape(w.shape))
+        assert len(ex._chunks_now("l")) > len(clean_plan)
+    check(w)

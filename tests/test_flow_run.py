@@ -301,3 +301,66 @@ def test_search_pick_is_undominated_and_reported(flow_run):
     assert len(table["rows"]) == len(res["designs"])
     assert [r[-1] for r in table["rows"]].count("pareto (plan)") + [
         r[-1] for r in table["rows"]].count("pareto + paper (plan)") == 1
+
+
+def _hand_map(path: Path, plan: dict, words_hit: int = 6) -> dict:
+    """A fault map written by hand (not by hetq's sampler): in each protected layer one MSB copy
+    of some words (masked by the voter) and two copies of another (not masked); in each
+    unprotected layer the MSB of some words."""
+    faults = []
+    for name, e in plan["layers"].items():
+        n = e["weight_bits"]
+        if e["protected"]:
+            faults += [{"memory": f"{name}.weight", "word": 7 * w, "bit": n + 1}
+                       for w in range(words_hit)]
+            faults += [{"memory": f"{name}.weight", "word": 5, "bit": b} for b in (n, n + 1)]
+        else:
+            faults += [{"memory": f"{name}.weight", "word": 11 * w + 3, "bit": n - 1}
+                       for w in range(words_hit)]
+    obj = {"version": 1, "faults": faults}
+    path.write_text(json.dumps(obj))
+    return obj
+
+
+def test_user_fault_map_replays_bit_exact_in_rtl_and_csim(flow_run, tmp_path):
+    """`hetq sim --map` and `hetq hls --map` on a hand-written map: every image's class scores
+    equal the executor's under the same map, and the RTL's accuracy is `hetq inject --map`'s."""
+    run = flow_run["run"]
+    plan = json.loads((run / "plan.json").read_text())
+    fmap = tmp_path / "map.json"
+    obj = _hand_map(fmap, plan)
+    sw = json.loads(hetq_inproc(None, "inject", str(run), "--map", fmap, "--json").stdout)
+    for cmd, level in (("sim", "rtl"), ("hls", "csim")):
+        r = hetq_inproc(None, cmd, str(run), "--map", fmap, "--json")
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = json.loads(r.stdout)
+        assert res["level"] == level and res["faults"] == len(obj["faults"])
+        assert res["scores_equal"] == res["predictions_equal"] == res["images"] > 0
+        assert res["predictions"] == sw["predictions"][:res["images"]]
+        if res["images"] == sw["total"]:
+            assert res["correct"] == sw["correct"]
+    assert not list(run.glob("hls_map_*"))                      # the C-sim build is removed
+    assert (run / "hls_map.log").is_file() and (run / "sim_map.log").is_file()
+
+
+@pytest.mark.parametrize("cmd", ["sim", "hls"])
+def test_bad_user_maps_at_hw_levels_are_one_line_errors(flow_run, tmp_path, cmd):
+    run = flow_run["run"]
+    cases = [({"version": 1, "faults": [{"memory": "nope.weight", "word": 0, "bit": 0}]},
+              "faultmap.faults[0].memory: unknown memory 'nope.weight'"),
+             ({"version": 1, "faults": [{"memory": "fc1.weight", "word": 0, "bit": 0,
+                                         "kind": "stuck1"}]},
+              "faultmap.faults[0].kind: 'stuck1' cannot be replayed"),
+             ({"version": 1, "faults": [{"memory": "fc1.weight", "word": 10 ** 9, "bit": 0}]},
+              "faultmap.faults[0].word: word 1000000000 outside memory 'fc1.weight'")]
+    if cmd == "hls":
+        cases.append(({"version": 1, "faults": [{"memory": "fc1.bias", "word": 0, "bit": 0}]},
+                      "faultmap.faults[0].memory: 'fc1.bias' is not stored in a memory in "
+                      "C-sim"))
+    for obj, msg in cases:
+        f = tmp_path / "bad.json"
+        f.write_text(json.dumps(obj))
+        r = hetq_inproc(None, cmd, str(run), "--map", f)
+        assert r.returncode == 2 and r.stderr.startswith(f"hetq: error: {msg}"), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not list(run.glob("hls_map_*"))

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from conftest import hetq_inproc
+from conftest import hetq_inproc, hls_reuse_factors
 
 from flow.core.executor import Executor
 from flow.core.image import MemoryImage
@@ -65,6 +65,12 @@ def test_csim_bit_exact_on_test_set(request, tmp_path_factory, net, variant):
     assert len(np.unique(ref.argmax(1))) > 5
     assert (prj.folder.parent / "model.qonnx.onnx").is_file()
     onnx.checker.check_model(onnx.load(prj.folder.parent / "model.qonnx.onnx"))
+    # the reuse factor hetq recorded is the one in the generated parameters.h, at least the
+    # target (4) wherever hls4ml's valid list allows it
+    layers = list(s.plan["layers"])
+    used = [prj.reuse[n]["used"] for n in layers]
+    assert hls_reuse_factors(prj.folder) == used
+    assert all(u >= 4 or prj.reuse[n]["fully_parallel"] for n, u in zip(layers, used))
 
 
 @pytest.mark.parametrize("net", ["mlp", "cnn", "bmlp"])

@@ -121,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("sim", "Verilator + cocotb: bit-exactness, cycles, RTL fault campaign", "set",
              "ber", "trials", "seed", run_dir=True)
     sp.add_argument("--images", type=int, help="first N test images only")
+    sp.add_argument("--map", help="replay this JSON fault map in RTL instead of a campaign")
     sp = cmd("hls", "hls4ml project for a board, checked bit-exact in C-sim with fault replay",
              "set", "board", "boards_dir", run_dir=True)
     sp.add_argument("--backend", choices=["Vitis", "Vivado"], help="hls4ml backend")
+    sp.add_argument("--map", help="replay this JSON fault map in C-sim (project built before)")
     cmd("synth", "Yosys: LUT, FF, BRAM, DSP per stage, utilization and fit per board", "set",
         "board", "boards_dir", run_dir=True)
     sp = cmd("boards", "the target boards (part, clock, capacity)", "boards_dir")
@@ -177,6 +179,9 @@ def _dispatch(a: argparse.Namespace):
         return C.table(a.config, a.out, sets=sets, con=con)
     if c == "rtl":
         return C.rtl(a.run_dir, sets=sets, con=con)
+    if c in ("sim", "hls") and a.map is not None:
+        return C.replay_level(a.run_dir, a.map, "rtl" if c == "sim" else "csim",
+                              images=getattr(a, "images", None), sets=sets, con=con)
     if c == "sim":
         return C.sim(a.run_dir, ber=a.ber, trials=a.trials, seed=a.seed, images=a.images,
                      sets=sets, con=con)

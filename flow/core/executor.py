@@ -153,6 +153,7 @@ class Executor:
         # input's bound, and the fan-in chunks at the current weights (None: to be planned)
         self._colsum: dict[str, np.ndarray] = {}
         self._plan: dict[str, list[slice] | None] = {}
+        self._chunksum: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # per output and chunk
         self._absum: dict[str, np.ndarray] = {}
         self._in_mag: dict[str, int] = {}
         self._bias_of: dict[str, str | None] = {}
@@ -179,36 +180,61 @@ class Executor:
         return torch.as_tensor(codes, dtype=dtype, device=self.device).contiguous()
 
     def update(self, memory: str, words: np.ndarray) -> None:
-        """Re-decode the given word indices of ``memory`` from the image into the executor."""
+        """Re-decode the given word indices of ``memory`` from the image into the executor.
+
+        The cost grows with the number of words, not with the memory: a wide layer's sums of
+        |weight codes| change by the touched words' differences, and its fan-in chunks are
+        planned again only when a touched output's chunk sum no longer fits."""
         m = self.image.memories[memory]
-        vals = decode(m.words[words], m.fmt, m.protected)
+        u = np.asarray(words, dtype=np.int64)
+        if u.size > 1 and not (u[1:] > u[:-1]).all():   # an Injector passes them sorted, unique
+            u = np.unique(u)
+        vals = np.asarray(decode(m.words[u], m.fmt, m.protected))
         flat = self._flat.get(memory)
+        layer = self._layer_of.get(memory)
         if flat is not None:
-            flat[words] = vals
+            old = np.asarray(flat[u]) if layer is not None else None
+            flat[u] = vals
         else:
             t = self.tensors[memory].view(-1)
-            idx = torch.as_tensor(words, dtype=torch.long, device=self.device)
+            idx = torch.as_tensor(u, dtype=torch.long, device=self.device)
+            old = t[idx].cpu().numpy() if layer is not None else None
             t[idx] = torch.as_tensor(vals, dtype=t.dtype, device=self.device)
         if memory in self._clean:              # which words now differ from the clean values
-            u, first = np.unique(np.asarray(words), return_index=True)
             differs = self._differs[memory]
             before = int(differs[u].sum())
-            differs[u] = np.asarray(vals)[first] != self._clean[memory][u]
+            differs[u] = vals != self._clean[memory][u]
             self._ndiff[memory] += int(differs[u].sum()) - before
-        layer = self._layer_of.get(memory)
-        if layer is not None:                  # the touched outputs' sums of |weight codes|
-            w = self.tensors[memory]
-            rows = np.unique(np.asarray(words) // (w.numel() // w.shape[0]))
-            r = torch.as_tensor(rows, dtype=torch.long, device=w.device)
-            self._colsum[layer][rows] = _colsum(w[r])
-            self._absum[layer][rows] = self._colsum[layer][rows].sum(1)
-            self._plan[layer] = None
+        if layer is not None:
+            self._retally(layer, u, np.abs(vals).astype(np.int64)
+                          - np.abs(old).astype(np.int64))
+
+    def _retally(self, layer: str, u: np.ndarray, delta: np.ndarray) -> None:
+        """Add the |weight code| changes ``delta`` of the words ``u`` to ``layer``'s sums; drop
+        its chunk plan if a touched output's chunk no longer fits below 2**24."""
+        w = self.tensors[self.net.node(layer).attrs["weight"]]
+        per_row = w.numel() // w.shape[0]
+        spatial = per_row // w.shape[1]
+        rows, cols = u // per_row, (u % per_row) // spatial
+        np.add.at(self._colsum[layer], (rows, cols), delta)
+        np.add.at(self._absum[layer], rows, delta)
+        if self._plan[layer] is not None:
+            sums, chunk_of = self._chunksum[layer]
+            np.add.at(sums, (rows, chunk_of[cols]), delta)
+            touched = rows[np.r_[True, rows[1:] != rows[:-1]]]     # rows of sorted u: sorted
+            if int(sums[touched].max()) * self._in_mag[layer] >= EXACT_F32:
+                self._plan[layer] = None
 
     def _chunks_now(self, name: str) -> list[slice]:
         """The fan-in chunks of ``name`` at its current weights: as few as keep every output's
-        partial sum below 2**24 (never more than the worst-case plan)."""
+        partial sum below 2**24 (never more than the worst-case plan). A plan stays while it
+        fits (:meth:`update`)."""
         if self._plan[name] is None:
-            self._plan[name] = _chunks_for(self._colsum[name], self._in_mag[name])
+            plan = _chunks_for(self._colsum[name], self._in_mag[name])
+            chunk_of = np.concatenate([np.full(c.stop - c.start, i)
+                                       for i, c in enumerate(plan)])
+            sums = np.stack([self._colsum[name][:, c].sum(1) for c in plan], 1)
+            self._plan[name], self._chunksum[name] = plan, (sums, chunk_of)
         return self._plan[name]
 
     def wide_layers(self) -> list[str]:
@@ -225,6 +251,31 @@ class Executor:
         bias = self._bias_of[name]
         b_mag = int(self.tensors[bias].abs().max()) if bias else 0
         return int(self._absum[name].max()) * self._in_mag[name] + b_mag >= EXACT_F32
+
+    def _wide_outputs(self, name: str) -> np.ndarray:
+        """The outputs of ``name`` whose sum of |weight codes| times the input's bound, plus
+        their |bias code|, reach 2**24 at the current weights."""
+        bound = self._absum[name] * self._in_mag[name]
+        bias = self._bias_of[name]
+        if bias:
+            bound = bound + self.tensors[bias].abs().cpu().numpy().astype(np.int64)
+        return np.flatnonzero(bound >= EXACT_F32)
+
+    @staticmethod
+    def _kernel(op: str, a: dict, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """One float32 conv or dense kernel, without bias."""
+        if op == "conv":
+            return F.conv2d(x, w, None, stride=a["stride"], padding=a["pad"])
+        return F.linear(x, w)
+
+    def _chunked(self, op: str, a: dict, x: torch.Tensor, w: torch.Tensor,
+                 chunks: list[slice]) -> torch.Tensor:
+        """Exact float32 partials over the fan-in ``chunks``, added exactly in float64."""
+        acc = None
+        for c in chunks:
+            part = self._kernel(op, a, x[:, c], w[:, c])
+            acc = part.to(torch.float64) if acc is None else acc.add_(part)
+        return acc
 
     # -- running --------------------------------------------------------------------------------
     def _node(self, node: Node, vals: dict[str, torch.Tensor], inplace: bool) -> torch.Tensor:
@@ -248,13 +299,15 @@ class Executor:
                 if op == "conv":
                     return F.conv2d(x, w, b, stride=a["stride"], padding=a["pad"])
                 return F.linear(x, w, b)
-            acc = None
-            for c in chunks:               # exact float32 partials, added exactly in float64
-                if op == "conv":
-                    part = F.conv2d(x[:, c], w[:, c], None, stride=a["stride"], padding=a["pad"])
-                else:
-                    part = F.linear(x[:, c], w[:, c])
-                acc = part.to(torch.float64) if acc is None else acc.add_(part)
+            wide = self._wide_outputs(node.name)
+            if 2 * wide.size < w.shape[0]:
+                # few outputs reach 2**24: one float32 kernel is exact for all the others, and
+                # the wide ones are computed again in chunks
+                acc = self._kernel(op, a, x, w).to(torch.float64)
+                rows = torch.as_tensor(wide, dtype=torch.long, device=w.device)
+                acc[:, rows] = self._chunked(op, a, x, w[rows], chunks)
+            else:
+                acc = self._chunked(op, a, x, w, chunks)
             if b is not None:
                 acc.add_(b.view((1, -1) + (1,) * (acc.dim() - 2)))
             return acc

@@ -143,6 +143,7 @@ class HlsProject:
     conv: bool
     layouts: dict          # image memory -> (txt path, position of each image word, kind)
     dirty: set = field(default_factory=set)   # memories whose weight files hold faults
+    reuse: dict = field(default_factory=dict)  # layer -> reuse factor target, used, n_in, n_out
 
     # -- inputs and outputs ---------------------------------------------------------------------
     def inputs(self, codes: np.ndarray) -> np.ndarray:
@@ -263,8 +264,10 @@ def build(qonnx_path: Path, net: IntNetwork, image: MemoryImage, folder: Path, *
     g.compile() if compile else g.write()
     if stamp is not None:
         _stamp(folder / "prj", stamp)
+    reuse = {n.get_attr("hetq_layer"): n.get_attr("hetq_reuse") for n in g.get_layers()
+             if n.get_attr("hetq_reuse")}
     if not (compile and replayable):
-        return HlsProject(g, net, image, folder / "prj", conv, {})
+        return HlsProject(g, net, image, folder / "prj", conv, {}, reuse=reuse)
     perms = {name: lay.perm for name, lay in design(net, image).layouts.items()
              if lay.kind == "weight"}
     layouts = {}
@@ -273,7 +276,7 @@ def build(qonnx_path: Path, net: IntNetwork, image: MemoryImage, folder: Path, *
         if name and "weight" in node.weights:
             mname = f"{name}.weight"
             layouts[mname] = _layout(node, image.memory(mname), perms[mname], folder / "prj")
-    return HlsProject(g, net, image, folder / "prj", conv, layouts)
+    return HlsProject(g, net, image, folder / "prj", conv, layouts, reuse=reuse)
 
 
 def _stamp(prj: Path, stamp: dict) -> None:

@@ -10,6 +10,10 @@ registered on the Vivado backend win over the Vitis ones):
   gives binary layers exact accumulator types; and replaces hls4ml's batch-norm + sign thresholds
   by the integer thresholds and direction bits of the integer network (hls4ml ignores a negative
   batch-norm scale);
+- the same pass sets each weight layer's reuse factor to the smallest one in hls4ml's valid list
+  that reaches the config's (``hls.reuse_factor`` is the target; hls4ml would take the closest
+  valid one, often 1, fully parallel, where the weights become logic rather than a memory) and
+  records it in the layer's ``hetq_reuse`` attribute;
 - config templates for Dense, Conv2D and PointwiseConv2D (hls4ml's form of a 1x1 convolution)
   whose product reads protected words through the 2-of-3 voter of ``hls_templates/hetq_nnet.h``,
   and a function template for the thresholds;
@@ -88,6 +92,7 @@ def _make_pass():
                 raise HlsError(f"hls: layer {k} ('{node.name}') has {w.data.size} weights, the "
                                f"plan's '{spec['name']}' has {spec['size']}")
             node.set_attr("hetq_layer", spec["name"])
+            self._reuse(model, node)
             if spec["binary"]:
                 # hls4ml keeps binary weights as 0/1 (XnorPrecisionType) or -1/+1
                 codes = np.where(w.data > 0, 1, -1)
@@ -109,6 +114,21 @@ def _make_pass():
                 # wrap-around: a flipped MSB reads as -2^(n-1), as the stored word means
                 w.update_precision(FixedPrecisionType(spec["bits"], spec["bits"] - spec["frac"],
                                                       signed=True))
+
+        @staticmethod
+        def _reuse(model, node) -> None:
+            """The smallest reuse factor in hls4ml's valid list that is at least the config's
+            (the target), so that the weights are read from a memory over several cycles;
+            hls4ml's own rule takes the closest valid one, which is often 1 (fully parallel:
+            the weights become logic). Only 1 is valid when the layer has a single product."""
+            backend = model.config.backend
+            n_in, n_out = backend.get_layer_mult_size(node)
+            valid = backend.get_valid_reuse_factors(n_in, n_out)
+            target = int(model.config.get_reuse_factor(node))
+            used = next((rf for rf in valid if rf >= target), valid[-1])
+            node.set_attr("reuse_factor", used)
+            node.set_attr("hetq_reuse", {"target": target, "used": used, "n_in": n_in,
+                                         "n_out": n_out, "fully_parallel": used == 1})
 
         def _threshold(self, model, node) -> None:
             layers = [n for n in model.get_layers()

@@ -181,9 +181,9 @@ def bench_text(res: dict) -> str:
              f"inference), hetq's speed-up"]
     for n in res["networks"]:
         c = {k: statistics.median(r["clean_seconds"][k] for r in n["bers"]) for k in CLEAN}
+        clean = ", ".join(f"{NAMES[k]} {1e3 * c[k]:.2f}" for k in CLEAN)
         lines.append(f"\n{n['network']}: {n['weights']:,} weights, {n['weight_bits']:,} stored "
-                     f"bits; clean ms (median over BERs): " + ", ".join(f"{NAMES[k]} {1e3 * c[k]:.2f}"
-                                                     for k in CLEAN))
+                     f"bits; clean ms (median over BERs): {clean}")
         lines.append(f"{'BER':>7} {'flips':>8} " + " ".join(f"{NAMES[k]:>17}" for k in TOOLS)
                      + "  " + " ".join(f"{'vs ' + NAMES[k]:>12}" for k in TOOLS[1:]))
         for r in n["bers"]:

@@ -371,6 +371,20 @@ def replay(run_dir: str, map_path: str, *, device=None) -> ReplayResult:
                         pred.cpu().tolist())
 
 
+def replay_level(run_dir: str, map_path: str, level: str, *, images=None, sets=None,
+                 con: Console = Console()) -> StepResult:
+    """``hetq sim --map`` (``level`` rtl) and ``hetq hls --map`` (csim): one JSON fault map at
+    that level beside the integer executor under the same map; the tools' output goes to
+    ``RUN_DIR/sim_map.log`` or ``hls_map.log``."""
+    from flow.pipeline import map_replay
+    from flow.pipeline.console import tools_to_log
+    run, cfg = _existing(run_dir, {"sim.images": (images, "--images")}, sets)
+    with tools_to_log(run.path / f"{'sim' if level == 'rtl' else 'hls'}_map.log", con.verbose):
+        if level == "rtl":
+            return map_replay.replay_rtl(run, map_path, cfg.sim.images)
+        return map_replay.replay_csim(run, cfg, map_path)
+
+
 @dataclass
 class FaultMapResult(StepResult):
     """Where a sampled fault map was written and how many faults it holds."""

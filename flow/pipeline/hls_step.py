@@ -51,6 +51,14 @@ def _replay(s: Session, prj, codes, ref_clean, maps: int, ber: float, seed: int,
             "csim_predict_ms": 1e3 * t_predict / n, "images": int(codes.shape[0])}
 
 
+def _parallel(v: dict) -> str:
+    """The note on a layer hls4ml builds fully parallel (its weights become logic)."""
+    if not v["fully_parallel"]:
+        return ""
+    why = ", the only valid factor" if v["target"] > 1 else ""
+    return f" (fully parallel: weights in logic, not a memory{why})"
+
+
 @dataclass
 class HlsResult(StepResult):
     """The hls4ml project of the run: its board and settings, C-sim vs the executor, replay."""
@@ -65,6 +73,7 @@ class HlsResult(StepResult):
     protected: list[str]
     csim: dict
     replay: dict
+    reuse_factors: dict          # layer -> {target, used, n_in, n_out, fully_parallel}
 
     @property
     def ok(self) -> bool:
@@ -74,8 +83,9 @@ class HlsResult(StepResult):
         c, r, b = self.csim, self.replay, self.board
         return "\n".join([
             f"hls4ml {self.backend} project for {b['name']} ({b['part']}, "
-            f"{b['clock_mhz']:g} MHz), {self.io_type}, reuse factor {self.reuse_factor}: "
-            f"{self.project}",
+            f"{b['clock_mhz']:g} MHz), {self.io_type}: {self.project}",
+            "reuse factor (target " + str(self.reuse_factor) + ", hls4ml's valid list): "
+            + ", ".join(f"{k} {v['used']}" + _parallel(v) for k, v in self.reuse_factors.items()),
             f"protected layers: {', '.join(self.protected) or 'none'}",
             f"C-sim vs integer executor on {c['images']} images: "
             + ("bit-exact" if c["bit_exact"] else f"{c['mismatched_images']} images DIFFER"),
@@ -125,7 +135,7 @@ def run(ctx: StepContext) -> HlsResult:
         protected=sorted(n for n, e in s.plan["layers"].items() if e["protected"]),
         csim={"images": int(codes.shape[0]), "bit_exact": mismatched == 0,
               "mismatched_images": mismatched, "predict_s": predict_s},
-        replay=replay)
+        replay=replay, reuse_factors=prj.reuse)
     write_json(folder / "summary.json", res.to_json())
     # the project is written in hls.partial/ and renamed afterwards: record its final folder
     yml = folder / "prj" / "hls4ml_config.yml"

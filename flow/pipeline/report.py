@@ -455,6 +455,29 @@ class _Builder:
                                      "Details and sources below; hover a number on the page."))
 
     # ---- checks and provenance ----
+    def hls_section(self) -> None:
+        """The reuse factor hls4ml used per weight layer (hls/summary.json), and where the
+        weights live: a memory read over that many cycles, or logic when fully parallel."""
+        path = self.run / "hls" / "summary.json"
+        if not path.is_file():
+            return
+        h, f, rows = read_json(path, "hls summary"), self.facts, []
+        src = "hls/summary.json (hls4ml's layer attributes; firmware/parameters.h)"
+        for layer, v in h.get("reuse_factors", {}).items():
+            rows.append([layer, f.add(f"hls.{layer}.rf_target", v["target"], "", src),
+                         f.add(f"hls.{layer}.rf_used", v["used"], "", src),
+                         f"{v['n_in']} x {v['n_out']}",
+                         "logic (fully parallel)" if v["fully_parallel"] else
+                         "memory, read over the reuse factor's cycles"])
+        if rows:
+            self.tables.append(_table(
+                "hls_reuse", "hls4ml reuse factor per weight layer",
+                ["layer", "target (hls.reuse_factor)", "used", "products (n_in x n_out)",
+                 "weights in"], rows,
+                "hetq takes the smallest factor in hls4ml's valid list that reaches the target, "
+                "so that the weights stay in memories; only a layer whose valid list holds no "
+                "such factor but 1 is fully parallel."))
+
     def checks_section(self) -> None:
         f, rows = self.facts, []
         hls_sum = self.run / "hls" / "summary.json"
@@ -503,6 +526,7 @@ class _Builder:
         self.resources_section()
         self.latency_section()
         self.reliability_section()
+        self.hls_section()
         self.checks_section()
         self.steps_section()
         self.summary_section()
