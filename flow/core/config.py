@@ -228,10 +228,14 @@ class FoldConfig(_Strict):
 
 
 class RtlConfig(_Strict):
-    """The RTL accelerator: folding per layer, or a cycle target the default folding meets."""
+    """The RTL accelerator: folding per layer, or a cycle target the default folding meets;
+    the vectors and fault maps of its standalone cocotb tests (``RUN_DIR/rtl/test_accel.py``)."""
 
     target_cycles: Int = Field(default=256, ge=1)
     folding: dict[str, FoldConfig] = Field(default_factory=dict)
+    test_images: Int = Field(default=64, ge=1)
+    test_maps: Int = Field(default=5, ge=0)
+    test_ber: Float = Field(default=1e-2, ge=0, le=1)
 
 
 class HlsConfig(_Strict):

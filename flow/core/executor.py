@@ -90,6 +90,17 @@ def _colsum(w: torch.Tensor) -> np.ndarray:
     return a.cpu().numpy().astype(np.int64)
 
 
+def _add_sorted(target: np.ndarray, idx: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """``target[idx] += delta`` for a nondecreasing ``idx`` with repeats (one add per distinct
+    index: a segmented sum, much faster than ``np.add.at``); returns the distinct indices."""
+    if idx.size == 0:
+        return idx
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+    keys = idx[starts]
+    target[keys] += np.add.reduceat(delta, starts)
+    return keys
+
+
 def _chunks_for(colsum: np.ndarray, in_mag: int) -> list[slice]:
     """Consecutive input-channel slices, each as wide as keeps every output's sum of |weight
     codes| over the slice, times ``in_mag``, below 2**24 (one channel at least)."""
@@ -216,12 +227,12 @@ class Executor:
         per_row = w.numel() // w.shape[0]
         spatial = per_row // w.shape[1]
         rows, cols = u // per_row, (u % per_row) // spatial
-        np.add.at(self._colsum[layer], (rows, cols), delta)
-        np.add.at(self._absum[layer], rows, delta)
+        colsum = self._colsum[layer]
+        _add_sorted(colsum.reshape(-1), rows * colsum.shape[1] + cols, delta)
+        touched = _add_sorted(self._absum[layer], rows, delta)
         if self._plan[layer] is not None:
             sums, chunk_of = self._chunksum[layer]
-            np.add.at(sums, (rows, chunk_of[cols]), delta)
-            touched = rows[np.r_[True, rows[1:] != rows[:-1]]]     # rows of sorted u: sorted
+            _add_sorted(sums.reshape(-1), rows * sums.shape[1] + chunk_of[cols], delta)
             if int(sums[touched].max()) * self._in_mag[layer] >= EXACT_F32:
                 self._plan[layer] = None
 

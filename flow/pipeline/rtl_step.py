@@ -30,6 +30,7 @@ from flow.core.image import MemoryImage
 from flow.hw.rtl import design
 from flow.hw.rtlgen import RtlManifest, write_project
 from flow.hw.rtlsim import RtlSim, image_codes_hwc, measured_timing, verilator_env
+from flow.pipeline.rtl_tests import write_tests
 from flow.pipeline.rundir import RunDir
 from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import Session, open_session
@@ -49,6 +50,7 @@ class RtlResult(StepResult):
     analytic: dict
     memories: list[dict]
     baseline: str | None
+    tests: dict
 
     def summary(self) -> str:
         a = self.analytic
@@ -60,6 +62,10 @@ class RtlResult(StepResult):
         lines.append(f"analytic: latency {a['latency_cycles']} cycles, II {a['ii_cycles']} "
                      f"cycles")
         lines.append(f"{len(self.memories)} memories; project: {self.project}")
+        t = self.tests
+        lines.append(f"standalone cocotb tests (pytest in the project; requirements.txt): "
+                     f"{t['images']} vectors, {t['single_copy']} protected memories' single and "
+                     f"{t['two_copies']} double MSB-copy flips, {t['maps']} fault maps, cycles")
         return "\n".join(lines)
 
     def record(self) -> dict:
@@ -81,8 +87,10 @@ def run_rtl(ctx: StepContext) -> RtlResult:
     run = ctx.run
     s = open_session(run.path, "cpu")
     d = design(s.net, s.image, s.cfg.rtl)
+    seed = s.cfg.seed if s.cfg.campaign.seed is None else s.cfg.campaign.seed
     with ctx.atomic("rtl") as folder:
         man = write_project(folder, d, s.image, s.checkpoint_sha256)
+        tests = write_tests(folder, s, seed)
     base = None
     if s.cfg.report.baseline and any(m.protected for m in s.image.memories.values()):
         img = MemoryImage.build(s.net, [])
@@ -94,7 +102,7 @@ def run_rtl(ctx: StepContext) -> RtlResult:
         project=str(run / "rtl"), stages=man["stages"], analytic=man["analytic"],
         memories=[{k: m[k] for k in ("memory", "hier", "word_bits", "depth", "protected")}
                   for m in man["memories"]],
-        baseline=None if base is None else str(run / BASELINE))
+        baseline=None if base is None else str(run / BASELINE), tests=tests)
 
 
 def open_project(s: Session) -> RtlManifest:

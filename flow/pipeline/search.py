@@ -179,7 +179,7 @@ class SearchResult(StepResult):
                      f"({self.ga_inferences} GA inferences)")
         p, c = self.designs[self.paper_choice], self.designs[self.chosen]
         lines.append(f"p paper's pick: {_name(p)}" + ("" if p["meets_r"] else
-                     f" (drop {_pct(p['drop'])} > r: not met with every layer protected)"))
+                     f" > r = {_pct(self.thresholds['drop'])}"))
         lines.append(f"* pareto pick ({self.objective}): {_name(c)}: {self.choice_reason}")
         which = "pareto" if self.mode == "pareto" else "paper's"
         lines.append(f"plan.json written with the {which} pick (search.mode: {self.mode})")

@@ -150,6 +150,19 @@ def _unique(a: np.ndarray) -> np.ndarray:
     return s[np.concatenate(([True], s[1:] != s[:-1]))] if s.size else s
 
 
+def _by_memory(names: np.ndarray) -> list[tuple[str, slice | np.ndarray]]:
+    """(memory, selector) per memory a map touches, in first-seen order: slices when each
+    memory's faults are contiguous (a sampler's maps), else boolean masks."""
+    if names.size == 0:
+        return []
+    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
+    firsts = names[starts].tolist()
+    if len(set(firsts)) == len(firsts):
+        ends = np.r_[starts[1:], names.size]
+        return [(n, slice(int(a), int(e))) for n, a, e in zip(firsts, starts, ends)]
+    return [(n, names == n) for n in dict.fromkeys(firsts)]
+
+
 def check_ber(ber: float) -> float:
     """Return ``ber`` as float if it lies in [0, 1], else raise ConfigError naming it."""
     try:
@@ -279,23 +292,32 @@ class Injector:
         """Apply ``fmap``; faults stack until :meth:`undo`."""
         if len(fmap) == 0:
             return
-        names, kinds = fmap.memory, fmap.kind
+        kinds = fmap.kind
         all_flip = bool((kinds == "flip").all())
         groups = []
-        for name in dict.fromkeys(names.tolist()):    # check everything before changing anything
+        for name, sel in _by_memory(fmap.memory):     # check everything before changing anything
             mem = self.image.memory(str(name))
-            sel = names == name
             w, b = fmap.word[sel], fmap.bit[sel]
             if w.min() < 0 or w.max() >= mem.depth or b.min() < 0 or b.max() >= mem.width:
                 fmap.validate(self.image)
             groups.append((name, mem, sel, w, b))
         for name, mem, sel, w, b in groups:
-            uw = _unique(w)
-            self._saved.append((mem.name, uw, mem.words[uw].copy()))
             mask = np.left_shift(1, b)
-            if all_flip:
+            key = w * 64 + b
+            if all_flip and (key.size < 2 or (key[1:] > key[:-1]).all()):
+                # sorted, distinct (word, bit) pairs, as a sampler draws them: the flips of a
+                # word are distinct bits, so their XOR is their sum, one write per word
+                starts = np.flatnonzero(np.r_[True, w[1:] != w[:-1]])
+                uw = w[starts]
+                self._saved.append((mem.name, uw, mem.words[uw].copy()))
+                mem.words[uw] ^= np.add.reduceat(mask, starts)
+            elif all_flip:
+                uw = _unique(w)
+                self._saved.append((mem.name, uw, mem.words[uw].copy()))
                 np.bitwise_xor.at(mem.words, w, mask)
             else:
+                uw = _unique(w)
+                self._saved.append((mem.name, uw, mem.words[uw].copy()))
                 k = kinds[sel]
                 for kind, ufunc, m in (("flip", np.bitwise_xor, mask),
                                        ("stuck1", np.bitwise_or, mask),
