@@ -16,14 +16,8 @@ import time
 from collections import defaultdict
 
 import cocotb
-from cocotb.triggers import RisingEdge, Timer
-
-
-def _memory(dut, hier: str):
-    h = dut.u_accel
-    for part in hier.split("."):
-        h = getattr(h, part)
-    return h
+from cocotb.triggers import RisingEdge
+from tb_accel import _memory, _reset
 
 
 class _Memories:
@@ -85,13 +79,7 @@ async def run_job(dut) -> None:
     job = json.loads(open(os.environ["HETQ_JOB"]).read())
     n = int(job["n_images"])
     classes = int(job["classes"])
-    dut.rst.value = 1
-    dut.start.value = 0
-    dut.n_images.value = 0
-    await Timer(50, unit="ns")
-    await RisingEdge(dut.clk)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
+    await _reset(dut)
     mems = _Memories(dut)
     with open(job["out"], "a") as out:
         for trial in job["trials"]:
