@@ -423,3 +423,31 @@ def test_rtl_folder_is_a_standalone_cocotb_project(flow_run, tmp_path):
     (dst / "vectors" / "expected.json").write_text(json.dumps(exp))
     r = pytest_in_copy()
     assert r.returncode == 1 and "1 of 4 cocotb tests failed" in r.stdout
+
+
+def test_rtl_campaign_on_ray_equals_the_local_one(flow_run, tmp_path):
+    """`hetq sim --executor ray`: two Ray actors, each building its own model from the project's
+    files, give the local simulators' trials, trial by trial (a copy of the run for each)."""
+    import sqlite3
+
+    import ray  # a test dependency (pyproject extra "test")
+    runs = {}
+    for kind in ("local", "ray"):
+        runs[kind] = tmp_path / kind
+        shutil.copytree(flow_run["run"], runs[kind])
+    args = ["--ber", "1e-2", "--trials", "4", "--seed", "7", "--workers", "2", "--json"]
+    local = json.loads(hetq_inproc(None, "sim", str(runs["local"]), *args).stdout)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        r = hetq_inproc(None, "sim", str(runs["ray"]), *args, "--executor", "ray")
+    finally:
+        ray.shutdown()
+    assert r.returncode == 0, r.stderr[-3000:]
+    remote = json.loads(r.stdout)
+    assert remote["campaign"] == local["campaign"] and remote["summary"] == local["summary"]
+
+    def trials(run: Path) -> list[tuple]:
+        with sqlite3.connect(run / "campaigns.sqlite") as db:
+            return db.execute("select ber, trial, n_faults, correct from trials where "
+                              "campaign = ? order by ber, trial", (local["campaign"],)).fetchall()
+    assert trials(runs["ray"]) == trials(runs["local"]) and len(trials(runs["local"])) == 4

@@ -53,7 +53,8 @@ def _flags(sp, *names: str) -> None:
             sp.add_argument("--executor", choices=["local", "ray"],
                             help="where fault-injection tasks run (default: this process)")
             sp.add_argument("--ray-address", help="Ray cluster address (default: a local one)")
-            sp.add_argument("--workers", type=int, help="Ray actors (default: one per CPU)")
+            sp.add_argument("--workers", type=int, help="Ray actors; for sim, simulators, local "
+                            "or Ray (default: one per CPU)")
             continue
         args, kw = table[name]
         sp.add_argument(*args, **kw)
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("rtl", "the SystemVerilog accelerator of the plan (and its baseline)", "set",
         run_dir=True)
     sp = cmd("sim", "Verilator + cocotb: bit-exactness, cycles, RTL fault campaign", "set",
-             "ber", "trials", "seed", run_dir=True)
+             "ber", "trials", "seed", "parallel", run_dir=True)
     sp.add_argument("--images", type=int, help="first N test images only")
     sp.add_argument("--map", help="replay this JSON fault map in RTL instead of a campaign")
     sp = cmd("hls", "hls4ml project for a board, checked bit-exact in C-sim with fault replay",
@@ -184,7 +185,7 @@ def _dispatch(a: argparse.Namespace):
                               images=getattr(a, "images", None), sets=sets, con=con)
     if c == "sim":
         return C.sim(a.run_dir, ber=a.ber, trials=a.trials, seed=a.seed, images=a.images,
-                     sets=sets, con=con)
+                     sets=sets, con=con, **par)
     if c == "hls":
         return C.hls(a.run_dir, board=a.board, backend=a.backend, boards_dir=a.boards_dir,
                      sets=sets, con=con)

@@ -260,12 +260,16 @@ def rtl(run_dir: str, *, sets=None, con: Console = Console()) -> StepResult:
     return _step(*_existing(run_dir, {}, sets), S.RTL, con)
 
 
-def sim(run_dir: str, *, ber=None, trials=None, seed=None, images=None, sets=None,
-        con: Console = Console()) -> StepResult:
-    """``hetq sim``: Verilator: bit-exactness, cycles, the RTL fault campaign."""
+def sim(run_dir: str, *, ber=None, trials=None, seed=None, images=None, executor=None,
+        address=None, workers=None, sets=None, con: Console = Console()) -> StepResult:
+    """``hetq sim``: Verilator: bit-exactness, cycles, the RTL fault campaign (on local
+    simulator processes, or Ray actors with ``--executor ray``; ``--workers``: how many)."""
     run, cfg = _existing(run_dir, {
         "sim.bers": (ber, "--ber"), "sim.trials": (trials, "--trials"),
-        "campaign.seed": (seed, "--seed"), "sim.images": (images, "--images")}, sets)
+        "campaign.seed": (seed, "--seed"), "sim.images": (images, "--images"),
+        "parallel.executor": (executor, "--executor"),
+        "parallel.address": (address, "--ray-address"),
+        "sim.workers": (workers, "--workers")}, sets)
     return _step(run, cfg, S.SIM, con)
 
 

@@ -310,14 +310,21 @@ def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
                 _ingest(store, cid, f, y)                # trials a crashed run finished
             done = {b: store.done(cid, b) for b in bers}
             todo = [(b, t) for b in bers for t in range(trials) if t not in done[b]]
-            sims = _Simulators(run / "rtl", n_max, work, cid, hwc, sampler, seed)
             size = max(1, min(chunk, math.ceil(len(todo) / workers)))
             bar = tqdm(total=len(todo), desc="rtl campaign", unit="trial",
                        disable=not ctx.progress or None)
             t0 = time.perf_counter()
-            for task, r in sims.each(pool, todo, size):
+            if cfg.parallel.executor == "ray":
+                trials_done = _on_ray(run, sim, n_max, workers, cfg.parallel.address, hwc,
+                                      sampler, seed, todo, size)
+            else:
+                sims = _Simulators(run / "rtl", n_max, work, cid, hwc, sampler, seed)
+                trials_done = ((task, r.preds, r.wall_s)
+                               for task, r in sims.each(pool, todo, size))
+            for task, preds, wall_s in trials_done:
                 store.add(cid, task["id"][0], task["id"][1], n_faults=task["n_faults"],
-                          correct=int((r.preds == y).sum()), total=len(y), seconds=r.wall_s)
+                          correct=int((np.asarray(preds) == y).sum()), total=len(y),
+                          seconds=wall_s)
                 inferences += len(y)
                 bar.update(1)
             wall = time.perf_counter() - t0      # elapsed: simulator launches included
@@ -336,6 +343,25 @@ def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
         export_csv(summary, out / "summary.csv")
         export_json(res.to_json(), out / "summary.json")
     return res
+
+
+def _on_ray(run: RunDir, sim: RtlSim, n_max: int, workers: int, address: str | None,
+            hwc: np.ndarray, sampler: SeuSampler, seed: int, todo: list[tuple[float, int]],
+            size: int) -> Iterator[tuple[dict, list[int], float]]:
+    """The trials of ``todo`` on ``workers`` Ray actors, each with its own built model: the
+    maps are drawn and translated to RTL flips here, in parts of ``size`` trials."""
+    from flow.hw.rtl_ray import RaySimulators
+    tasks = []
+    for b, t in todo:
+        fmap = sampler.sample(b, trial_rng(seed, b, t))
+        tasks.append({"id": [b, t], "flips": sim.flips(fmap), "n_faults": len(fmap)})
+    parts = [tasks[i:i + size] for i in range(0, len(tasks), size)]
+    sims = RaySimulators(run / "rtl", n_max, workers, address)
+    try:
+        for task, r in sims.each(hwc, parts):
+            yield task, r["preds"], r["wall_s"]
+    finally:
+        sims.close()
 
 
 def _ingest(store: TrialStore, cid: str, results: Path, y: np.ndarray) -> None:

@@ -136,21 +136,27 @@ class LocalPool:
         """Nothing to release."""
 
 
+def ray_connected(address: str | None):
+    """The ``ray`` module, connected to the cluster at ``address`` (or a local Ray instance)
+    unless this process is connected already; a ConfigError if Ray is not installed."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor: 'ray' needs the ray package "
+                          "(pip install 'hetq[ray]')") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True)
+    return ray
+
+
 class RayPool:
     """Runs tasks on Ray actors, each with its own copy of the network image."""
 
     def __init__(self, net: IntNetwork, protected: Sequence[str], x: torch.Tensor,
                  y: torch.Tensor, *, address: str | None = None, workers: int | None = None,
                  device: str = "cpu") -> None:
-        try:
-            import ray
-        except ImportError:
-            raise ConfigError("--executor: 'ray' needs the ray package "
-                              "(pip install 'hetq[ray]')") from None
-        self.ray = ray
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True)
+        self.ray = ray = ray_connected(address)
         n = workers or max(1, int(ray.available_resources().get("CPU", 1)))
         payload = ray.put((net, list(protected), x, y, device))
         actor = ray.remote(num_cpus=1)(_RemoteWorker)
