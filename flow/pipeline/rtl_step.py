@@ -184,6 +184,7 @@ class SimResult(StepResult):
     build_seconds: float
     faulty_inferences_per_s: float | None
     simulators: int
+    executor: str
     spec: dict
     out_dir: str
 
@@ -208,8 +209,11 @@ class SimResult(StepResult):
                  f"{c['sim_cycles_per_s']:,.0f} simulated cycles/s",
                  campaign_text(self.to_json())]
         if self.faulty_inferences_per_s:
+            many = "s" if self.simulators > 1 else ""
+            who = (f"{self.simulators} Ray actor{many}, their builds included"
+                   if self.executor == "ray" else f"{self.simulators} simulator{many}")
             lines.append(f"{self.faulty_inferences_per_s:,.0f} faulty inferences/s in Verilator "
-                         f"({self.simulators} simulator{'s' if self.simulators > 1 else ''})")
+                         f"({who})")
         return "\n".join(lines)
 
     def record(self) -> dict:
@@ -337,7 +341,7 @@ def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
         trials=trials, summary_rows=summary, check=clean, baseline_check=base,
         build_seconds=round(build_s, 3),
         faulty_inferences_per_s=inferences / wall if inferences else None,
-        simulators=workers, spec=spec.to_json(),
+        simulators=workers, executor=cfg.parallel.executor, spec=spec.to_json(),
         out_dir=str(run / rel))
     with ctx.atomic(rel) as out:
         export_csv(summary, out / "summary.csv")
