@@ -189,3 +189,47 @@ def test_incremental_sums_and_plan_follow_the_faults():
         check(image.codes("l.weight").reshape(w.shape))
         assert len(ex._chunks_now("l")) > len(clean_plan)
     check(w)
+
+
+@pytest.mark.parametrize("op, n_in, n_out, k", CASES)
+def test_few_wide_outputs_ride_beside_float32_into_the_requant(op, n_in, n_out, k):
+    """conv/dense -> requant with one output of six past 2**24: the fast path (one float32
+    kernel, that output in float64 beside it, requantized on its own) equals the exact traced
+    path and an int64 reference, clean and under faults that make a second output wide."""
+    rng = np.random.default_rng(4)
+    x, _, b = _codes(op, n_in, n_out, k, rng, "random")
+    w = rng.integers(-6, 7, (n_out, n_in, k, k) if op == "conv" else (n_out, n_in))
+    w[0] = rng.integers(-(1 << (W_BITS - 1)), -48, w[0].shape)      # output 0: past 2**24
+    b = b // 64
+    net = _net(op, n_in, n_out, w, b, k)
+    acc = net.nodes[-1]
+    # a small shift keeps the wide output's low bits: float32 would round them differently
+    shift = -3
+    lo, hi = -(1 << 23), (1 << 23) - 1
+    net.nodes.append(Node("r", "requant", [acc.name], acc.frac + shift, lo, hi))
+    net = IntNetwork("boundary_rq", net.nodes, net.params, net.input_shape, n_out)
+    image = MemoryImage.build(net, [])
+    ex = Executor(net, image, "cpu")
+    assert ex.split("l") and 0 < ex._wide_outputs("l").size * 2 < n_out
+    xt = torch.as_tensor(x, dtype=torch.float32)
+
+    def reference(codes):
+        accs = _reference(op, x, codes, b, k).astype(np.float64)
+        return np.clip(np.round(accs * 2.0 ** shift), lo, hi)
+
+    def check(codes):
+        fast = ex.run(xt, quantized=True).numpy()
+        traced = ex.run(xt, quantized=True, trace=True)["r"].numpy()
+        assert np.array_equal(fast, traced) and np.array_equal(fast, reference(codes))
+        ref = reference(codes)                 # the wide output is not saturated
+        assert (np.abs(ref[:, 0]) < hi).all() and (ref[:, 0] != np.round(ref[:, 0] / 2) * 2).any()
+
+    check(w)
+    m = image.memory("l.weight")
+    fan = m.depth // n_out                 # every MSB of output 1: a second wide output
+    fmap = FaultMap(["l.weight"] * fan, np.arange(fan, 2 * fan), [m.fmt.bits - 1] * fan,
+                    ["flip"] * fan)
+    with Injector(image, ex).injected(fmap):
+        assert ex._wide_outputs("l").size == 2
+        check(image.codes("l.weight").reshape(w.shape))
+    check(w)

@@ -132,6 +132,11 @@ class Executor:
         # a node may overwrite its input if it is that input's only reader (never the caller's x)
         self._sole = {n.name: bool(n.inputs) and n.inputs[0] != "input"
                       and readers[n.inputs[0]] == 1 for n in net.nodes}
+        # accumulators read only by a requant: their few outputs past 2**24 may travel beside
+        # a float32 tensor (exact float64, requantized by that node) instead of widening it
+        self._to_requant = {n.inputs[0] for n in net.nodes
+                            if n.op == "requant" and readers[n.inputs[0]] == 1}
+        self._trace = False
         for node in net.nodes:
             wide = max(abs(node.lo), abs(node.hi)) >= EXACT_F32
             self._dtype[node.name] = torch.float64 if wide else torch.float32
@@ -314,9 +319,20 @@ class Executor:
             if 2 * wide.size < w.shape[0]:
                 # few outputs reach 2**24: one float32 kernel is exact for all the others, and
                 # the wide ones are computed again in chunks
-                acc = self._kernel(op, a, x, w).to(torch.float64)
                 rows = torch.as_tensor(wide, dtype=torch.long, device=w.device)
-                acc[:, rows] = self._chunked(op, a, x, w[rows], chunks)
+                exact = self._chunked(op, a, x, w[rows], chunks)
+                acc = self._kernel(op, a, x, w)
+                if node.name in self._to_requant and not self._trace:
+                    # float32 stays exact (|sum| + |bias| < 2**24) except on the wide outputs,
+                    # which ride along in float64 for the requant that reads them
+                    if b is not None:
+                        acc.add_(b.to(acc.dtype).view((1, -1) + (1,) * (acc.dim() - 2)))
+                        exact.add_(b[rows].to(torch.float64).view(
+                            (1, -1) + (1,) * (exact.dim() - 2)))
+                    acc.hetq_wide = (rows, exact)
+                    return acc
+                acc = acc.to(torch.float64)
+                acc[:, rows] = exact
             else:
                 acc = self._chunked(op, a, x, w, chunks)
             if b is not None:
@@ -324,12 +340,20 @@ class Executor:
             return acc
         if op == "requant":
             shift = node.frac - self._fr[node.inputs[0]]
+            wide = getattr(x, "hetq_wide", None)
             # in place unless the accumulator is kept for a trace
             y = x if inplace else x.clone()
             if shift:
                 y.mul_(2.0 ** shift)
             y = y.round_().clamp_(node.lo, node.hi)
-            return y if y.dtype == torch.float32 else y.to(torch.float32)
+            y = y if y.dtype == torch.float32 else y.to(torch.float32)
+            if wide is not None:                   # the outputs past 2**24, from float64
+                rows, exact = wide
+                del x.hetq_wide
+                if shift:
+                    exact.mul_(2.0 ** shift)
+                y[:, rows] = exact.round_().clamp_(node.lo, node.hi).to(torch.float32)
+            return y
         if op == "threshold":
             shape = (1, -1) + (1,) * (x.dim() - 2)
             thr = self.tensors[a["threshold"]].view(shape)
@@ -411,13 +435,17 @@ class Executor:
         """Run nodes ``start``.. on ``vals`` (which holds every earlier node's codes). With
         ``reuse`` the earlier codes are remembered clean activations: never overwritten."""
         kept = {n.name for n in self.net.nodes[:start]} if reuse else set()
-        with _exact_cuda() if self.device.type == "cuda" else contextlib.nullcontext():
-            for i in range(start, len(self.net.nodes)):
-                node = self.net.nodes[i]
-                inplace = not trace and self._sole[node.name] and node.inputs[0] not in kept
-                vals[node.name] = self._node(node, vals, inplace)
-                if node.op == "flatten" and node.inputs[0] in kept:
-                    kept.add(node.name)            # a view of a remembered tensor
+        self._trace = trace                        # a trace keeps every accumulator exact
+        try:
+            with _exact_cuda() if self.device.type == "cuda" else contextlib.nullcontext():
+                for i in range(start, len(self.net.nodes)):
+                    node = self.net.nodes[i]
+                    inplace = not trace and self._sole[node.name] and node.inputs[0] not in kept
+                    vals[node.name] = self._node(node, vals, inplace)
+                    if node.op == "flatten" and node.inputs[0] in kept:
+                        kept.add(node.name)        # a view of a remembered tensor
+        finally:
+            self._trace = False
         return vals
 
     @torch.no_grad()
