@@ -23,6 +23,7 @@ from flow.core.io import atomic_write
 from flow.core.layout import Layout, mem_file_text
 from flow.core.resources import data_dir
 from flow.hw.rtl import Design
+from flow.reliability.faults import FaultMap
 
 MANIFEST_FORMAT = 1
 LIBRARY = ("tmr_vote", "weight_mem", "param_rom", "stream_fifo", "frame_buffer", "swg",
@@ -136,6 +137,15 @@ class RtlManifest:
         lay = self.layouts[memory]
         addr, rbit = lay.locate(word, bit)
         return lay.hier, addr, rbit
+
+    def flips(self, fmap: FaultMap) -> list[list]:
+        """A fault map's bit flips as RTL [memory, address, bit] triples, memory by memory."""
+        out: list[list] = []
+        for mem in dict.fromkeys(fmap.memory.tolist()):
+            sel = fmap.memory == mem
+            hier, addr, bit = self.locate(mem, fmap.word[sel], fmap.bit[sel])
+            out.extend([hier, int(a), int(b)] for a, b in zip(addr, bit))
+        return out
 
     def locate_weight(self, layer: str, out: int, fan_in: int, bit: int
                       ) -> tuple[str, int, int]:

@@ -168,14 +168,9 @@ class RtlSim:
     # -- run ----------------------------------------------------------------------------------
     def flips(self, fmap: FaultMap) -> list[list]:
         """A software fault map (flips only) as RTL (memory, address, bit) flips."""
-        out: list[list] = []
         if len(fmap) and set(np.unique(fmap.kind)) != {"flip"}:
             raise SimError("sim: only bit flips can be replayed in RTL (got stuck-at faults)")
-        for mem in np.unique(fmap.memory):
-            sel = fmap.memory == mem
-            hier, addr, bit = self.manifest.locate(str(mem), fmap.word[sel], fmap.bit[sel])
-            out.extend([hier, int(a), int(b)] for a, b in zip(addr, bit))
-        return out
+        return self.manifest.flips(fmap)
 
     def run(self, codes_hwc: np.ndarray, trials: Sequence[dict], work: Path,
             out_file: Path | None = None, log: str = "sim") -> list[TrialResult]:

@@ -93,11 +93,6 @@ def _result(level: str, map_path: str, fmap: FaultMap, scores: np.ndarray, ref: 
         predictions=pred.tolist(), executor_predictions=ref_pred.tolist())
 
 
-def _executor_scores(s: Session, fmap: FaultMap, codes) -> np.ndarray:
-    with Injector(s.image, s.executor).injected(fmap):
-        return s.executor.run(codes, quantized=True).cpu().numpy().astype(np.int64)
-
-
 def replay_rtl(run: RunDir, map_path: str, images: int | None) -> MapReplayResult:
     """The map in the run's RTL project (Verilator, cocotb) on the first ``images`` images."""
     from flow.hw.rtlsim import RtlSim, image_codes_hwc, verilator_env
@@ -117,8 +112,8 @@ def replay_rtl(run: RunDir, map_path: str, images: int | None) -> MapReplayResul
         clean, r = sim.run(hwc, [{"id": "clean", "flips": [], "scores": True},
                                  {"id": "map", "flips": flips, "scores": True}],
                            run / "rtl" / "work" / "map", log="sim_map")
-    return _result("rtl", map_path, fmap, r.scores, _executor_scores(s, fmap, codes),
-                   clean.scores, y)
+    ref = Injector(s.image, s.executor).scores(fmap, codes)
+    return _result("rtl", map_path, fmap, r.scores, ref, clean.scores, y)
 
 
 def replay_csim(run: RunDir, cfg: RunConfig, map_path: str) -> MapReplayResult:
@@ -144,4 +139,5 @@ def replay_csim(run: RunDir, cfg: RunConfig, map_path: str) -> MapReplayResult:
         clean = prj.scores(x_in)
         prj.replay(fmap)
         scores = prj.scores(x_in)
-    return _result("csim", map_path, fmap, scores, _executor_scores(s, fmap, codes), clean, y)
+    ref = Injector(s.image, s.executor).scores(fmap, codes)
+    return _result("csim", map_path, fmap, scores, ref, clean, y)

@@ -230,6 +230,12 @@ def sim_workers(requested: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _task(sim: RtlSim, sampler: SeuSampler, seed: int, ber: float, t: int) -> dict:
+    """Trial ``t`` at ``ber`` for the testbench: the campaign's fault map as RTL flips."""
+    fmap = sampler.sample(ber, trial_rng(seed, ber, t))
+    return {"id": [ber, t], "flips": sim.flips(fmap), "n_faults": len(fmap)}
+
+
 class _Simulators:
     """Runs parts of an RTL campaign, one simulator per worker thread, each with its own work
     folder, result file and log (the build is shared: it exists once on disk)."""
@@ -257,10 +263,7 @@ class _Simulators:
     def run(self, part: list[tuple[float, int]]) -> list[tuple[dict, object]]:
         """The (BER, trial) pairs of ``part`` in one simulator launch: (task, result) each."""
         sim, folder, results, log = self._mine()
-        batch = []
-        for b, t in part:
-            fmap = self.sampler.sample(b, trial_rng(self.seed, b, t))
-            batch.append({"id": [b, t], "flips": sim.flips(fmap), "n_faults": len(fmap)})
+        batch = [_task(sim, self.sampler, self.seed, b, t) for b, t in part]
         return list(zip(batch, sim.run(self.hwc, batch, folder, out_file=results, log=log)))
 
     def each(self, pool: ThreadPoolExecutor, todo: list[tuple[float, int]], size: int
@@ -355,10 +358,7 @@ def _on_ray(run: RunDir, sim: RtlSim, n_max: int, workers: int, address: str | N
     """The trials of ``todo`` on ``workers`` Ray actors, each with its own built model: the
     maps are drawn and translated to RTL flips here, in parts of ``size`` trials."""
     from flow.hw.rtl_ray import RaySimulators
-    tasks = []
-    for b, t in todo:
-        fmap = sampler.sample(b, trial_rng(seed, b, t))
-        tasks.append({"id": [b, t], "flips": sim.flips(fmap), "n_faults": len(fmap)})
+    tasks = [_task(sim, sampler, seed, b, t) for b, t in todo]
     parts = [tasks[i:i + size] for i in range(0, len(tasks), size)]
     sims = RaySimulators(run / "rtl", n_max, workers, address)
     try:

@@ -311,10 +311,6 @@ class Injector:
                 uw = w[starts]
                 self._saved.append((mem.name, uw, mem.words[uw].copy()))
                 mem.words[uw] ^= np.add.reduceat(mask, starts)
-            elif all_flip:
-                uw = _unique(w)
-                self._saved.append((mem.name, uw, mem.words[uw].copy()))
-                np.bitwise_xor.at(mem.words, w, mask)
             else:
                 uw = _unique(w)
                 self._saved.append((mem.name, uw, mem.words[uw].copy()))
@@ -334,6 +330,12 @@ class Injector:
             self.image.memories[name].words[uw] = old
             if self.executor is not None:
                 self.executor.update(name, uw)
+
+    def scores(self, fmap: FaultMap, codes) -> np.ndarray:
+        """The executor's class-score codes (int64, numpy) for input ``codes`` with ``fmap``
+        applied; the map is undone afterwards."""
+        with self.injected(fmap):
+            return self.executor.run(codes, quantized=True).cpu().numpy().astype(np.int64)
 
     @contextlib.contextmanager
     def injected(self, fmap: FaultMap) -> Iterator[None]:
