@@ -15,6 +15,9 @@ Yosys throughout.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +87,7 @@ def test_dense_64_37_23_10(tmp_path, capsys):
     run, res = flow(capsys, tmp_path, {"arch": f"{NETS}:dense_64_37_23_10",
                                        "weight_bits": dict(zip(layers, (3, 5, 7))),
                                        "protected": ["classifier.fc2"]},
-                    ("inject", "rank", "hls", "rtl", "sim", "search"))
+                    ("inject", "rank", "hls", "rtl", "sim"))
     assert res["train"]["layers"] == layers
     mems = {m["memory"]: m for m in res["rtl"]["memories"]}
     # 3/5/7-bit words, the middle layer with its MSB triplicated (5 + 2 bits per lane)
@@ -100,6 +103,26 @@ def test_dense_64_37_23_10(tmp_path, capsys):
     assert [rf[x]["used"] for x in layers] == [4, 37, 23]
     assert not any(v["fully_parallel"] for v in rf.values())
     assert hls_reuse_factors(run / "hls" / "prj") == [rf[x]["used"] for x in layers]
+    # a fault map written here, over the 3-, 5+2- and 7-bit memories: the same scores in RTL
+    # and C-sim as in the executor, the predictions of `hetq inject --map`
+    faults = ([{"memory": "classifier.fc1.weight", "word": w, "bit": 2} for w in range(0, 40, 4)]
+              + [{"memory": "classifier.fc2.weight", "word": w, "bit": 6} for w in range(0, 50, 5)]
+              + [{"memory": "classifier.fc3.weight", "word": w, "bit": 6} for w in (1, 3, 8)])
+    fmap = tmp_path / "hand.json"
+    fmap.write_text(json.dumps({"version": 1, "faults": faults}))
+    sw = cli(capsys, "inject", run, "--map", fmap)
+    for cmd in ("sim", "hls"):
+        got = cli(capsys, cmd, run, "--map", fmap)
+        assert got["scores_equal"] == got["images"] > 0
+        assert got["predictions"] == sw["predictions"][:got["images"]]
+    # the standalone cocotb project of this network passes its own tests
+    rtl = tmp_path / "rtl_copy"
+    shutil.copytree(run / "rtl", rtl, ignore=shutil.ignore_patterns("sim_build*", "work"))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                       cwd=rtl, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "TESTS=4 PASS=4 FAIL=0" in (rtl / "sim_build_tests" / "sim.log").read_text()
+    res["search"] = cli(capsys, "search", run)
     s = res["search"]
     assert s["q"] in [r["q"] for r in s["tried"]] and s["note"] is None
     plan = json.loads((run / "plan.json").read_text())
