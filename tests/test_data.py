@@ -610,3 +610,18 @@ def test_mnist5k_scale_configs_take_50_flips_per_map_at_1e_4(name: str) -> None:
                   if n.endswith("weight") and p.dim() > 1)
     assert weights * cfg.model.default_weight_bits * 1e-4 >= 50
     assert cfg.table.ber == 1e-4 and cfg.table.trials >= 1000
+
+
+def test_cifar10_example_reads_a_users_folder(tmp_path: Path) -> None:
+    """examples/cifar10_vgg11.yaml with data.root set: the table's config on CIFAR-10 batches
+    hetq did not write (a stand-in folder of the official pickle format)."""
+    from flow.core.config import load_config
+    from flow.nn.train import model_from_config
+    _write_cifar(tmp_path, n_train=8, n_test=40)
+    cfg = load_config(Path(__file__).parents[1] / "examples" / "cifar10_vgg11.yaml")
+    assert cfg.data.root is None and cfg.data.limit == 2000
+    d = load_dataset(cfg.data.name, tmp_path, limit=cfg.data.limit, seed=cfg.seed)
+    assert d.input_shape == (3, 32, 32) and len(d.test.y) == 40
+    model = model_from_config(cfg, d.input_shape, 10)
+    assert model(d.test.x[:2]).shape == (2, 10)
+    assert cfg.table.trials == 1000 and cfg.table.curve_trials == 100

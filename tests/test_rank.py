@@ -63,12 +63,17 @@ def test_same_seed_same_ranking(mlp_run):
 def test_rank_command_writes_results_and_plan(mlp_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(mlp_run, run)
-    assert main(["rank", str(run), "--json", "--ground-truth"]) == 0
+    assert main(["rank", str(run), "--json", "--ground-truth", "--set", "rank.images=120"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["test_images"] == 120
     assert sorted(out["ranking"]) == ["fc1", "fc2", "fc3"]
     gt = out["ground_truth"]
     assert -1.0 <= gt["spearman"] <= 1.0 or gt["spearman"] != gt["spearman"]
     assert gt["ga_inference_ratio"] == pytest.approx(out["inferences"] / gt["inferences"])
+    lo, hi = gt["spearman_ci"]
+    assert lo <= hi or lo != lo
+    same = gt["uniform_same_cost"]        # the rival at the GA's cost, from its own draws
+    assert same["inferences"] <= out["inferences"] and same["trials_per_layer"] >= 1
     plan = json.loads((run / "plan.json").read_text())
     lvf = {r["layer"]: r["lvf"] for r in out["layers"]}
     assert {n: e["vulnerability"] for n, e in plan["layers"].items()} == lvf

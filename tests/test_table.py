@@ -16,7 +16,8 @@ def test_table_rows_metrics_and_files(tmp_path, capsys):
     cfg.write_text(yaml.safe_dump({
         "seed": 0, "model": {"arch": "mlp"}, "train": {"epochs": 4},
         "rank": {"min_tested": 30, "patience": 2},
-        "table": {"bits": [3, 4], "ber": 1e-2, "bers": [1e-3, 1e-2], "trials": 12}}))
+        "table": {"bits": [3, 4], "ber": 1e-2, "bers": [1e-3, 1e-2], "trials": 12,
+                  "curve_trials": 6}}))
     out = tmp_path / "run"
     assert main(["table", str(cfg), "--out", str(out), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -41,5 +42,18 @@ def test_table_rows_metrics_and_files(tmp_path, capsys):
         assert len(list(csv.DictReader(f))) == 6
     md = (folder / "table.md").read_text()
     assert "| het(3,5) |" in md and "P_single = 1e-20" in md
+    assert "12 fault maps at BER 0.01, 6 at the other points" in md
+    assert all(len(r["campaigns"]) == 2 for r in rows.values())  # the table's point, the curve
     for png in ("accuracy_vs_ber_n3.png", "accuracy_vs_ber_n4.png", "rap.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table_spends_its_maps_on_the_table_point_when_asked():
+    from flow.core.config import TableConfig
+    from flow.pipeline.table import _groups
+    bers = (1e-5, 1e-4, 1e-3)
+    assert _groups(bers, TableConfig(trials=1000)) == [(bers, 1000)]
+    assert _groups(bers, TableConfig(trials=1000, curve_trials=1000)) == [(bers, 1000)]
+    assert _groups(bers, TableConfig(trials=1000, curve_trials=100)) == [
+        ((1e-4,), 1000), ((1e-5, 1e-3), 100)]
+    assert _groups((1e-4,), TableConfig(trials=1000, curve_trials=100)) == [((1e-4,), 1000)]

@@ -144,6 +144,7 @@ class RankConfig(_Strict):
     min_tested: Int = Field(default=100, ge=1)
     max_generations: Int = Field(default=100, ge=1)
     budget: Int | None = Field(default=None, ge=1)
+    images: Int | None = Field(default=None, ge=1)
     truth_margin: Float = Field(default=0.05, gt=0, lt=1)
     truth_confidence: Float = Field(default=0.95, gt=0, lt=1)
     ground_truth: bool = False
@@ -208,6 +209,7 @@ class TableConfig(_Strict):
     ber: Float = Field(default=1e-4, ge=0, le=1)
     bers: list[Float] = Field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2])
     trials: Int = Field(default=200, ge=2)
+    curve_trials: Int | None = Field(default=None, ge=2)
     protect_fraction: Float = Field(default=0.25, gt=0, le=1)
     lifetime: Float = Field(default=87_600.0, gt=0)
     test_interval: Float = Field(default=24.0, gt=0)

@@ -14,14 +14,11 @@ from flow.core.io import write_json
 from flow.core.plan import save_plan
 from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import open_session
-from flow.reliability.ga import rank_layers_ga
-from flow.reliability.vulnerability import layer_ground_truth
+from flow.reliability.ga import rank_layers_ga, ranking_images
+from flow.reliability.rank_check import misorders, spearman, spearman_bootstrap
+from flow.reliability.vulnerability import LayerTruth, layer_ground_truth
 
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); nan if either side is constant."""
-    from scipy.stats import spearmanr
-    return float(spearmanr(a, b).statistic)
+__all__ = ["RankResult", "compare", "run", "spearman"]
 
 
 @dataclass
@@ -45,9 +42,27 @@ class RankResult(StepResult):
                   f"{r['lvf']:>8.4f}" for r in self.layers]
         gt = self.ground_truth
         if gt:
+            lo, hi = gt["spearman_ci"]
             lines.append(f"ground truth: {' > '.join(gt['ranking'])} ({gt['inferences']} "
-                         f"inferences); Spearman {gt['spearman']:.3f}; GA used "
-                         f"{100 * gt['ga_inference_ratio']:.1f} % of its inferences")
+                         f"inferences); Spearman {gt['spearman']:.3f} [{lo:.3f}, {hi:.3f}]; GA "
+                         f"used {100 * gt['ga_inference_ratio']:.1f} % of its inferences")
+            wrong = gt["misordered"]
+            if wrong:
+                lines.append(f"GA misorders {len(wrong)} pair(s) of layers; by the truth's gap:")
+            for m in wrong[:5]:
+                note = ", within the CIs" if m["truth_cis_overlap"] else ""
+                lines.append(f"  GA orders {m['ranked_higher']} (LVF {m['est_higher']:.4f}) above "
+                             f"{m['ranked_lower']} ({m['est_lower']:.4f}); truth "
+                             f"{m['truth_higher']:.4f} < {m['truth_lower']:.4f} (gap "
+                             f"{m['truth_gap']:.4f}{note})")
+            if len(wrong) > 5:
+                lines.append(f"  ... {len(wrong) - 5} more in rank/ground_truth.json")
+            u = gt.get("uniform_same_cost")
+            if u:
+                lo, hi = u["spearman_ci"]
+                lines.append(f"uniform per-layer sample at the GA's cost ({u['trials_per_layer']} "
+                             f"flips per layer, {u['inferences']} inferences): Spearman "
+                             f"{u['spearman']:.3f} [{lo:.3f}, {hi:.3f}]")
         return "\n".join(lines)
 
     def record(self) -> dict:
@@ -63,7 +78,7 @@ def run(ctx: StepContext) -> RankResult:
     s = open_session(ctx.run.path, ctx.cfg.device)
     r = ctx.cfg.rank
     seed = ctx.cfg.seed if r.seed is None else r.seed
-    x, y = s.data.test.x, s.data.test.y
+    x, y = ranking_images(s.data.test.x, s.data.test.y, r.images, ctx.cfg.seed)
 
     bar = tqdm(total=r.max_generations, desc="GA", unit="generation",
                disable=not ctx.progress or None, leave=False)
@@ -87,19 +102,56 @@ def run(ctx: StepContext) -> RankResult:
     if r.ground_truth:
         gt = layer_ground_truth(s.executor, s.image, x, y, seed=seed, margin=r.truth_margin,
                                 confidence=r.truth_confidence, progress=ctx.progress)
-        truth = {t.layer: t.critical_fraction for t in gt}
-        gt_inferences = sum(t.trials for t in gt)
-        out.ground_truth = {
-            "layers": [t.to_json() for t in gt],
-            "ranking": sorted(truth, key=lambda n: -truth[n]),
-            "inferences": gt_inferences,
-            "spearman": spearman([truth[row["layer"]] for row in res.layers],
-                                 [row["lvf"] for row in res.layers]),
-            "ga_inference_ratio": res.inferences / gt_inferences}
+        # The cheaper rival: a uniform sample of single flips per layer at the GA's inference
+        # count, drawn independently of the ground truth (its own seed stream).
+        per_layer = max(1, res.inferences // len(gt))
+        same = layer_ground_truth(s.executor, s.image, x, y, seed=seed + 1, trials=per_layer,
+                                  progress=ctx.progress)
+        out.ground_truth = compare(res.layers, res.inferences, gt, same, seed=seed,
+                                   confidence=r.truth_confidence)
         write_json(ctx.out / "ground_truth.json", out.ground_truth)
     lvf = {row["layer"]: row["lvf"] for row in res.layers}
     plan = dict(s.plan)
     plan["layers"] = {name: {**entry, "vulnerability": lvf[name]}
                       for name, entry in s.plan["layers"].items()}
     save_plan(ctx.run.plan_file, plan)
+    return out
+
+
+def compare(ga_layers: list[dict], ga_inferences: int, truth: list[LayerTruth],
+            same_cost: list[LayerTruth] | None = None, *, seed: int = 0,
+            confidence: float = 0.95) -> dict:
+    """The GA's per-layer LVF against the ground truth: Spearman with its bootstrap interval,
+    the GA's share of the truth's inferences, the pairs it misorders, and (``same_cost``) a
+    uniform per-layer sample at the GA's cost judged the same way."""
+    names = [row["layer"] for row in ga_layers]
+    t = {x.layer: x for x in truth}
+    frac = {n: t[n].critical_fraction for n in names}
+    lvf = {row["layer"]: row["lvf"] for row in ga_layers}
+    gt_inferences = sum(x.trials for x in truth)
+    tn = [t[n].trials for n in names]
+    tk = [t[n].critical for n in names]
+    out = {"layers": [x.to_json() for x in truth],
+           "ranking": sorted(frac, key=lambda n: -frac[n]),
+           "inferences": gt_inferences,
+           "spearman": spearman([frac[n] for n in names], [lvf[n] for n in names]),
+           "spearman_ci": spearman_bootstrap([row["tested"] for row in ga_layers],
+                                             [row["critical"] for row in ga_layers], tn, tk,
+                                             confidence=confidence, seed=seed),
+           "ga_inference_ratio": ga_inferences / gt_inferences,
+           "misordered": [m.to_json() for m in misorders(
+               names, lvf, frac, {n: (t[n].critical_low, t[n].critical_high) for n in names})]}
+    if same_cost is not None:
+        u = {x.layer: x for x in same_cost}
+        out["uniform_same_cost"] = {
+            "trials_per_layer": max((x.trials for x in same_cost), default=0),
+            "inferences": sum(x.trials for x in same_cost),
+            "spearman": spearman([frac[n] for n in names],
+                                 [u[n].critical_fraction for n in names]),
+            "spearman_ci": spearman_bootstrap([u[n].trials for n in names],
+                                              [u[n].critical for n in names], tn, tk,
+                                              confidence=confidence, seed=seed),
+            "misordered": len(misorders(names, {n: u[n].critical_fraction for n in names}, frac,
+                                        {n: (t[n].critical_low, t[n].critical_high)
+                                         for n in names}))}
     return out

@@ -52,7 +52,7 @@ from flow.reliability.algorithm1 import (
     search_bits,
 )
 from flow.reliability.campaign import CampaignSpec, run_campaign
-from flow.reliability.ga import rank_layers_ga
+from flow.reliability.ga import rank_layers_ga, ranking_images
 from flow.reliability.metrics import latency
 
 
@@ -236,7 +236,8 @@ def run(ctx: StepContext) -> SearchResult:
         base = _drop(net, [], cfg, data, device, store, {"q": None, "checkpoint_sha256": sha})
         tried, nets, q = {}, {None: net}, None
     plain = MemoryImage.build(net)
-    ga = rank_layers_ga(Executor(net, plain, device), plain, data.test.x, data.test.y,
+    ga = rank_layers_ga(Executor(net, plain, device), plain,
+                        *ranking_images(data.test.x, data.test.y, cfg.rank.images, cfg.seed),
                         cfg.rank, cfg.seed)
     evals: dict[tuple[str, ...], dict] = {(): base}
 
@@ -260,8 +261,9 @@ def run(ctx: StepContext) -> SearchResult:
         net = nets[build.q]
         sha = tried[build.q]["checkpoint_sha256"]
         plain = MemoryImage.build(net)
-        lvf_ga = rank_layers_ga(Executor(net, plain, device), plain, data.test.x, data.test.y,
-                                cfg.rank, cfg.seed)
+        lvf_ga = rank_layers_ga(Executor(net, plain, device), plain,
+                                *ranking_images(data.test.x, data.test.y, cfg.rank.images,
+                                                cfg.seed), cfg.rank, cfg.seed)
     else:
         lvf_ga = ga
     if build.q is not None:

@@ -38,7 +38,7 @@ from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.search import protection_only
 from flow.pipeline.session import load_data, qonnx_of, resolve_device
 from flow.reliability.campaign import CampaignSpec, run_campaign
-from flow.reliability.ga import rank_layers_ga
+from flow.reliability.ga import rank_layers_ga, ranking_images
 from flow.reliability.metrics import PdropConstants, latency, p_drop, rap, weight_bits
 from flow.reliability.store import export_csv
 
@@ -55,12 +55,29 @@ def _software_time(ex: Executor, xq) -> float:
     return statistics.median(times)
 
 
+def _groups(bers: tuple[float, ...], t) -> list[tuple[tuple[float, ...], int]]:
+    """Campaign groups (BERs, trials): one campaign over every BER at ``table.trials``, or, when
+    ``table.curve_trials`` differs, the table's BER at ``table.trials`` and the other points of
+    the curves at ``table.curve_trials``."""
+    if t.curve_trials is None or t.curve_trials == t.trials:
+        return [(bers, t.trials)]
+    rest = tuple(b for b in bers if b != t.ber)
+    return [((t.ber,), t.trials)] + ([(rest, t.curve_trials)] if rest else [])
+
+
+def _trials_label(t, unit: str = "trials") -> str:
+    """The trials per BER point, in words."""
+    if t.curve_trials is None or t.curve_trials == t.trials:
+        return f"{t.trials} {unit} per BER point"
+    return f"{t.trials} {unit} at BER {t.ber:g}, {t.curve_trials} at the other points"
+
+
 def _markdown(rows: list[dict], cfg: RunConfig, consts: PdropConstants) -> str:
     t = cfg.table
     head = (f"| Type | Accuracy drop (%) at BER {t.ber:g} [95 % CI] | Memory (bits) | "
             f"Execution time (%) | Software time (%) | RAP | P_drop |")
     lines = [f"# {parse_arch(cfg.model.arch).label} on {cfg.data.name}: hom / het quantization", "",
-             f"{t.trials} fault maps per BER point; protected layers of het: the "
+             f"{_trials_label(t, 'fault maps')}; protected layers of het: the "
              f"{t.protect_fraction:.0%} most vulnerable by LVF. P_drop constants: T = "
              f"{consts.lifetime:g}, t = {consts.test_interval:g}, P_single = {consts.p_single:g}.",
              "", head, "|---|---|---|---|---|---|---|"]
@@ -126,8 +143,8 @@ def run(ctx: StepContext) -> TableResult:
     rows, curves = [], {}
     for n, net in _networks(run, cfg, data, device, progress):
         plain = MemoryImage.build(net)
-        ga = rank_layers_ga(Executor(net, plain, device), plain, x, y, cfg.rank,
-                            cfg.seed)
+        ga = rank_layers_ga(Executor(net, plain, device), plain,
+                            *ranking_images(x, y, cfg.rank.images, cfg.seed), cfg.rank, cfg.seed)
         k = max(1, math.ceil(t.protect_fraction * len(ga.ranking)))
         m = "own" if n is None else str(n)
         p = "own+2" if n is None else str(n + 2)
@@ -138,19 +155,24 @@ def run(ctx: StepContext) -> TableResult:
         for name, protected in configs.items():
             image = MemoryImage.build(net, protected)
             ex = Executor(net, image, device)
-            spec = CampaignSpec(bers=bers, trials=t.trials, seed=cfg.seed,
-                                extra={"table": name, "n": n, "protected": sorted(protected)})
-            res = run_campaign(ex, image, x, y, spec, store, progress=progress,
-                               batch_maps=cfg.campaign.batch_maps)
-            at = next(r for r in res["summary"] if r["ber"] == t.ber)
-            curves[n][name] = res["summary"]
+            summary, campaigns = [], []
+            for group, trials in _groups(bers, t):
+                spec = CampaignSpec(bers=group, trials=trials, seed=cfg.seed,
+                                    extra={"table": name, "n": n, "protected": sorted(protected)})
+                res = run_campaign(ex, image, x, y, spec, store, progress=progress,
+                                   batch_maps=cfg.campaign.batch_maps)
+                summary += res["summary"]
+                campaigns.append(res["campaign"])
+            summary.sort(key=lambda r: r["ber"])
+            at = next(r for r in summary if r["ber"] == t.ber)
+            curves[n][name] = summary
             rows.append({"config": name, "n": n, "protected": protected,
                          "accuracy": res["clean_accuracy"], "drop_pct": 100 * at["drop_mean"],
                          "drop_low_pct": 100 * at["drop_low"],
                          "drop_high_pct": 100 * at["drop_high"],
                          "memory_bits": weight_bits(image), "cycles": cycles,
                          "software_seconds": _software_time(ex, ex.quantize_input(x)),
-                         "campaign": res["campaign"]})
+                         "campaign": campaigns[0], "campaigns": campaigns})
             if progress:
                 print(f"  {name}: drop {rows[-1]['drop_pct']:.3f} % at BER {t.ber:g}",
                       file=sys.stderr, flush=True)
@@ -173,7 +195,7 @@ def run(ctx: StepContext) -> TableResult:
         m = "own" if n is None else n
         plot_accuracy_vs_ber(series, folder / f"accuracy_vs_ber_n{m}.png",
                              title=f"{parse_arch(cfg.model.arch).label}: n = {m} "
-                                   f"({t.trials} trials/point)")
+                                   f"({_trials_label(t)})")
     plot_bars({r["config"]: r["rap"] for r in rows}, folder / "rap.png",
               title=f"RAP at BER {t.ber:g} (reference {ref['config']})", ylabel="RAP")
     return TableResult(rows, consts.to_json(), ref["config"], str(run / "table" / "table.md"),
