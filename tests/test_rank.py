@@ -1,4 +1,5 @@
-"""GA layer-vulnerability ranking: the fragile-layer test, reproducibility, the rank command."""
+"""Layer-vulnerability ranking (uniform sample and GA): the fragile-layer test, reproducibility,
+the rank command."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from flow.nn.lower import lower
 from flow.nn.train import train
 from flow.pipeline.session import load_data
 from flow.reliability.ga import rank_layers_ga
+from flow.reliability.ranking import rank_layers
 from flow.reliability.vulnerability import layer_ground_truth
 
 
@@ -38,10 +40,32 @@ def test_small_fragile_layer_rises_large_robust_layer_does_not():
     sizes = {m.layer: m.bits for m in image.targets()}
     assert sizes["fc3"] < sizes["fc2"] and sizes["fc3"] < sizes["fc1"]
     for seed in (0, 1):
-        res = rank_layers_ga(ex, image, x, y, RankConfig(), seed)
-        assert res.ranking[0] == "fc3", res.layers
-        lvf = {r["layer"]: r["lvf"] for r in res.layers}
-        assert lvf["fc1"] < lvf["fc3"] / 2, res.layers
+        for method in ("ga", "uniform"):
+            res = rank_layers(ex, image, x, y, RankConfig(method=method), seed)
+            assert res.ranking[0] == "fc3", (method, res.layers)
+            lvf = {r["layer"]: r["lvf"] for r in res.layers}
+            assert lvf["fc1"] < lvf["fc3"] / 2, (method, res.layers)
+
+
+def test_uniform_ranking_is_its_own_sample_of_single_flips(mlp_run):
+    """rank.method uniform: rank.flips single flips per layer, each judged alone, drawn from a
+    stream of the seed that the ground truth does not use; same seed, same result."""
+    from flow.pipeline.session import open_session
+    from flow.reliability.ranking import rank_layers_uniform
+    s = open_session(mlp_run, "cpu")
+    x, y = s.data.test.x, s.data.test.y
+    res = rank_layers(s.executor, s.image, x, y, RankConfig(flips=40), 3)
+    assert res.generations == 0 and res.inferences == 3 * 40
+    assert [r["tested"] for r in res.layers] == [40, 40, 40]
+    lvf = [r["lvf"] for r in res.layers]
+    assert [r["lvf"] for r in sorted(res.layers, key=lambda r: res.ranking.index(r["layer"]))] \
+        == sorted(lvf, reverse=True)
+    truth = layer_ground_truth(s.executor, s.image, x, y, seed=3, trials=40, progress=False)
+    assert [r["critical"] for r in res.layers] == [
+        r["critical"] for r in rank_layers_uniform(s.executor, s.image, x, y, 40, 3).layers]
+    own = {r["layer"]: (r["critical"], r["lvf"]) for r in res.layers}
+    assert own != {t.layer: (t.critical, t.critical_fraction) for t in truth} or all(
+        t.critical in (0, 40) for t in truth)   # a different sample (unless all-or-nothing)
 
 
 def test_same_seed_same_ranking(mlp_run):
@@ -77,7 +101,7 @@ def test_rank_command_writes_results_and_plan(mlp_run, tmp_path, capsys):
     plan = json.loads((run / "plan.json").read_text())
     lvf = {r["layer"]: r["lvf"] for r in out["layers"]}
     assert {n: e["vulnerability"] for n, e in plan["layers"].items()} == lvf
-    assert (run / "rank" / "ga.json").is_file() and (run / "rank" / "ground_truth.json").is_file()
+    assert (run / "rank" / "ranking.json").is_file() and (run / "rank" / "ground_truth.json").is_file()
     capsys.readouterr()
     assert main(["info", str(run), "--json"]) == 0  # the plan still matches its checkpoint
     rank = json.loads(capsys.readouterr().out)["steps"]["rank"]

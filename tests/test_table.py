@@ -44,6 +44,10 @@ def test_table_rows_metrics_and_files(tmp_path, capsys):
     assert "| het(3,5) |" in md and "P_single = 1e-20" in md
     assert "12 fault maps at BER 0.01, 6 at the other points" in md
     assert all(len(r["campaigns"]) == 2 for r in rows.values())  # the table's point, the curve
+    curves = json.loads((folder / "curves.json").read_text())["curves"]
+    assert sorted(curves) == ["3", "4"]
+    assert [r["ber"] for r in curves["3"]["het(3,5)"]] == [1e-3, 1e-2]
+    assert [r["trials"] for r in curves["4"]["hom(4,-)"]] == [6, 12]
     for png in ("accuracy_vs_ber_n3.png", "accuracy_vs_ber_n4.png", "rap.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
 

@@ -131,9 +131,11 @@ class CampaignConfig(_Strict):
 
 
 class RankConfig(_Strict):
-    """GA layer-vulnerability ranking (flow.reliability.ga) and its ground truth
-    (flow.reliability.vulnerability)."""
+    """Layer-vulnerability ranking (flow.reliability.ranking: a uniform single-flip sample or
+    the GA of flow.reliability.ga) and its ground truth (flow.reliability.vulnerability)."""
 
+    method: Literal["uniform", "ga"] = "uniform"
+    flips: Int = Field(default=96, ge=1)
     population: Int = Field(default=12, ge=2)
     genes: Int = Field(default=8, ge=1)
     tournament: Int = Field(default=3, ge=1)

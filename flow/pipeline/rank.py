@@ -1,6 +1,7 @@
-"""The rank step: layer vulnerability by the GA, optionally against the per-layer ground truth.
+"""The rank step: layer vulnerability (``rank.method``: a uniform single-flip sample or the GA),
+optionally against the per-layer ground truth.
 
-Writes ``RUN_DIR/rank/ga.json`` (ranking, LVF per layer, generations, inferences),
+Writes ``RUN_DIR/rank/ranking.json`` (method, ranking, LVF per layer, generations, inferences),
 ``RUN_DIR/rank/ground_truth.json`` when ``rank.ground_truth`` is on, and the LVF of each layer
 into plan.json's ``vulnerability`` field (same checkpoint, so the plan keeps its hash).
 """
@@ -14,16 +15,19 @@ from flow.core.io import write_json
 from flow.core.plan import save_plan
 from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import open_session
-from flow.reliability.ga import rank_layers_ga, ranking_images
+from flow.reliability.ga import ranking_images
 from flow.reliability.rank_check import misorders, spearman, spearman_bootstrap
+from flow.reliability.ranking import rank_layers
 from flow.reliability.vulnerability import LayerTruth, layer_ground_truth
 
 __all__ = ["RankResult", "compare", "run", "spearman"]
 
+SAME_COST_STREAM = (2,)   # the equal-cost rival's random stream (the truth's is (), uniform's (1,))
+
 
 @dataclass
 class RankResult(StepResult):
-    """The GA's ranking (most vulnerable first) and LVF per layer, and the ground truth if
+    """The ranking (most vulnerable first) and LVF per layer, and the ground truth if
     measured."""
 
     ranking: list[str]
@@ -32,26 +36,31 @@ class RankResult(StepResult):
     inferences: int
     seed: int
     test_images: int
+    method: str = "uniform"
     ground_truth: dict | None = None
 
     def summary(self) -> str:
         lines = [f"ranking (most vulnerable first): {' > '.join(self.ranking)}",
-                 f"GA: {self.generations} generations, {self.inferences} inferences",
+                 (f"GA: {self.generations} generations, {self.inferences} inferences"
+                  if self.method == "ga" else f"uniform sample: {self.inferences} single flips "
+                  f"({max(r['tested'] for r in self.layers)} per layer at most)"),
                  f"{'layer':<22} {'bits':>8} {'tested':>7} {'critical':>8} {'LVF':>8}"]
         lines += [f"{r['layer']:<22} {r['bits']:>8} {r['tested']:>7} {r['critical']:>8} "
                   f"{r['lvf']:>8.4f}" for r in self.layers]
         gt = self.ground_truth
+        who = "GA" if self.method == "ga" else "ranking"
         if gt:
             lo, hi = gt["spearman_ci"]
             lines.append(f"ground truth: {' > '.join(gt['ranking'])} ({gt['inferences']} "
-                         f"inferences); Spearman {gt['spearman']:.3f} [{lo:.3f}, {hi:.3f}]; GA "
-                         f"used {100 * gt['ga_inference_ratio']:.1f} % of its inferences")
+                         f"inferences); Spearman {gt['spearman']:.3f} [{lo:.3f}, {hi:.3f}]; "
+                         f"{who} used {100 * gt['ga_inference_ratio']:.1f} % of its inferences")
             wrong = gt["misordered"]
             if wrong:
-                lines.append(f"GA misorders {len(wrong)} pair(s) of layers; by the truth's gap:")
+                lines.append(f"{who} misorders {len(wrong)} pair(s) of layers; by the truth's gap:")
             for m in wrong[:5]:
                 note = ", within the CIs" if m["truth_cis_overlap"] else ""
-                lines.append(f"  GA orders {m['ranked_higher']} (LVF {m['est_higher']:.4f}) above "
+                lines.append(f"  {who} orders {m['ranked_higher']} (LVF {m['est_higher']:.4f}) "
+                             f"above "
                              f"{m['ranked_lower']} ({m['est_lower']:.4f}); truth "
                              f"{m['truth_higher']:.4f} < {m['truth_lower']:.4f} (gap "
                              f"{m['truth_gap']:.4f}{note})")
@@ -60,7 +69,8 @@ class RankResult(StepResult):
             u = gt.get("uniform_same_cost")
             if u:
                 lo, hi = u["spearman_ci"]
-                lines.append(f"uniform per-layer sample at the GA's cost ({u['trials_per_layer']} "
+                lines.append(f"independent uniform sample at the {who}'s cost "
+                             f"({u['trials_per_layer']} "
                              f"flips per layer, {u['inferences']} inferences): Spearman "
                              f"{u['spearman']:.3f} [{lo:.3f}, {hi:.3f}]")
         return "\n".join(lines)
@@ -81,7 +91,7 @@ def run(ctx: StepContext) -> RankResult:
     x, y = ranking_images(s.data.test.x, s.data.test.y, r.images, ctx.cfg.seed)
 
     bar = tqdm(total=r.max_generations, desc="GA", unit="generation",
-               disable=not ctx.progress or None, leave=False)
+               disable=not ctx.progress or r.method != "ga" or None, leave=False)
 
     def report(gen: int, ranking: list[str], inferences: int) -> None:
         bar.update(1)
@@ -93,20 +103,22 @@ def run(ctx: StepContext) -> RankResult:
     pool = make_pool(p.executor, s.executor, s.image, x, y, address=p.address,
                      workers=p.workers)
     try:
-        res = rank_layers_ga(s.executor, s.image, x, y, r, seed, report, pool=pool)
+        res = rank_layers(s.executor, s.image, x, y, r, seed, report, pool=pool,
+                          progress=ctx.progress)
     finally:
         bar.close()
         pool.close()
-    out = RankResult(res.ranking, res.layers, res.generations, res.inferences, seed, len(y))
-    write_json(ctx.out / "ga.json", {**out.to_json(), "history": res.history})
+    out = RankResult(res.ranking, res.layers, res.generations, res.inferences, seed, len(y),
+                     r.method)
+    write_json(ctx.out / "ranking.json", {**out.to_json(), "history": res.history})
     if r.ground_truth:
         gt = layer_ground_truth(s.executor, s.image, x, y, seed=seed, margin=r.truth_margin,
                                 confidence=r.truth_confidence, progress=ctx.progress)
-        # The cheaper rival: a uniform sample of single flips per layer at the GA's inference
-        # count, drawn independently of the ground truth (its own seed stream).
+        # The rival at equal cost: a uniform sample of single flips per layer at the ranking's
+        # inference count, drawn independently of the ground truth and of the ranking.
         per_layer = max(1, res.inferences // len(gt))
-        same = layer_ground_truth(s.executor, s.image, x, y, seed=seed + 1, trials=per_layer,
-                                  progress=ctx.progress)
+        same = layer_ground_truth(s.executor, s.image, x, y, seed=seed, trials=per_layer,
+                                  progress=ctx.progress, stream=SAME_COST_STREAM)
         out.ground_truth = compare(res.layers, res.inferences, gt, same, seed=seed,
                                    confidence=r.truth_confidence)
         write_json(ctx.out / "ground_truth.json", out.ground_truth)
@@ -121,9 +133,10 @@ def run(ctx: StepContext) -> RankResult:
 def compare(ga_layers: list[dict], ga_inferences: int, truth: list[LayerTruth],
             same_cost: list[LayerTruth] | None = None, *, seed: int = 0,
             confidence: float = 0.95) -> dict:
-    """The GA's per-layer LVF against the ground truth: Spearman with its bootstrap interval,
-    the GA's share of the truth's inferences, the pairs it misorders, and (``same_cost``) a
-    uniform per-layer sample at the GA's cost judged the same way."""
+    """A ranking's per-layer LVF (``ga_layers``: the GA's or the uniform sample's rows) against
+    the ground truth: Spearman with its bootstrap interval, the ranking's share of the truth's
+    inferences, the pairs it misorders, and (``same_cost``) an independent uniform per-layer
+    sample at the ranking's cost judged the same way."""
     names = [row["layer"] for row in ga_layers]
     t = {x.layer: x for x in truth}
     frac = {n: t[n].critical_fraction for n in names}

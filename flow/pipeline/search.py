@@ -6,8 +6,8 @@
    q + q/2 (the paper's binary-search rule), until the next q was tried already or leaves 2..16.
 2. The base q is the smallest q tried whose accuracy exceeds a: the cheapest accurate network,
    the one most exposed to faults.
-3. Rank its layers by the GA (LVF), then protect l = 1, 2, ... most vulnerable layers (n+2-bit
-   words, MSB triplicated) until the drop at the BER is <= r (or every layer is protected).
+3. Rank its layers (``rank.method``, LVF), then protect l = 1, 2, ... most vulnerable layers
+   (n+2-bit words, MSB triplicated) until the drop at the BER is <= r (or every layer is protected).
 
 The paper's pick is the last design of step 3. ``search.mode: pareto`` (the default) builds
 instead the best design of all the search evaluated (every q unprotected, every protection
@@ -52,8 +52,9 @@ from flow.reliability.algorithm1 import (
     search_bits,
 )
 from flow.reliability.campaign import CampaignSpec, run_campaign
-from flow.reliability.ga import rank_layers_ga, ranking_images
+from flow.reliability.ga import ranking_images
 from flow.reliability.metrics import latency
+from flow.reliability.ranking import rank_layers
 
 
 def _drop(net: IntNetwork, protected: list[str], cfg: RunConfig, data, device, store,
@@ -176,7 +177,7 @@ class SearchResult(StepResult):
             lines.append(self.note)
         base = f"base q = {self.base_q}" if self.base_q is not None else "bit-widths kept"
         lines.append(f"{base}; ranking {' > '.join(self.ranking)} "
-                     f"({self.ga_inferences} GA inferences)")
+                     f"({self.ga_inferences} ranking inferences)")
         p, c = self.designs[self.paper_choice], self.designs[self.chosen]
         lines.append(f"p paper's pick: {_name(p)}" + ("" if p["meets_r"] else
                      f" > r = {_pct(self.thresholds['drop'])}"))
@@ -236,7 +237,7 @@ def run(ctx: StepContext) -> SearchResult:
         base = _drop(net, [], cfg, data, device, store, {"q": None, "checkpoint_sha256": sha})
         tried, nets, q = {}, {None: net}, None
     plain = MemoryImage.build(net)
-    ga = rank_layers_ga(Executor(net, plain, device), plain,
+    ga = rank_layers(Executor(net, plain, device), plain,
                         *ranking_images(data.test.x, data.test.y, cfg.rank.images, cfg.seed),
                         cfg.rank, cfg.seed)
     evals: dict[tuple[str, ...], dict] = {(): base}
@@ -261,7 +262,7 @@ def run(ctx: StepContext) -> SearchResult:
         net = nets[build.q]
         sha = tried[build.q]["checkpoint_sha256"]
         plain = MemoryImage.build(net)
-        lvf_ga = rank_layers_ga(Executor(net, plain, device), plain,
+        lvf_ga = rank_layers(Executor(net, plain, device), plain,
                                 *ranking_images(data.test.x, data.test.y, cfg.rank.images,
                                                 cfg.seed), cfg.rank, cfg.seed)
     else:

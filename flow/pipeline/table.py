@@ -1,8 +1,8 @@
 """``hetq table``: the paper's experiment (Tables III-V, Figs. 3-6) on a run's network.
 
 For each base bit-width n of ``table.bits``: fine-tune the trained network at n bits, rank its
-layers with the GA, and compare three configurations of the same n-bit network (a network hetq
-cannot retrain, an imported QONNX file or an all-binary one, gets the three at its own
+layers (``rank.method``), and compare three configurations of the same n-bit network (a
+network hetq cannot retrain, an imported QONNX file or an all-binary one, gets the three at its own
 bit-widths, n = its width or ``own`` when its layers differ):
 
 - ``hom(n,-)``: every layer n bits, no protection;
@@ -14,7 +14,8 @@ interval) and its row: the accuracy drop at ``table.ber``, stored weight bits, e
 (analytic cycles: the voter is combinational, so all three configurations of an n tie), the
 measured software time of the integer executor beside it, RAP (Eq. 2) and P_drop (Eq. 3).
 Overheads are relative to hom(n_min,-) as in the paper. Writes ``table/table.csv``,
-``table/table.md``, ``table/rows.json``, ``table/accuracy_vs_ber_n<n>.png`` and ``table/rap.png``.
+``table/table.md``, ``table/rows.json``, ``table/curves.json`` (accuracy vs BER per
+configuration), ``table/accuracy_vs_ber_n<n>.png`` and ``table/rap.png``.
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.search import protection_only
 from flow.pipeline.session import load_data, qonnx_of, resolve_device
 from flow.reliability.campaign import CampaignSpec, run_campaign
-from flow.reliability.ga import rank_layers_ga, ranking_images
+from flow.reliability.ga import ranking_images
 from flow.reliability.metrics import PdropConstants, latency, p_drop, rap, weight_bits
+from flow.reliability.ranking import rank_layers
 from flow.reliability.store import export_csv
 
 COLUMNS = ("config", "n", "protected", "accuracy", "drop_pct", "drop_low_pct", "drop_high_pct",
@@ -143,7 +145,7 @@ def run(ctx: StepContext) -> TableResult:
     rows, curves = [], {}
     for n, net in _networks(run, cfg, data, device, progress):
         plain = MemoryImage.build(net)
-        ga = rank_layers_ga(Executor(net, plain, device), plain,
+        ga = rank_layers(Executor(net, plain, device), plain,
                             *ranking_images(x, y, cfg.rank.images, cfg.seed), cfg.rank, cfg.seed)
         k = max(1, math.ceil(t.protect_fraction * len(ga.ranking)))
         m = "own" if n is None else str(n)
@@ -191,6 +193,9 @@ def run(ctx: StepContext) -> TableResult:
     write_json(folder / "rows.json", {"rows": rows, "constants": consts.to_json(),
                                       "reference": ref["config"], "ber": t.ber,
                                       "trials": t.trials})
+    write_json(folder / "curves.json", {"trials": t.trials, "curve_trials": t.curve_trials,
+                                        "curves": {("own" if n is None else str(n)): series
+                                                   for n, series in curves.items()}})
     for n, series in curves.items():
         m = "own" if n is None else n
         plot_accuracy_vs_ber(series, folder / f"accuracy_vs_ber_n{m}.png",
