@@ -101,7 +101,8 @@ def test_rank_command_writes_results_and_plan(mlp_run, tmp_path, capsys):
     plan = json.loads((run / "plan.json").read_text())
     lvf = {r["layer"]: r["lvf"] for r in out["layers"]}
     assert {n: e["vulnerability"] for n, e in plan["layers"].items()} == lvf
-    assert (run / "rank" / "ranking.json").is_file() and (run / "rank" / "ground_truth.json").is_file()
+    assert (run / "rank" / "ranking.json").is_file()
+    assert (run / "rank" / "ground_truth.json").is_file()
     capsys.readouterr()
     assert main(["info", str(run), "--json"]) == 0  # the plan still matches its checkpoint
     rank = json.loads(capsys.readouterr().out)["steps"]["rank"]
