@@ -12,7 +12,8 @@ bit-widths, n = its width or ``own`` when its layers differ):
 Each configuration gets a campaign over ``table.bers`` (accuracy vs BER, mean and confidence
 interval) and its row: the accuracy drop at ``table.ber``, stored weight bits, execution time
 (analytic cycles: the voter is combinational, so all three configurations of an n tie), the
-measured software time of the integer executor beside it, RAP (Eq. 2) and P_drop (Eq. 3).
+measured software time of the integer executor beside it, RAP (Eq. 2) and P_drop (Eq. 3),
+both taking a negative mean drop as 0.
 Overheads are relative to hom(n_min,-) as in the paper. Writes ``table/table.csv``,
 ``table/table.md``, ``table/rows.json``, ``table/curves.json`` (accuracy vs BER per
 configuration), ``table/accuracy_vs_ber_n<n>.png`` and ``table/rap.png``.
@@ -81,7 +82,9 @@ def _markdown(rows: list[dict], cfg: RunConfig, consts: PdropConstants) -> str:
     lines = [f"# {parse_arch(cfg.model.arch).label} on {cfg.data.name}: hom / het quantization", "",
              f"{_trials_label(t, 'fault maps')}; protected layers of het: the "
              f"{t.protect_fraction:.0%} most vulnerable by LVF. P_drop constants: T = "
-             f"{consts.lifetime:g}, t = {consts.test_interval:g}, P_single = {consts.p_single:g}.",
+             f"{consts.lifetime:g}, t = {consts.test_interval:g}, P_single = {consts.p_single:g}. "
+             f"A negative drop (the faulty accuracy above the clean one on average) counts as 0 "
+             f"in RAP and P_drop.",
              "", head, "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['drop_pct']:.2f} [{r['drop_low_pct']:.2f}, "
@@ -185,8 +188,9 @@ def run(ctx: StepContext) -> TableResult:
         perf_ovh = r["cycles"] / ref["cycles"]
         r["exec_time_pct"] = 100 * perf_ovh
         r["software_time_pct"] = 100 * r["software_seconds"] / ref["software_seconds"]
-        r["rap"] = rap(r["drop_pct"], mem_ovh, perf_ovh)
-        r["p_drop"] = p_drop(r["memory_bits"], t.ber, r["drop_pct"] / 100, consts)
+        drop = max(r["drop_pct"], 0.0)      # a mean gain under faults is no drop (RAP, P_drop >= 0)
+        r["rap"] = rap(drop, mem_ovh, perf_ovh)
+        r["p_drop"] = p_drop(r["memory_bits"], t.ber, drop / 100, consts)
     export_csv([{c: (";".join(r[c]) if c == "protected" else r[c]) for c in COLUMNS}
                 for r in rows], folder / "table.csv")
     atomic_write(folder / "table.md", _markdown(rows, cfg, consts))
