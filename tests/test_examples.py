@@ -1,4 +1,4 @@
-"""examples/spread_by_layer.py: the fault-model diagnostic of docs/scale.md runs on a trained run."""
+"""examples/spread_by_layer.py, the fault-model diagnostic of docs/scale.md, on a trained run."""
 from __future__ import annotations
 
 import importlib.util
