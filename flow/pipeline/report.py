@@ -122,7 +122,7 @@ class _Builder:
                          f.add(f"plan.{name}.lvf", e.get("vulnerability"), "LVF", src)])
         self.tables.append(_table("plan", "Plan: bits, protection and vulnerability per layer",
                                   ["layer", "weight bits", "activation bits", "protected",
-                                   "LVF (GA, Eq. 1)"], rows,
+                                   "LVF (Eq. 1)"], rows,
                                   f"checkpoint {self.plan['checkpoint_sha256'][:12]}..., "
                                   f"source {self.plan.get('source')}"))
         lvf = {n: e["vulnerability"] for n, e in self.plan["layers"].items()
@@ -131,7 +131,7 @@ class _Builder:
             from flow.pipeline.plots import plot_bars
             plot_bars(lvf, self.folder / "lvf.png", title="Layer vulnerability (LVF)",
                       ylabel="LVF = vulnerable bits / tested bits")
-            self.figures.append({"id": "lvf", "title": "LVF per layer (GA)", "file": "lvf.png"})
+            self.figures.append({"id": "lvf", "title": "LVF per layer", "file": "lvf.png"})
 
     def search_section(self) -> None:
         """Every design Algorithm 1 evaluated, with both picks (when ``hetq search`` ran)."""
