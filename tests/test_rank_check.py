@@ -55,7 +55,7 @@ def test_compare_reports_the_ga_and_its_equal_cost_rival():
 def test_ranking_images_is_a_seeded_subset_in_test_order():
     import torch
 
-    from flow.reliability.ga import ranking_images
+    from flow.reliability.ranking import ranking_images
     x = torch.arange(100.0).reshape(100, 1)
     y = torch.arange(100) % 10
     assert ranking_images(x, y, None, 0)[0] is x and ranking_images(x, y, 100, 0)[0] is x

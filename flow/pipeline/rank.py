@@ -15,9 +15,8 @@ from flow.core.io import write_json
 from flow.core.plan import save_plan
 from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import open_session
-from flow.reliability.ga import ranking_images
 from flow.reliability.rank_check import misorders, spearman, spearman_bootstrap
-from flow.reliability.ranking import rank_layers
+from flow.reliability.ranking import rank_layers, ranking_images
 from flow.reliability.vulnerability import LayerTruth, layer_ground_truth
 
 __all__ = ["RankResult", "compare", "run", "spearman"]
@@ -101,13 +100,14 @@ def run(ctx: StepContext) -> RankResult:
 
     p = ctx.cfg.parallel
     pool = make_pool(p.executor, s.executor, s.image, x, y, address=p.address,
-                     workers=p.workers)
+                     workers=p.workers) if r.method == "ga" else None    # only the GA pools
     try:
         res = rank_layers(s.executor, s.image, x, y, r, seed, report, pool=pool,
                           progress=ctx.progress)
     finally:
         bar.close()
-        pool.close()
+        if pool is not None:
+            pool.close()
     out = RankResult(res.ranking, res.layers, res.generations, res.inferences, seed, len(y),
                      r.method)
     write_json(ctx.out / "ranking.json", {**out.to_json(), "history": res.history})
@@ -140,31 +140,30 @@ def compare(ga_layers: list[dict], ga_inferences: int, truth: list[LayerTruth],
     names = [row["layer"] for row in ga_layers]
     t = {x.layer: x for x in truth}
     frac = {n: t[n].critical_fraction for n in names}
-    lvf = {row["layer"]: row["lvf"] for row in ga_layers}
+    tn, tk = [t[n].trials for n in names], [t[n].critical for n in names]
+    truth_ci = {n: (t[n].critical_low, t[n].critical_high) for n in names}
     gt_inferences = sum(x.trials for x in truth)
-    tn = [t[n].trials for n in names]
-    tk = [t[n].critical for n in names]
+
+    def judge(n: list[int], k: list[int], est: dict[str, float]) -> tuple[float, tuple, list]:
+        """Spearman, its bootstrap interval and the misordered pairs of one estimate."""
+        return (spearman([frac[x] for x in names], [est[x] for x in names]),
+                spearman_bootstrap(n, k, tn, tk, confidence=confidence, seed=seed),
+                misorders(names, est, frac, truth_ci))
+
+    rho, ci, wrong = judge([row["tested"] for row in ga_layers],
+                           [row["critical"] for row in ga_layers],
+                           {row["layer"]: row["lvf"] for row in ga_layers})
     out = {"layers": [x.to_json() for x in truth],
            "ranking": sorted(frac, key=lambda n: -frac[n]),
-           "inferences": gt_inferences,
-           "spearman": spearman([frac[n] for n in names], [lvf[n] for n in names]),
-           "spearman_ci": spearman_bootstrap([row["tested"] for row in ga_layers],
-                                             [row["critical"] for row in ga_layers], tn, tk,
-                                             confidence=confidence, seed=seed),
+           "inferences": gt_inferences, "spearman": rho, "spearman_ci": ci,
            "ga_inference_ratio": ga_inferences / gt_inferences,
-           "misordered": [m.to_json() for m in misorders(
-               names, lvf, frac, {n: (t[n].critical_low, t[n].critical_high) for n in names})]}
+           "misordered": [m.to_json() for m in wrong]}
     if same_cost is not None:
         u = {x.layer: x for x in same_cost}
+        rho, ci, wrong = judge([u[n].trials for n in names], [u[n].critical for n in names],
+                               {n: u[n].critical_fraction for n in names})
         out["uniform_same_cost"] = {
             "trials_per_layer": max((x.trials for x in same_cost), default=0),
             "inferences": sum(x.trials for x in same_cost),
-            "spearman": spearman([frac[n] for n in names],
-                                 [u[n].critical_fraction for n in names]),
-            "spearman_ci": spearman_bootstrap([u[n].trials for n in names],
-                                              [u[n].critical for n in names], tn, tk,
-                                              confidence=confidence, seed=seed),
-            "misordered": len(misorders(names, {n: u[n].critical_fraction for n in names}, frac,
-                                        {n: (t[n].critical_low, t[n].critical_high)
-                                         for n in names}))}
+            "spearman": rho, "spearman_ci": ci, "misordered": len(wrong)}
     return out

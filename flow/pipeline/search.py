@@ -52,9 +52,8 @@ from flow.reliability.algorithm1 import (
     search_bits,
 )
 from flow.reliability.campaign import CampaignSpec, run_campaign
-from flow.reliability.ga import ranking_images
 from flow.reliability.metrics import latency
-from flow.reliability.ranking import rank_layers
+from flow.reliability.ranking import rank_layers, ranking_images
 
 
 def _drop(net: IntNetwork, protected: list[str], cfg: RunConfig, data, device, store,

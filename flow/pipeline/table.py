@@ -40,9 +40,8 @@ from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.search import protection_only
 from flow.pipeline.session import load_data, qonnx_of, resolve_device
 from flow.reliability.campaign import CampaignSpec, run_campaign
-from flow.reliability.ga import ranking_images
 from flow.reliability.metrics import PdropConstants, latency, p_drop, rap, weight_bits
-from flow.reliability.ranking import rank_layers
+from flow.reliability.ranking import rank_layers, ranking_images
 from flow.reliability.store import export_csv
 
 COLUMNS = ("config", "n", "protected", "accuracy", "drop_pct", "drop_low_pct", "drop_high_pct",

@@ -48,17 +48,6 @@ class GAResult:
     verdicts: dict[int, bool] = field(default_factory=dict)   # target-bit position -> critical
 
 
-def ranking_images(x: torch.Tensor, y: torch.Tensor, images: int | None, seed: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test images the GA and its ground truth classify: all of them, or (``rank.images``)
-    a seeded subset of ``images`` of them, kept in test-set order."""
-    if images is None or images >= len(y):
-        return x, y
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x6a,)))
-    idx = torch.from_numpy(np.sort(rng.choice(len(y), size=images, replace=False)))
-    return x[idx], y[idx]
-
-
 def rank_layers_ga(executor: Executor, image: MemoryImage, x: torch.Tensor, y: torch.Tensor,
                    cfg: RankConfig, seed: int,
                    on_generation: Callable[[int, list[str], int], None] | None = None,

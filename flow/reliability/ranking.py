@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from flow.core.config import RankConfig
@@ -27,13 +28,25 @@ from flow.reliability.vulnerability import layer_ground_truth
 UNIFORM_STREAM = (1,)   # the uniform ranking's random stream, independent of the ground truth's
 
 
+def ranking_images(x: torch.Tensor, y: torch.Tensor, images: int | None, seed: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images the GA and its ground truth classify: all of them, or (``rank.images``)
+    a seeded subset of ``images`` of them, kept in test-set order."""
+    if images is None or images >= len(y):
+        return x, y
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x6a,)))
+    idx = torch.from_numpy(np.sort(rng.choice(len(y), size=images, replace=False)))
+    return x[idx], y[idx]
+
+
 def rank_layers_uniform(executor: Executor, image: MemoryImage, x: torch.Tensor,
                         y: torch.Tensor, flips: int, seed: int, *, progress: bool = False
                         ) -> GAResult:
     """Rank layers by the critical fraction of ``flips`` uniformly drawn single-bit flips each
     (all of a layer's bits when it has fewer); ties keep network order."""
     sample = layer_ground_truth(executor, image, x, y, seed=seed, trials=flips,
-                                progress=progress, stream=UNIFORM_STREAM)
+                                progress=progress, stream=UNIFORM_STREAM,
+                                label="rank")
     rows = [{"layer": t.layer, "bits": t.bits, "tested": t.trials, "critical": t.critical,
              "n_vulnerable": t.critical_fraction * t.bits, "lvf": t.critical_fraction}
             for t in sample]
