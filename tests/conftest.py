@@ -136,8 +136,8 @@ def bmlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # The longest modules first: pytest-xdist hands out work in collection order, so the slowest
 # groups (one worker each) start at once and the short tests fill the gaps, not the tail.
-_FIRST = ("test_hls.py", "test_flow_run.py", "test_rtl.py", "test_byo_flow.py",
-          "test_zobnn_hw.py", "test_zobnn.py", "test_rtl_lint.py")
+_FIRST = ("test_hls.py", "test_flow_run.py", "test_rtl.py", "test_rtl_resnet.py",
+          "test_byo_flow.py", "test_zobnn_hw.py", "test_zobnn.py", "test_rtl_lint.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -35,6 +35,11 @@ VARIANTS = {
     "frame_buffer": [["-GWLANES=4", "-GRLANES=2"], ["-GWLANES=2", "-GRLANES=8"],
                      ["-GN=24", "-GWLANES=6", "-GRLANES=4"], ["-GN=24", "-GWLANES=4", "-GRLANES=6"],
                      ["-GN=392", "-GBITS=8", "-GWLANES=2", "-GRLANES=8"]],
+    "stream_lanes": [["-GIN_LANES=1", "-GOUT_LANES=4"], ["-GIN_LANES=8", "-GOUT_LANES=2"],
+                     ["-GIN_LANES=3", "-GOUT_LANES=3"]],
+    "residual_add": [["-GLANES=4", "-GASIGNED=0", "-GBSIGNED=1", "-GBSHIFT=2"]],
+    "sum_pool": [["-GLANES=4", "-GSIGNED=1"], ["-GLANES=16", "-GC=16"]],
+    "frame_fifo": [["-GDEPTH=1"], ["-GDEPTH=5", "-GWIDTH=3"]],
 }
 
 
@@ -61,6 +66,67 @@ def test_generated_top_lints_clean(request, tmp_path, net):
     for top in ("hetq_accel", "hetq_harness"):
         r = _lint(files, top)
         assert r.returncode == 0 and "%Warning" not in r.stderr, r.stderr
+
+
+def _cifar_form_design(arch: str):
+    """An untrained width-1/8 CIFAR-form zoo network on digits32 (3x32x32), lowered, and its
+    RTL design at a cycle target that folds every layer."""
+    from flow.core.config import RunConfig
+    from flow.core.image import MemoryImage
+    from flow.nn.lower import lower_graph
+    from flow.nn.qonnx_graph import export_module
+    from flow.nn.train import model_from_config
+    cfg = RunConfig.model_validate({"model": {"arch": arch, "width": 0.125,
+                                              "default_weight_bits": 4, "act_bits": 8}})
+    net = lower_graph(export_module(model_from_config(cfg, (3, 32, 32), 10), (3, 32, 32)), arch)
+    image = MemoryImage.build(net)
+    return net, image, design(net, image, RtlConfig(target_cycles=8192))
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg11", "resnet18"])
+def test_cifar_form_tops_lint_clean(tmp_path, arch):
+    net, image, d = _cifar_form_design(arch)
+    write_project(tmp_path, d, image, "0" * 64)
+    files = [*sorted((tmp_path / "src").glob("*.sv")), tmp_path / "hetq_accel.sv",
+             tmp_path / "hetq_harness.sv"]
+    for top in ("hetq_accel", "hetq_harness"):
+        r = _lint(files, top)
+        assert r.returncode == 0 and "%Warning" not in r.stderr, r.stderr
+
+
+def test_residual_blocks_buffer_the_shorter_branch():
+    """ResNet-18: one fork per block input, one residual_add per block, a frame FIFO on the
+    shorter branch of each (whole images: one, plus one per interval the longer branch adds),
+    lane converters where the branches' lanes differ; the critical path runs through the main
+    branches, not the 1x1 shortcuts."""
+    net, image, d = _cifar_form_design("resnet18")
+    by = {m: [s for s in d.stages if s.module == m] for m in {s.module for s in d.stages}}
+    adds = [n for n in net.nodes if n.op == "add"]
+    assert len(by["residual_add"]) == len(by["stream_fork"]) == len(by["frame_fifo"]) == 8
+    assert len(adds) == 8 and len(by["sum_pool"]) == 1
+    wires = {w for s in d.stages for w in s.ports.values()} | set(d.streams)
+    produced = [w for s in d.stages for p, w in s.ports.items() if p not in ("in", "a", "b")
+                or s.module == "stream_fork" and p != "in"]
+    consumed = [w for s in d.stages for p, w in s.ports.items()
+                if p == "in" or (p in ("a", "b") and s.module != "stream_fork")]
+    # every stream has one producer and one consumer (the input and the output: the top's)
+    assert sorted(produced) == sorted(set(produced)) and sorted(consumed) == sorted(set(consumed))
+    assert set(produced) - set(consumed) == {d.out_stream} and "in" in consumed
+    assert wires == set(produced) | {"in"}
+    ana = d.analytic()
+    assert not any("shortcut" in layer for layer in ana["critical_path"])
+    assert len(ana["critical_path"]) == len(net.layers()) - 3
+    ii = ana["ii_cycles"]
+    costs = {layer: c + 2 for layer, c in ana["layer_cycles"].items()}
+    for st in by["frame_fifo"]:
+        block = st.name.split("_add_")[0].removeprefix("u_").replace("_", ".")
+        main = costs[f"{block}.conv1"] + costs[f"{block}.conv2"]
+        short = costs.get(f"{block}.shortcut", 0)
+        frames = 1 + (main - short) // ii
+        assert st.info["frames"] == frames
+        conv2 = next(s for s in by["mvu"] if s.layer == f"{block}.conv2")
+        assert st.params["DEPTH"] * st.in_lanes == frames * conv2.info["pixels"] * \
+            conv2.params["OUT"]
 
 
 def test_generated_project_is_self_contained(mlp_run, tmp_path):

@@ -2,7 +2,10 @@
 
 :func:`design` turns the integer network (:mod:`flow.core.ir`) and its memory image into a list of
 stages, one per library module of ``rtl/`` (``mvu``, ``requant``, ``threshold_unit``,
-``affine_unit``, ``maxpool``), connected by valid/ready streams. Feature maps stream in (row,
+``affine_unit``, ``maxpool``, ``residual_add``, ``sum_pool``; ``stream_fork``, ``frame_fifo`` and
+``stream_lanes`` around residual blocks), connected by valid/ready streams: a node that two
+nodes read feeds a fork, and the shorter branch of a residual block waits in a FIFO of whole
+images. Feature maps stream in (row,
 column, channel) order, so a convolution's fan-in is walked as (kernel row, kernel column,
 channel) and a dense layer after a flatten sees (row, column, channel) instead of PyTorch's
 (channel, row, column):
@@ -18,7 +21,7 @@ directions, and the multipliers and offsets of an affine batch-norm, live in NF 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -43,11 +46,18 @@ class Stage:
     layer: str | None = None
     cycles: int = 0           # engine cycles per image (mvu only)
     info: dict = field(default_factory=dict)
+    ports: dict[str, str] = field(default_factory=dict)   # port prefix -> stream wire
+    clocked: bool = True      # has clk and rst ports
 
 
 @dataclass
 class Design:
-    """The whole accelerator: stages in stream order, memory layouts, and its I/O formats."""
+    """The whole accelerator: stages, the streams between them, memory layouts, I/O formats.
+
+    ``streams`` maps each internal stream wire to its data width (the input stream is the top
+    level's ``in`` port); ``out_stream`` is the wire the top level's output reads;
+    ``critical_path`` lists the matrix-vector layers on the longest path from input to output
+    (every layer for a chain; a residual block's shortcut runs beside its main path)."""
 
     arch: str
     stages: list[Stage]
@@ -57,14 +67,21 @@ class Design:
     num_classes: int
     out_bits: int
     out_lanes: int
+    streams: dict[str, int] = field(default_factory=dict)
+    out_stream: str = ""
+    critical_path: list[str] = field(default_factory=list)
 
     def analytic(self) -> dict:
-        """Analytic cycles: latency = input fill + sum of layer cycles + 2 per layer, II = max."""
+        """Analytic cycles: every layer buffers its whole input before it computes, so latency
+        = input fill + the layer cycles along the critical path + 2 per layer there; II = the
+        slowest stage."""
         cyc = {s.layer: s.cycles for s in self.stages if s.module == "mvu"}
-        fill = self.in_elems + 2 * len(cyc)
+        path = self.critical_path or list(cyc)
+        fill = self.in_elems + 2 * len(path)
         return {"layer_cycles": cyc, "fill_cycles": fill,
-                "latency_cycles": fill + sum(cyc.values()),
-                "ii_cycles": max([self.in_elems, *cyc.values()])}
+                "latency_cycles": fill + sum(cyc[layer] for layer in path),
+                "ii_cycles": max([self.in_elems, *cyc.values()]),
+                "critical_path": path}
 
 
 def _divisors(n: int) -> list[int]:
@@ -116,56 +133,137 @@ def check_folding(cfg: RtlConfig, net: IntNetwork) -> None:
                 _check_fold(w.layer, f, int(w.codes.shape[0]), int(w.codes.shape[1]))
 
 
+@dataclass
+class _Stream:
+    """A valid/ready stream of the top level as the builder follows it: wire, feature-map shape
+    (H, W, C), element format, lanes per beat, and where it comes from."""
+
+    wire: str
+    shape: tuple[int, int, int]
+    bits: int
+    signed: bool
+    bipolar: bool
+    lanes: int
+    owner: str                # instance-name stem of the stages that follow (last mvu or add)
+    layer: str | None
+    flat_from: tuple[int, int, int] | None = None   # (C, H, W) before a flatten
+    path: tuple[str, ...] = ()      # mvu layers on the longest path from the input
+    cost: int = 0                   # their cycles, + 2 each
+
+    def beats(self) -> int:
+        """Beats per image."""
+        return math.prod(self.shape) // self.lanes
+
+
+def _name(node: Node) -> str:
+    return "u_" + node.name.replace(".", "_")
+
+
 class _Builder:
     def __init__(self, net: IntNetwork, image: MemoryImage, cfg: RtlConfig) -> None:
         self.net, self.image, self.cfg = net, image, cfg
         self.stages: list[Stage] = []
         self.layouts: dict[str, Layout] = {}
-        c, h, w = net.input_shape
-        self.shape = (h, w, c)            # current feature map (H, W, C)
-        self.flat_from: tuple[int, int, int] | None = None   # (C, H, W) before a flatten
-        inp = net.nodes[0]
-        self.bits, self.signed, self.bipolar = inp.attrs["bits"], inp.attrs["signed"], False
-        self.lanes = 1
-        self.frac = inp.frac
-        self.acc: Node | None = None
-        self.mvu_stage: Stage | None = None
+        self.streams: dict[str, int] = {}
+        self.readers = {n.name: 0 for n in net.nodes}
+        for n in net.nodes:
+            for i in n.inputs:
+                self.readers[i] += 1
+        self.pending: dict[str, list[_Stream]] = {}   # a node's output streams, per reader
+        self.names: set[str] = set()
+        self.layer_cycles: list[int] = []
         check_folding(cfg, net)
 
     def build(self) -> Design:
+        inp = self.net.nodes[0]
+        c, h, w = self.net.input_shape
+        self._publish(inp, _Stream("in", (h, w, c), inp.attrs["bits"], inp.attrs["signed"],
+                                   False, 1, "u_input", None))
         for node in self.net.nodes[1:]:
             handler = getattr(self, f"_op_{node.op}", None)
             if handler is None:
                 raise PlanError(f"rtl: node '{node.name}' ({node.op}) has no RTL module; the RTL "
                                 f"generator supports conv, dense, requant, threshold, affine, "
-                                f"maxpool and flatten (networks mlp, cnn, bmlp, ZOBNN bdorefa "
-                                f"and their like)")
-            handler(node)
-        last = self.stages[-1]
-        c, h, w = self.net.input_shape
-        return Design(self.net.arch, self.stages, self.layouts, c * h * w,
-                      self.net.nodes[0].attrs["bits"], self.net.num_classes, last.out_bits,
-                      last.out_lanes)
+                                f"maxpool, flatten, add and sumpool (for example the zoo's mlp, "
+                                f"cnn, bmlp and resnet18, and ZOBNN bdorefa)")
+            self._publish(node, handler(node, self._take(node.inputs[0])))
+        out = self.pending[self.net.nodes[-1].name][0]
+        return Design(self.net.arch, self.stages, self.layouts, c * h * w, inp.attrs["bits"],
+                      self.net.num_classes, out.bits, out.lanes, self.streams, out.wire,
+                      list(out.path))
+
+    # -- streams --------------------------------------------------------------------------------
+    def _unique(self, name: str) -> str:
+        k, base = 1, name
+        while name in self.names:
+            k += 1
+            name = f"{base}{k}"
+        self.names.add(name)
+        return name
+
+    def _stage(self, st: Stage, **outs: _Stream) -> None:
+        """Append ``st``, declaring the stream wires of its outputs."""
+        self.stages.append(st)
+        for port, s in outs.items():
+            st.ports[port] = s.wire
+            self.streams[s.wire] = s.bits * s.lanes
+
+    def _take(self, name: str) -> _Stream:
+        """The next unread output stream of node ``name`` (one per reader, in reader order)."""
+        return self.pending[name].pop(0)
+
+    def _publish(self, node: Node, s: _Stream) -> None:
+        """Make ``s`` the output of ``node``: forked into one stream per reader."""
+        outs = [s]
+        while len(outs) < max(1, self.readers[node.name]):
+            src = outs.pop()
+            inst = self._unique(f"{src.owner}_fork")
+            a, b = replace(src, wire=f"{inst}_a"), replace(src, wire=f"{inst}_b")
+            st = Stage(inst, "stream_fork", {"WIDTH": src.bits * src.lanes}, src.bits,
+                       src.lanes, src.bits, src.lanes, src.layer, clocked=False,
+                       ports={"in": src.wire})
+            self._stage(st, a=a, b=b)
+            outs += [a, b]
+        self.pending[node.name] = outs
+
+    def _through(self, s: _Stream, inst: str, module: str, params: dict, *, bits: int | None = None,
+                 lanes: int | None = None, layer: str | None = None, clocked: bool = True,
+                 **info) -> _Stream:
+        """Stream ``s`` through a one-input, one-output stage; the stage's output stream."""
+        out = replace(s, wire=f"{inst}_out", bits=s.bits if bits is None else bits,
+                      lanes=s.lanes if lanes is None else lanes)
+        st = Stage(inst, module, params, s.bits, s.lanes, out.bits, out.lanes,
+                   layer if layer is not None else s.layer, info=info, clocked=clocked,
+                   ports={"in": s.wire})
+        self._stage(st, out=out)
+        return out
+
+    def _lanes(self, s: _Stream, lanes: int, stem: str) -> _Stream:
+        """``s`` converted to ``lanes`` per beat (through their gcd if neither divides the
+        other)."""
+        for to in dict.fromkeys((math.gcd(s.lanes, lanes), lanes)):
+            if s.lanes != to:
+                s = self._through(s, self._unique(f"{stem}_lanes"), "stream_lanes",
+                                  dict(IN_LANES=s.lanes, OUT_LANES=to, BITS=s.bits), lanes=to)
+        return s
 
     # -- ops ------------------------------------------------------------------------------------
-    def _op_flatten(self, node: Node) -> None:
-        h, w, c = self.shape
-        if h * w > 1:
-            self.flat_from = (c, h, w)
-        self.shape = (1, 1, h * w * c)
+    def _op_flatten(self, node: Node, s: _Stream) -> _Stream:
+        h, w, c = s.shape
+        return replace(s, shape=(1, 1, h * w * c), flat_from=(c, h, w) if h * w > 1 else None)
 
-    def _op_conv(self, node: Node) -> None:
-        self._mvu(node)
+    def _op_conv(self, node: Node, s: _Stream) -> _Stream:
+        return self._mvu(node, s)
 
-    def _op_dense(self, node: Node) -> None:
-        self._mvu(node)
+    def _op_dense(self, node: Node, s: _Stream) -> _Stream:
+        return self._mvu(node, s)
 
-    def _mvu(self, node: Node) -> None:
+    def _mvu(self, node: Node, s: _Stream) -> _Stream:
         a = node.attrs
         wmem = self.image.memory(a["weight"])
         wfmt = wmem.fmt
         out = wmem.shape[0]
-        h, w, c = self.shape
+        h, w, c = s.shape
         if node.op == "conv":
             k, stride, pad = a["k"], a["stride"], a["pad"]
             oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
@@ -176,8 +274,8 @@ class _Builder:
         else:
             k, stride, pad, oh, ow = 1, 1, 0, 1, 1
             cin = h * w * c
-            if self.flat_from is not None:
-                fc, fh, fw = self.flat_from
+            if s.flat_from is not None:
+                fc, fh, fw = s.flat_from
                 hh, ww, ch = np.meshgrid(np.arange(fh), np.arange(fw), np.arange(fc),
                                          indexing="ij")
                 perm = (ch * fh * fw + hh * fw + ww).reshape(-1)
@@ -190,20 +288,20 @@ class _Builder:
                             f"weights {wmem.shape}")
         pe, simd = self._folding(wmem.layer, out, c, k, oh * ow)
         nf, sf = out // pe, fanin // simd
-        if wfmt.bipolar and self.bipolar:
+        if wfmt.bipolar and s.bipolar:
             mode = 2
         elif wfmt.bipolar:
             mode = 1
-        elif self.bipolar:
+        elif s.bipolar:
             raise PlanError(f"rtl: layer '{wmem.layer}' has bipolar inputs but fixed-point "
                             f"weights, which no RTL module computes")
         else:
             mode = 0
         acc_bits = signed_bits(node.lo, node.hi)
-        inst = f"u_{wmem.layer.replace('.', '_')}"
+        inst = self._unique(f"u_{wmem.layer.replace('.', '_')}")
         params = dict(H=h, W=w, C=c, K=k, STRIDE=stride, PAD=pad, OH=oh, OW=ow, OUT=out, PE=pe,
-                      SIMD=simd, IN_LANES=self.lanes, ABITS=self.bits,
-                      ASIGNED=int(self.signed), WBITS=wfmt.bits, TMR=int(wmem.protected),
+                      SIMD=simd, IN_LANES=s.lanes, ABITS=s.bits,
+                      ASIGNED=int(s.signed), WBITS=wfmt.bits, TMR=int(wmem.protected),
                       MODE=mode, ACCBITS=acc_bits, HAS_BIAS=0, BBITS=16,
                       WEIGHT_FILE=f"mem/{wmem.name}.mem", BIAS_FILE="")
         self.layouts[wmem.name] = Layout(wmem.name, wmem.layer, "weight", f"{inst}.u_wmem.mem",
@@ -216,68 +314,101 @@ class _Builder:
                                              f"{inst}.g_bias.u_bias.mem", nf, pe, bmem.width,
                                              pe, 1, 1, 1)
         cycles = oh * ow * nf * sf
-        st = Stage(inst, "mvu", params, self.bits, self.lanes, acc_bits, pe, wmem.layer, cycles,
+        self.layer_cycles.append(cycles)
+        res = _Stream(f"{inst}_out", (oh, ow, out), acc_bits, True, False, pe, inst, wmem.layer,
+                      None, s.path + (wmem.layer,), s.cost + cycles + 2)
+        st = Stage(inst, "mvu", params, s.bits, s.lanes, acc_bits, pe, wmem.layer, cycles,
                    {"macs": oh * ow * out * fanin, "pixels": oh * ow, "nf": nf, "sf": sf,
-                    "pe": pe, "simd": simd, "mode": ("int", "binary-weight", "xnor")[mode]})
-        self.stages.append(st)
-        self.mvu_stage = st
-        self.shape = (oh, ow, out)
-        self.flat_from = None
-        self.bits, self.signed, self.bipolar, self.lanes = acc_bits, True, False, pe
-        self.acc = node
+                    "pe": pe, "simd": simd, "mode": ("int", "binary-weight", "xnor")[mode]},
+                   ports={"in": s.wire})
+        self._stage(st, out=res)
+        return res
 
-    def _op_requant(self, node: Node) -> None:
+    def _op_requant(self, node: Node, s: _Stream) -> _Stream:
         src = self.net.node(node.inputs[0])
-        shift = node.frac - src.frac
         out_bits = node.attrs["bits"]
-        inst = f"{self.mvu_stage.name}_rq"
-        params = dict(LANES=self.lanes, INBITS=self.bits, OUTBITS=out_bits, SHIFT=shift,
-                      LO=node.lo, HI=node.hi)
-        self.stages.append(Stage(inst, "requant", params, self.bits, self.lanes, out_bits,
-                                 self.lanes, self.mvu_stage.layer))
-        self.bits, self.signed = out_bits, bool(node.attrs["signed"])
+        params = dict(LANES=s.lanes, INBITS=s.bits, OUTBITS=out_bits,
+                      SHIFT=node.frac - src.frac, LO=node.lo, HI=node.hi)
+        out = self._through(s, self._unique(f"{s.owner}_rq"), "requant", params, bits=out_bits,
+                            clocked=False)
+        return replace(out, signed=bool(node.attrs["signed"]))
 
-    def _op_threshold(self, node: Node) -> None:
+    def _op_threshold(self, node: Node, s: _Stream) -> _Stream:
         a = node.attrs
         tmem, dmem = self.image.memory(a["threshold"]), self.image.memory(a["direction"])
-        pe = self.lanes
+        pe = s.lanes
         nf = tmem.depth // pe
-        inst = f"{self.mvu_stage.name}_thr"
-        params = dict(LANES=pe, NF=nf, ACCBITS=self.bits, TBITS=tmem.width,
+        inst = self._unique(f"{s.owner}_thr")
+        params = dict(LANES=pe, NF=nf, ACCBITS=s.bits, TBITS=tmem.width,
                       THR_FILE=f"mem/{tmem.name}.mem", DIR_FILE=f"mem/{dmem.name}.mem")
         for m, sub in ((tmem, "u_thr"), (dmem, "u_dir")):
             self.layouts[m.name] = Layout(m.name, m.layer, m.kind, f"{inst}.{sub}.mem", nf, pe,
                                           m.width, pe, 1, 1, 1)
-        self.stages.append(Stage(inst, "threshold_unit", params, self.bits, pe, 1, pe,
-                                 self.mvu_stage.layer))
-        self.bits, self.signed, self.bipolar = 1, False, True
+        out = self._through(s, inst, "threshold_unit", params, bits=1)
+        return replace(out, signed=False, bipolar=True)
 
-    def _op_affine(self, node: Node) -> None:
+    def _op_affine(self, node: Node, s: _Stream) -> _Stream:
         a = node.attrs
         smem, omem = self.image.memory(a["scale"]), self.image.memory(a["offset"])
-        pe = self.lanes
+        pe = s.lanes
         nf = smem.depth // pe
         out_bits = signed_bits(node.lo, node.hi)
-        inst = f"{self.mvu_stage.name}_aff"
-        params = dict(LANES=pe, NF=nf, INBITS=self.bits, MBITS=smem.width, OBITS=omem.width,
+        inst = self._unique(f"{s.owner}_aff")
+        params = dict(LANES=pe, NF=nf, INBITS=s.bits, MBITS=smem.width, OBITS=omem.width,
                       OUTBITS=out_bits, SCALE_FILE=f"mem/{smem.name}.mem",
                       OFFSET_FILE=f"mem/{omem.name}.mem")
         for m, sub in ((smem, "u_scale"), (omem, "u_offset")):
             self.layouts[m.name] = Layout(m.name, m.layer, m.kind, f"{inst}.{sub}.mem", nf, pe,
                                           m.width, pe, 1, 1, 1)
-        self.stages.append(Stage(inst, "affine_unit", params, self.bits, pe, out_bits, pe,
-                                 self.mvu_stage.layer))
-        self.bits, self.signed = out_bits, True
+        out = self._through(s, inst, "affine_unit", params, bits=out_bits)
+        return replace(out, signed=True)
 
-    def _op_maxpool(self, node: Node) -> None:
-        h, w, c = self.shape
+    def _op_maxpool(self, node: Node, s: _Stream) -> _Stream:
+        h, w, c = s.shape
         k = node.attrs["k"]
-        inst = f"{self.mvu_stage.name}_pool"
-        params = dict(H=h, W=w, C=c, K=k, LANES=self.lanes, BITS=self.bits,
-                      SIGNED=int(self.signed))
-        self.stages.append(Stage(inst, "maxpool", params, self.bits, self.lanes, self.bits,
-                                 self.lanes, self.mvu_stage.layer))
-        self.shape = (h // k, w // k, c)
+        params = dict(H=h, W=w, C=c, K=k, LANES=s.lanes, BITS=s.bits, SIGNED=int(s.signed))
+        out = self._through(s, self._unique(f"{s.owner}_pool"), "maxpool", params)
+        return replace(out, shape=(h // k, w // k, c))
+
+    def _op_sumpool(self, node: Node, s: _Stream) -> _Stream:
+        h, w, c = s.shape
+        out_bits = signed_bits(node.lo, node.hi)
+        inst = self._unique(_name(node))
+        params = dict(H=h, W=w, C=c, LANES=s.lanes, INBITS=s.bits, SIGNED=int(s.signed),
+                      OUTBITS=out_bits)
+        out = self._through(s, inst, "sum_pool", params, bits=out_bits)
+        return replace(out, shape=(1, 1, c), signed=True, owner=inst, flat_from=None)
+
+    def _op_add(self, node: Node, a: _Stream) -> _Stream:
+        b = self._take(node.inputs[1])
+        inst = self._unique(_name(node))
+        fa, fb = (self.net.node(i).frac for i in node.inputs)
+        if a.shape != b.shape or a.bipolar or b.bipolar or node.frac < max(fa, fb):
+            raise PlanError(f"rtl: add '{node.name}' of {a.shape} and {b.shape} maps (fraction "
+                            f"bits {fa}, {fb} -> {node.frac}) has no RTL module; it adds two "
+                            f"fixed-point maps of one shape, aligned by left shifts")
+        # the branch that arrives first waits in a FIFO: one image, and one more per initiation
+        # interval by which the other branch is longer (its images in flight); with the
+        # slowest layer so far as the interval, since the design's is not known yet
+        short, side = (a, "a") if a.cost < b.cost else (b, "b")
+        ii = max([math.prod(self.net.input_shape), *self.layer_cycles])
+        frames = 1 + abs(a.cost - b.cost) // ii
+        fifo = self._through(short, self._unique(f"{inst}_{side}_fifo"), "frame_fifo",
+                             dict(WIDTH=short.bits * short.lanes, DEPTH=frames * short.beats()),
+                             frames=frames)
+        sides = [fifo if side == "a" else a, fifo if side == "b" else b]
+        a, b = sides[0], self._lanes(sides[1], sides[0].lanes, inst)
+        out_bits = signed_bits(node.lo, node.hi)
+        params = dict(LANES=a.lanes, ABITS=a.bits, ASIGNED=int(a.signed), BBITS=b.bits,
+                      BSIGNED=int(b.signed), ASHIFT=node.frac - fa, BSHIFT=node.frac - fb,
+                      OUTBITS=out_bits)
+        longest = a if a.cost >= b.cost else b
+        out = _Stream(f"{inst}_out", a.shape, out_bits, True, False, a.lanes, inst, None, None,
+                      longest.path, longest.cost)
+        st = Stage(inst, "residual_add", params, a.bits, a.lanes, out_bits, a.lanes, None,
+                   clocked=False, ports={"a": a.wire, "b": b.wire})
+        self._stage(st, out=out)
+        return out
 
     # -- folding --------------------------------------------------------------------------------
     def _folding(self, layer: str, out: int, cin: int, k: int, pixels: int) -> tuple[int, int]:

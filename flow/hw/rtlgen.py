@@ -26,9 +26,9 @@ from flow.hw.rtl import Design
 from flow.reliability.faults import FaultMap
 
 MANIFEST_FORMAT = 1
-LIBRARY = ("tmr_vote", "weight_mem", "param_rom", "stream_fifo", "frame_buffer", "swg",
-           "xnor_popcount", "mvu", "requant", "threshold_unit", "affine_unit", "maxpool",
-           "argmax")
+LIBRARY = ("tmr_vote", "weight_mem", "param_rom", "stream_fifo", "stream_fork", "stream_lanes",
+           "frame_fifo", "frame_buffer", "swg", "xnor_popcount", "mvu", "requant", "threshold_unit",
+           "affine_unit", "maxpool", "residual_add", "sum_pool", "argmax")
 
 
 def library_dir() -> Path:
@@ -74,7 +74,7 @@ def manifest(d: Design, image: MemoryImage, checkpoint: str) -> dict:
             entry["fanin_perm"] = lay.perm.tolist()
         mems.append(entry)
     stages = [{"name": s.name, "module": s.module, "layer": s.layer, "cycles": s.cycles,
-               "params": s.params, **s.info} for s in d.stages]
+               "params": s.params, "ports": s.ports, **s.info} for s in d.stages]
     return {"format": MANIFEST_FORMAT, "arch": d.arch, "top": "hetq_accel",
             "harness": "hetq_harness", "checkpoint_sha256": checkpoint,
             "accel_prefix": "u_accel", "input": {"elements": d.in_elems, "bits": d.in_bits,
