@@ -229,22 +229,45 @@ def test_cifar_form_networks(arch, tmp_path):
     assert hls_reuse_factors(prj.folder) == [prj.reuse[n]["used"] for n in net.layers()]
 
 
-def test_reduce_mean_is_refused_in_one_line(tmp_path):
-    """hls4ml 1.3.0's ONNX front end cannot convert ReduceMean (a mean over the map, as ResNet-18's
-    global average pool): one line, whatever the weights (an untrained user network here)."""
+@pytest.mark.parametrize("arch", ["mean_pool", "residual_gap"])
+def test_global_pools_and_residual_adds_bit_exact(arch, tmp_path):
+    """Two user networks hetq did not make: a mean over the map (``x.mean((2, 3))``, exported as
+    ``ReduceMean``, which hls4ml 1.3.0 cannot convert) and a residual block with
+    ``nn.AdaptiveAvgPool2d(1)`` (``GlobalAveragePool``, which hls4ml averages with its own types:
+    640 of 640 scores differed before hetq's rewrite). Both global pools become hetq's exact NHWC
+    pool: C-sim gives the executor's scores, clean and under SEU maps, one layer protected."""
+    import torch
+
     from flow.core.config import RunConfig
-    from flow.hw.hls_ext import HlsError
+    from flow.hw.hls import global_pools, hls_graph
     from flow.nn.lower import lower_graph
     from flow.nn.qonnx_graph import export_module, save
     from flow.nn.train import model_from_config
+    torch.manual_seed(0)
     nets = Path(__file__).with_name("user_nets.py")
-    cfg = RunConfig.model_validate({"seed": 0, "model": {"arch": f"{nets}:mean_pool"}})
-    model = model_from_config(cfg, (1, 8, 8), 10)
-    graph = export_module(model, (1, 8, 8))
-    assert "ReduceMean" in {n.op_type for n in graph.graph.node}
+    cfg = RunConfig.model_validate({"seed": 0, "model": {"arch": f"{nets}:{arch}"}})
+    graph = export_module(model_from_config(cfg, (1, 8, 8), 10), (1, 8, 8))
     save(graph, tmp_path / "model.onnx")
-    net = lower_graph(graph, "mean_pool")
-    with pytest.raises(HlsError, match="ReduceMean") as e:
-        build(tmp_path / "model.onnx", net, MemoryImage.build(net, []), tmp_path / "hls",
-              part="xc7z020clg400-1", clock_mhz=100)
-    assert "\n" not in str(e.value)
+    net = lower_graph(graph, arch)
+    assert {"sumpool"} <= {n.op for n in net.nodes}
+    hm = hls_graph(tmp_path / "model.onnx", tmp_path / "hls.onnx", channels_last=True)
+    ops = {n.op_type for n in hm.graph.node}
+    assert "GlobalAveragePoolNHWC" in ops and not ops & {"ReduceMean", "GlobalAveragePool"}
+    assert global_pools(hm) == 0                             # nothing left to rewrite
+    image = MemoryImage.build(net, [net.layers()[0]])
+    ex = Executor(net, image, "cpu")
+    prj = build(tmp_path / "model.onnx", net, image, tmp_path / "hls",
+                part="xc7z020clg400-1", clock_mhz=100)
+    codes = ex.quantize_input(torch.rand(48, 1, 8, 8, generator=torch.Generator().manual_seed(1)))
+    inj = Injector(image, ex)
+    ref = ex.run(codes, quantized=True).numpy().astype(np.int64)
+    assert ref.std() > 0 and np.array_equal(prj.scores(prj.inputs(codes.numpy())), ref)
+    sampler = SeuSampler(image)
+    changed = 0
+    for t in range(5):
+        fmap = sampler.sample(1e-2, trial_rng(0, 1e-2, t))
+        prj.replay(fmap)
+        soft = inj.scores(fmap, codes)
+        assert np.array_equal(prj.scores(prj.inputs(codes.numpy())), soft), f"map {t}"
+        changed += not np.array_equal(soft, ref)
+    assert changed >= 3

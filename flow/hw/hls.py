@@ -51,8 +51,62 @@ def hls_graph(qonnx_path: Path, path: Path, channels_last: bool):
         m = cleanup_model(m.transform(GemmToMatMul()))
     if channels_last:
         m = cleanup_model(m.transform(ConvertToChannelsLastAndClean()))
+        global_pools(m)
     m.save(str(path))
     return m
+
+
+def global_pools(m) -> int:
+    """Rewrite each global average pool of a channels-last graph in place. qonnx leaves
+    ``Transpose(NHWC -> NCHW)`` before it, then ``ReduceMean`` over (H, W) (``x.mean((2, 3))``),
+    which hls4ml 1.3.0 cannot convert, or ``GlobalAveragePool -> Flatten``
+    (``nn.AdaptiveAvgPool2d(1)``), whose hls4ml layer reads NCHW shapes and averages with
+    hls4ml's own types (not bit-exact). Either becomes one ``GlobalAveragePoolNHWC`` node
+    (domain ``hetq``) from the NHWC tensor to the vector of channel means, which
+    :mod:`flow.hw.hls_ext` registers with hls4ml's ONNX front end and computes exactly.
+    Returns the number of pools rewritten."""
+    from onnx import helper
+
+    def attr(node, name, default):
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name),
+                    default)
+
+    def sole(tensor: str):
+        users = m.find_consumers(tensor)
+        return users[0] if len(users) == 1 else None
+
+    count = 0
+    for node in list(m.graph.node):
+        tr = m.find_producer(node.input[0]) if node.input else None
+        if tr is None or tr.op_type != "Transpose" or list(attr(tr, "perm", [])) != [0, 3, 1, 2]:
+            continue
+        gone = [node]
+        if node.op_type == "ReduceMean":
+            axes = m.get_initializer(node.input[1]) if len(node.input) > 1 else None
+            if axes is None or sorted(axes.tolist()) != [2, 3] or attr(node, "keepdims", 1):
+                continue
+            out = node.output[0]
+        elif node.op_type == "GlobalAveragePool":
+            flat = sole(node.output[0])
+            if flat is None or flat.op_type != "Flatten" or attr(flat, "axis", 1) != 1:
+                continue
+            gone.append(flat)
+            out = flat.output[0]
+        else:
+            continue
+        at = list(m.graph.node).index(node)
+        for g in gone:
+            m.graph.node.remove(g)
+        m.graph.node.insert(at, helper.make_node("GlobalAveragePoolNHWC", [tr.input[0]], [out],
+                                                 name=node.name, domain="hetq"))
+        if not m.find_consumers(tr.output[0]):
+            m.graph.node.remove(tr)
+        for name in node.input[1:]:
+            if not m.find_consumers(name):
+                m.graph.initializer.remove(next(i for i in m.graph.initializer
+                                                if i.name == name))
+        count += 1
+    return count
 
 
 def is_conv(net: IntNetwork) -> bool:
@@ -61,10 +115,15 @@ def is_conv(net: IntNetwork) -> bool:
 
 
 def hetq_info(net: IntNetwork, image: MemoryImage) -> dict:
-    """What :mod:`flow.hw.hls_ext`'s pass needs: weight layers and binary thresholds in order."""
-    layers, thresholds = [], []
+    """What :mod:`flow.hw.hls_ext`'s pass needs: weight layers, binary thresholds and global
+    average pools, each in network order."""
+    layers, thresholds, pools = [], [], []
     prev_bipolar = False
     for node in net.nodes:
+        if node.op == "sumpool":
+            src = net.node(node.inputs[0])
+            pools.append({"name": node.name, "lo": node.lo, "hi": node.hi, "frac": node.frac,
+                          "scale": 2 ** (node.frac - src.frac)})
         if node.op in ("conv", "dense"):
             m = image.memory(node.attrs["weight"])
             layers.append({"name": m.layer, "size": m.depth, "bits": m.fmt.bits,
@@ -78,7 +137,7 @@ def hetq_info(net: IntNetwork, image: MemoryImage) -> dict:
                                "direction": dirs.tolist(), "frac": t.fmt.frac})
         if node.op != "flatten":
             prev_bipolar = node.bipolar
-    return {"layers": layers, "thresholds": thresholds}
+    return {"layers": layers, "thresholds": thresholds, "pools": pools}
 
 
 def hls_config(qonnx_model, net: IntNetwork, image: MemoryImage, backend: str,

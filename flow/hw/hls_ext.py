@@ -17,11 +17,16 @@ registered on the Vivado backend win over the Vitis ones):
 - config templates for Dense, Conv2D and PointwiseConv2D (hls4ml's form of a 1x1 convolution)
   whose product reads protected words through the 2-of-3 voter of ``hls_templates/hetq_nnet.h``,
   and a function template for the thresholds;
-- the source ``hls_templates/hetq_nnet.h``.
+- the source ``hls_templates/hetq_nnet.h``;
+- an ONNX front-end handler (``register_onnx_layer_handler``) for the ``GlobalAveragePoolNHWC``
+  node that :func:`flow.hw.hls.global_pools` makes of a channels-last ``ReduceMean``, and the
+  pass gives its global average pool an exact accumulator.
 
 What the pass needs comes from the model config: ``HLSConfig['Model']['Hetq']`` holds, per weight
 layer in network order, ``{name, bits, frac, binary, protected, acc_bits, acc_frac}`` and, per
-binary threshold layer in order, ``{name, threshold, direction, frac}``.
+binary threshold layer in order, ``{name, threshold, direction, frac}`` and, per global average
+pool in order, ``{name, lo, hi, frac, scale}`` (the integer network's sumpool: bounds and
+fraction bits of the average, and H x W).
 """
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ def _words(codes: np.ndarray, bits: int, binary: bool) -> np.ndarray:
 
 
 def _make_pass():
-    from hls4ml.model.layers import Conv2D, Dense
+    from hls4ml.model.layers import Conv2D, Dense, GlobalPooling2D
     from hls4ml.model.optimizer import OptimizerPass
     from hls4ml.model.types import FixedPrecisionType, IntegerPrecisionType, NamedType
 
@@ -71,7 +76,7 @@ def _make_pass():
 
         def match(self, node) -> bool:
             return (not node.get_attr("hetq_done", False)
-                    and (isinstance(node, (Dense, Conv2D))
+                    and (isinstance(node, (Dense, Conv2D, GlobalPooling2D))
                          or node.class_name == "BatchNormalizationQuantizedTanh")
                     and bool(info(node.model)))
 
@@ -79,9 +84,32 @@ def _make_pass():
             node.set_attr("hetq_done", True)
             if node.class_name == "BatchNormalizationQuantizedTanh":
                 self._threshold(model, node)
+            elif isinstance(node, GlobalPooling2D):
+                self._pool(model, node)
             else:
                 self._weights(model, node)
             return False
+
+        @staticmethod
+        def _pool(model, node) -> None:
+            """A global average pool computed exactly: the sum in an accumulator with the
+            average's fraction bits, so that hls4ml's division by H x W (a power of two, as the
+            front end requires) drops no bit; the result at the integer network's format."""
+            from flow.core.layout import signed_bits
+            pools = [n for n in model.get_layers() if isinstance(n, GlobalPooling2D)]
+            spec = info(model)["pools"][pools.index(node)]
+            lo, hi, frac, n = spec["lo"], spec["hi"], spec["frac"], spec["scale"]
+            if node.get_attr("in_height") * node.get_attr("in_width") != n:
+                raise HlsError(f"hls: global pool '{node.name}' averages "
+                               f"{node.get_attr('in_height')} x {node.get_attr('in_width')} "
+                               f"pixels, the plan's '{spec['name']}' {n}")
+            acc = signed_bits(lo * n, hi * n)
+            node.types["accum_t"] = NamedType(f"layer{node.index}_accum_t",
+                                              FixedPrecisionType(acc, acc - frac, signed=True))
+            out = signed_bits(lo, hi)
+            node.get_output_variable().type.precision = FixedPrecisionType(out, out - frac,
+                                                                           signed=True)
+            node.set_attr("hetq_layer", spec["name"])
 
         def _weights(self, model, node) -> None:
             layers = [n for n in model.get_layers() if isinstance(n, (Dense, Conv2D))]
@@ -247,9 +275,30 @@ def _make_templates():
             HetqConv2DFunction, HetqPointwiseConv2DFunction, HetqThresholdFunction]
 
 
+POOL_OP = "GlobalAveragePoolNHWC"
+
+
+def _global_pool_layer(node, input_names, input_shapes, graph) -> dict:
+    """hls4ml's layer for hetq's ``GlobalAveragePoolNHWC`` ONNX node (see
+    :func:`flow.hw.hls.global_pools`): hls4ml's own global average pool, over the H x W of an
+    NHWC tensor (hls4ml's ``GlobalAveragePool`` handler reads NCHW shapes)."""
+    _, h, w, c = input_shapes[0]
+    return {"name": node.name, "class_name": "GlobalAveragePooling2D",
+            "inputs": list(input_names[:1]), "outputs": list(node.output),
+            "data_format": "channels_last", "n_out": 1, "pad_left": 0, "pad_right": 0,
+            "stride": 0, "n_filt": c, "in_height": h, "in_width": w}
+
+
 def register() -> None:
-    """Register the pass, templates and header with hls4ml's Vivado backend (once)."""
+    """Register the pass, templates, header and the ONNX handler of hetq's global average pool
+    with hls4ml (once)."""
     import hls4ml
+    from hls4ml.converters.onnx_to_hls import (
+        get_supported_onnx_layers,
+        register_onnx_layer_handler,
+    )
+    if POOL_OP not in get_supported_onnx_layers():
+        register_onnx_layer_handler(POOL_OP, _global_pool_layer)
     backend = hls4ml.backends.get_backend("Vivado")
     if getattr(backend, "_hetq_registered", False):
         return
