@@ -54,13 +54,19 @@ class RtlResult(StepResult):
 
     def summary(self) -> str:
         a = self.analytic
-        lines = [f"{'stage':<16} {'module':<15} {'layer':<8} {'PE':>4} {'SIMD':>5} "
-                 f"{'cycles':>8}"]
-        lines += [f"{st['name']:<16} {st['module']:<15} {st['layer'] or '-':<8} "
+        w = [max(len(k), *(len(st[k] or "-") for st in self.stages))
+             for k in ("name", "module", "layer")]
+        lines = [f"{'stage':<{w[0]}} {'module':<{w[1]}} {'layer':<{w[2]}} {'PE':>4} "
+                 f"{'SIMD':>5} {'cycles':>8}"]
+        lines += [f"{st['name']:<{w[0]}} {st['module']:<{w[1]}} {st['layer'] or '-':<{w[2]}} "
                   f"{st.get('pe', '-'):>4} {st.get('simd', '-'):>5} {st['cycles'] or '-':>8}"
                   for st in self.stages]
+        path = a.get("critical_path", [])
+        beside = [st["layer"] for st in self.stages
+                  if st["module"] == "mvu" and st["layer"] not in path]
         lines.append(f"analytic: latency {a['latency_cycles']} cycles, II {a['ii_cycles']} "
-                     f"cycles")
+                     f"cycles" + (f" (off the critical path: {', '.join(beside)})" if beside
+                                  else ""))
         lines.append(f"{len(self.memories)} memories; project: {self.project}")
         t = self.tests
         lines.append(f"standalone cocotb tests (pytest in the project; requirements.txt): "
