@@ -19,8 +19,8 @@ registered on the Vivado backend win over the Vitis ones):
   and a function template for the thresholds;
 - the source ``hls_templates/hetq_nnet.h``;
 - an ONNX front-end handler (``register_onnx_layer_handler``) for the ``GlobalAveragePoolNHWC``
-  node that :func:`flow.hw.hls.global_pools` makes of a channels-last ``ReduceMean``, and the
-  pass gives its global average pool an exact accumulator.
+  node that :func:`flow.hw.hls.global_pools` makes of a channels-last ``ReduceMean`` or
+  ``GlobalAveragePool``, and the pass gives its global average pool an exact accumulator.
 
 What the pass needs comes from the model config: ``HLSConfig['Model']['Hetq']`` holds, per weight
 layer in network order, ``{name, bits, frac, binary, protected, acc_bits, acc_frac}`` and, per

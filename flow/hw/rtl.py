@@ -171,7 +171,6 @@ class _Builder:
                 self.readers[i] += 1
         self.pending: dict[str, list[_Stream]] = {}   # a node's output streams, per reader
         self.names: set[str] = set()
-        self.layer_cycles: list[int] = []
         check_folding(cfg, net)
 
     def build(self) -> Design:
@@ -227,14 +226,12 @@ class _Builder:
         self.pending[node.name] = outs
 
     def _through(self, s: _Stream, inst: str, module: str, params: dict, *, bits: int | None = None,
-                 lanes: int | None = None, layer: str | None = None, clocked: bool = True,
-                 **info) -> _Stream:
+                 lanes: int | None = None, clocked: bool = True, **info) -> _Stream:
         """Stream ``s`` through a one-input, one-output stage; the stage's output stream."""
         out = replace(s, wire=f"{inst}_out", bits=s.bits if bits is None else bits,
                       lanes=s.lanes if lanes is None else lanes)
-        st = Stage(inst, module, params, s.bits, s.lanes, out.bits, out.lanes,
-                   layer if layer is not None else s.layer, info=info, clocked=clocked,
-                   ports={"in": s.wire})
+        st = Stage(inst, module, params, s.bits, s.lanes, out.bits, out.lanes, s.layer,
+                   info=info, clocked=clocked, ports={"in": s.wire})
         self._stage(st, out=out)
         return out
 
@@ -314,7 +311,6 @@ class _Builder:
                                              f"{inst}.g_bias.u_bias.mem", nf, pe, bmem.width,
                                              pe, 1, 1, 1)
         cycles = oh * ow * nf * sf
-        self.layer_cycles.append(cycles)
         res = _Stream(f"{inst}_out", (oh, ow, out), acc_bits, True, False, pe, inst, wmem.layer,
                       None, s.path + (wmem.layer,), s.cost + cycles + 2)
         st = Stage(inst, "mvu", params, s.bits, s.lanes, acc_bits, pe, wmem.layer, cycles,
@@ -391,13 +387,16 @@ class _Builder:
         # interval by which the other branch is longer (its images in flight); with the
         # slowest layer so far as the interval, since the design's is not known yet
         short, side = (a, "a") if a.cost < b.cost else (b, "b")
-        ii = max([math.prod(self.net.input_shape), *self.layer_cycles])
+        ii = max([math.prod(self.net.input_shape), *(st.cycles for st in self.stages)])
         frames = 1 + abs(a.cost - b.cost) // ii
         fifo = self._through(short, self._unique(f"{inst}_{side}_fifo"), "frame_fifo",
                              dict(WIDTH=short.bits * short.lanes, DEPTH=frames * short.beats()),
                              frames=frames)
-        sides = [fifo if side == "a" else a, fifo if side == "b" else b]
-        a, b = sides[0], self._lanes(sides[1], sides[0].lanes, inst)
+        if side == "a":
+            a = fifo
+        else:
+            b = fifo
+        b = self._lanes(b, a.lanes, inst)
         out_bits = signed_bits(node.lo, node.hi)
         params = dict(LANES=a.lanes, ABITS=a.bits, ASIGNED=int(a.signed), BBITS=b.bits,
                       BSIGNED=int(b.signed), ASHIFT=node.frac - fa, BSHIFT=node.frac - fb,

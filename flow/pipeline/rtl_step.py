@@ -54,8 +54,8 @@ class RtlResult(StepResult):
 
     def summary(self) -> str:
         a = self.analytic
-        w = [max(len(k), *(len(st[k] or "-") for st in self.stages))
-             for k in ("name", "module", "layer")]
+        w = [max(len(head), *(len(st[k] or "-") for st in self.stages))
+             for k, head in (("name", "stage"), ("module", "module"), ("layer", "layer"))]
         lines = [f"{'stage':<{w[0]}} {'module':<{w[1]}} {'layer':<{w[2]}} {'PE':>4} "
                  f"{'SIMD':>5} {'cycles':>8}"]
         lines += [f"{st['name']:<{w[0]}} {st['module']:<{w[1]}} {st['layer'] or '-':<{w[2]}} "
