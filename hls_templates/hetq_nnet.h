@@ -13,6 +13,13 @@
 
 #include "ap_fixed.h"
 #include "ap_int.h"
+#include "hls_stream.h"
+// hls4ml's nnet_common.h (PRAGMA_DATA_PACK) sits beside this header in a project
+#if defined(__has_include)
+#if __has_include("nnet_common.h")
+#include "nnet_common.h"
+#endif
+#endif
 
 namespace nnet {
 
@@ -76,6 +83,31 @@ void hetq_threshold(data_T data[CONFIG_T::n_in], ap_uint<1> res[CONFIG_T::n_in],
     for (int ii = 0; ii < CONFIG_T::n_in; ii++) {
         int k = CONFIG_T::n_filt == -1 ? ii : ii % CONFIG_T::n_filt;
         res[ii] = direction[k] ? (data[ii] >= threshold[k]) : (data[ii] <= threshold[k]);
+    }
+}
+
+// The same thresholds on a stream of channel-last packs (io_stream); the sign is written as -1 /
+// +1 (res_T's value type signed), so that a following zero padding is read as 0 by the product.
+template <class data_T, class res_T, class thr_T, class dir_T, typename CONFIG_T>
+void hetq_threshold_stream(hls::stream<data_T> &data, hls::stream<res_T> &res,
+                           thr_T threshold[CONFIG_T::n_scale_bias],
+                           dir_T direction[CONFIG_T::n_scale_bias]) {
+    #pragma HLS ARRAY_PARTITION variable=threshold complete
+    #pragma HLS ARRAY_PARTITION variable=direction complete
+    for (int i = 0; i < CONFIG_T::n_in / data_T::size; i++) {
+        #pragma HLS PIPELINE
+        data_T in = data.read();
+        res_T out;
+#ifdef PRAGMA_DATA_PACK
+        PRAGMA_DATA_PACK(out)
+#endif
+        for (int j = 0; j < data_T::size; j++) {
+            #pragma HLS UNROLL
+            int k = CONFIG_T::n_filt == -1 ? i * data_T::size + j : j % CONFIG_T::n_filt;
+            bool up = direction[k] ? (in[j] >= threshold[k]) : (in[j] <= threshold[k]);
+            out[j] = up ? typename res_T::value_type(1) : typename res_T::value_type(-1);
+        }
+        res.write(out);
     }
 }
 

@@ -271,3 +271,18 @@ def test_global_pools_and_residual_adds_bit_exact(arch, tmp_path):
         assert np.array_equal(prj.scores(prj.inputs(codes.numpy())), soft), f"map {t}"
         changed += not np.array_equal(soft, ref)
     assert changed >= 3
+
+
+def test_hetq_header_compiles_on_its_own(tmp_path):
+    """hls_templates/hetq_nnet.h needs only hls4ml's ap_types (as its README says)."""
+    import subprocess
+
+    import hls4ml
+
+    from flow.hw.hls_ext import header_path
+    ap = Path(hls4ml.__file__).parent / "templates" / "vivado" / "ap_types"
+    src = tmp_path / "t.cpp"
+    src.write_text('#include "hetq_nnet.h"\nint main() { return 0; }\n')
+    r = subprocess.run(["g++", "-std=c++14", "-fsyntax-only", f"-I{ap}",
+                        f"-I{header_path().parent}", str(src)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

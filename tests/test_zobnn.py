@@ -114,9 +114,13 @@ def test_hetq_zobnn_writes_the_study(tmp_path):
     assert hw["rtl"]["bit_exact"] and hw["rtl"]["maps"] == 2 * 2
     assert hw["rtl"]["maps_scores_equal"] == hw["rtl"]["maps"]
     assert set(hw["campaign"]["summary"][0]) >= {"ber", "accuracy_mean"}
+    c = hw["csim"]               # hls4ml C-sim of the same network, with weight faults
+    assert c["bit_exact"] and c["images"] == 359
+    assert c["maps"] == 2 * 2 and c["maps_scores_equal"] == c["maps"]
     assert hw["synth"]["total"]["lut"] > 0 and hw["synth"]["fits"]
-    assert "bit-exact with the integer executor" in (tmp_path / "run" / "zobnn" /
-                                                      "study.md").read_text()
+    study = (tmp_path / "run" / "zobnn" / "study.md").read_text()
+    assert "RTL (Verilator, 20 images): class scores bit-exact" in study
+    assert "hls4ml C-sim (pynq-z2, 359 images): class scores bit-exact" in study
     bad = write_config(tmp_path / "bad.yaml", {"zobnn": {"bits": [20]}})
     r = hetq_inproc(None, "zobnn", bad, "--out", tmp_path / "bad")
     assert r.returncode == 2 and "zobnn.bits" in r.stderr and not (tmp_path / "bad").exists()

@@ -202,3 +202,44 @@ def test_generated_zobnn_top_lints_clean(net, data, tmp_path_factory):
         r = subprocess.run(["verilator", "--lint-only", "-Wall", "--timing", "--top-module",
                             "hetq_accel", *map(str, files)], capture_output=True, text=True)
     assert r.returncode == 0 and "%Warning" not in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_csim_is_bit_exact_with_zero_padding_and_replays_weight_faults(net, data, tmp_path):
+    """hls4ml C-sim of the lowered network (its QONNX graph from flow.zobnn.qonnx): hls4ml's own
+    binary convolution reads the zero padding as -1; hetq streams the signs as -1/+1."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+
+    from flow.hw.hls import build
+    from flow.zobnn.qonnx import write_qonnx
+    image = MemoryImage.build(net, ["stem", "bconv1", "fc"])
+    ex = Executor(net, image, "cpu")
+    path = write_qonnx(net, tmp_path / "zobnn.onnx")
+    codes = ex.quantize_input(data.test.x)
+    clean = ex.run(codes, quantized=True).numpy().astype(np.int64)
+    # the graph itself computes the network (float32 in qonnx's executor: same predictions)
+    m = ModelWrapper(str(path))
+    for i in range(8):
+        y = next(iter(execute_onnx(m, {"global_in": data.test.x[i:i + 1].numpy()}).values()))
+        assert y.argmax() == clean[i].argmax()
+    prj = build(path, net, image, tmp_path / "hls", part="xc7z020clg400-1", clock_mhz=100)
+    x = prj.inputs(codes.numpy())
+    assert np.array_equal(prj.scores(x), clean)
+    sampler = SeuSampler(image, kinds=("weight",))
+    inj = Injector(image, ex)
+    maps = [sampler.sample(1e-3, trial_rng(5, 1e-3, t)) for t in range(3)]
+    w = image.memory("bconv1.weight")
+    words = np.arange(w.depth)
+    a, b = w.msb_bits()[:2]
+    single = FaultMap([w.name] * w.depth, words, [a] * w.depth, ["flip"] * w.depth)
+    double = FaultMap([w.name] * 2 * w.depth, np.repeat(words, 2), np.tile([a, b], w.depth),
+                      ["flip"] * 2 * w.depth)
+    for fm in [*maps, single, double]:
+        prj.replay(fm)
+        assert np.array_equal(prj.scores(x), inj.scores(fm, codes))
+    prj.replay(single)
+    assert np.array_equal(prj.scores(x), clean)              # one MSB copy: masked
+    prj.replay(double)
+    assert not np.array_equal(prj.scores(x), clean)          # two copies: not
+    assert sum(len(fm) for fm in maps) > 20

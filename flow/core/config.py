@@ -296,6 +296,7 @@ class ZobnnConfig(_Strict):
     rtl_images: Int = Field(default=100, ge=1, le=1024)
     rtl_bers: list[Float] = Field(default_factory=lambda: [1e-4, 1e-3])
     rtl_trials: Int = Field(default=10, ge=0)
+    csim: bool = True
     synth: bool = True
 
     @field_validator("bits")

@@ -52,6 +52,7 @@ def hls_graph(qonnx_path: Path, path: Path, channels_last: bool):
     if channels_last:
         m = cleanup_model(m.transform(ConvertToChannelsLastAndClean()))
         global_pools(m)
+        bipolar_signs(m)
     m.save(str(path))
     return m
 
@@ -109,15 +110,45 @@ def global_pools(m) -> int:
     return count
 
 
+def bipolar_signs(m) -> int:
+    """Move each sign (``BipolarQuant``) of a channels-last graph out from between the two
+    transposes qonnx leaves around it (qonnx moves transposes through ``Quant`` but not through
+    ``BipolarQuant``), in place, so that hls4ml sees batch-norm -> sign and merges them into its
+    binary threshold layer. Returns the number of signs moved."""
+    from onnx import helper
+
+    def perm(node) -> list[int]:
+        return list(next((helper.get_attribute_value(a) for a in node.attribute
+                          if a.name == "perm"), []))
+
+    count = 0
+    for node in list(m.graph.node):
+        if node.op_type != "BipolarQuant" or m.get_initializer(node.input[0]) is not None:
+            continue
+        first, users = m.find_producer(node.input[0]), m.find_consumers(node.output[0])
+        if (first is None or first.op_type != "Transpose" or perm(first) != [0, 3, 1, 2]
+                or len(users) != 1 or users[0].op_type != "Transpose"
+                or perm(users[0]) != [0, 2, 3, 1]):
+            continue
+        node.input[0], node.output[0] = first.input[0], users[0].output[0]
+        m.graph.node.remove(users[0])
+        if not m.find_consumers(first.output[0]):
+            m.graph.node.remove(first)
+        count += 1
+    return count
+
+
 def is_conv(net: IntNetwork) -> bool:
     """True if the network has convolutions (then hls4ml streams, channels last)."""
     return any(n.op == "conv" for n in net.nodes)
 
 
 def hetq_info(net: IntNetwork, image: MemoryImage) -> dict:
-    """What :mod:`flow.hw.hls_ext`'s pass needs: weight layers, binary thresholds and global
-    average pools, each in network order."""
-    layers, thresholds, pools = [], [], []
+    """What :mod:`flow.hw.hls_ext`'s pass needs: weight layers, binary thresholds, affine
+    batch-norms and global average pools, each in network order. In a convolutional network the
+    signs are streamed as -1/+1 (``signed_signs``), so that zero padding stays 0."""
+    layers, thresholds, affines, pools = [], [], [], []
+    conv = is_conv(net)
     prev_bipolar = False
     for node in net.nodes:
         if node.op == "sumpool":
@@ -128,16 +159,26 @@ def hetq_info(net: IntNetwork, image: MemoryImage) -> dict:
             m = image.memory(node.attrs["weight"])
             layers.append({"name": m.layer, "size": m.depth, "bits": m.fmt.bits,
                            "frac": m.fmt.frac, "binary": bool(m.fmt.bipolar),
-                           "binary_input": prev_bipolar, "protected": m.protected,
+                           "binary_input": prev_bipolar and not conv,
+                           "protected": m.protected,
                            "acc_bits": signed_bits(node.lo, node.hi), "acc_frac": node.frac})
         elif node.op == "threshold":
             t, d = image.memory(node.attrs["threshold"]), image.memory(node.attrs["direction"])
             thr, dirs = image.codes(t.name), image.codes(d.name)
             thresholds.append({"name": t.layer, "threshold": thr.tolist(),
                                "direction": dirs.tolist(), "frac": t.fmt.frac})
+        elif node.op == "affine":
+            sc, off = image.memory(node.attrs["scale"]), image.memory(node.attrs["offset"])
+            out = next(n for n in net.nodes if n.inputs == [node.name])
+            affines.append({"name": sc.layer, "scale": image.codes(sc.name).tolist(),
+                            "scale_bits": sc.fmt.bits, "scale_frac": sc.fmt.frac,
+                            "offset": image.codes(off.name).tolist(),
+                            "offset_bits": off.fmt.bits, "offset_frac": off.fmt.frac,
+                            "out_bits": int(out.attrs["bits"]), "out_frac": out.frac})
         if node.op != "flatten":
             prev_bipolar = node.bipolar
-    return {"layers": layers, "thresholds": thresholds, "pools": pools}
+    return {"layers": layers, "thresholds": thresholds, "affines": affines, "pools": pools,
+            "signed_signs": conv}
 
 
 def hls_config(qonnx_model, net: IntNetwork, image: MemoryImage, backend: str,

@@ -77,13 +77,16 @@ def _make_pass():
         def match(self, node) -> bool:
             return (not node.get_attr("hetq_done", False)
                     and (isinstance(node, (Dense, Conv2D, GlobalPooling2D))
-                         or node.class_name == "BatchNormalizationQuantizedTanh")
+                         or node.class_name in ("BatchNormalizationQuantizedTanh",
+                                                "BatchNormalization"))
                     and bool(info(node.model)))
 
         def transform(self, model, node) -> bool:
             node.set_attr("hetq_done", True)
             if node.class_name == "BatchNormalizationQuantizedTanh":
                 self._threshold(model, node)
+            elif node.class_name == "BatchNormalization":
+                self._affine(model, node)
             elif isinstance(node, GlobalPooling2D):
                 self._pool(model, node)
             else:
@@ -150,10 +153,10 @@ def _make_pass():
             hls4ml's own rule takes the closest valid one, which is often 1 (fully parallel:
             the weights become logic). Only 1 is valid when the layer has a single product."""
             backend = model.config.backend
-            n_in, n_out = backend.get_layer_mult_size(node)
+            n_in, n_out = (int(v) for v in backend.get_layer_mult_size(node))
             valid = backend.get_valid_reuse_factors(n_in, n_out)
             target = int(model.config.get_reuse_factor(node))
-            used = next((rf for rf in valid if rf >= target), valid[-1])
+            used = int(next((rf for rf in valid if rf >= target), valid[-1]))
             node.set_attr("reuse_factor", used)
             node.set_attr("hetq_reuse", {"target": target, "used": used, "n_in": n_in,
                                          "n_out": n_out, "fully_parallel": used == 1})
@@ -172,6 +175,47 @@ def _make_pass():
             node.add_weights_variable(name="direction", var_name="d{index}",
                                       data=np.asarray(spec["direction"], dtype=np.int64),
                                       precision=IntegerPrecisionType(1, signed=False))
+            node.set_attr("hetq_layer", spec["name"])
+            if info(model).get("signed_signs"):
+                # -1/+1, so that the next convolution's zero padding reads as 0, not as -1
+                signed = IntegerPrecisionType(2, signed=True)
+                node.get_output_variable().type.precision = signed
+                nxt = node.get_output_nodes()
+                while len(nxt) == 1 and nxt[0].class_name in ("ZeroPadding2D", "Pooling2D"):
+                    nxt[0].get_output_variable().type.precision = signed
+                    if "accum_t" in nxt[0].types:        # a max-pool compares in its accum_t
+                        nxt[0].types["accum_t"].precision = signed
+                    nxt = nxt[0].get_output_nodes()
+
+        @staticmethod
+        def _affine(model, node) -> None:
+            """A batch-norm that feeds no sign: the integer network's per-channel affine
+            ``acc * scale + offset`` with exact types, rounded half to even to the requant's
+            bits (the executor's requant; it saturates, as hls4ml's result type does)."""
+            layers = [n for n in model.get_layers() if n.class_name == "BatchNormalization"]
+            specs = info(model).get("affines", [])
+            if not specs:                   # no affine in the plan: hls4ml's batch-norm as is
+                return
+            k = layers.index(node)
+            if k >= len(specs):
+                raise HlsError(f"hls: batch-norm '{node.name}' has no affine in the plan")
+            spec = specs[k]
+            for wname, key in (("scale", "scale"), ("bias", "offset")):
+                w = node.weights[wname]
+                codes = np.asarray(spec[key], dtype=np.float64)
+                if w.data.size != codes.size:
+                    raise HlsError(f"hls: batch-norm '{node.name}' has {w.data.size} channels, "
+                                   f"the plan's '{spec['name']}' has {codes.size}")
+                bits, frac = spec[f"{key}_bits"], spec[f"{key}_frac"]
+                w.data = (codes * 2.0 ** -frac).reshape(w.data.shape)
+                # its own type: hls4ml gives batch-norm parameters the shared default type
+                prec = FixedPrecisionType(bits, bits - frac, signed=True)
+                w.type = NamedType(f"{wname}{node.index}_t", prec)
+                w.update_precision(prec)
+            out = spec["out_bits"]
+            node.get_output_variable().type.precision = FixedPrecisionType(
+                out, out - spec["out_frac"], signed=True, rounding_mode="RND_CONV",
+                saturation_mode="SAT")
             node.set_attr("hetq_layer", spec["name"])
 
     return HetqWeightWords
@@ -268,6 +312,10 @@ def _make_templates():
                 return super().format(node)
             p = self._default_function_params(node)
             t, d = node.get_weights("threshold"), node.get_weights("direction")
+            if node.model.config.get_config_value("IOType") == "io_stream":
+                return (f"nnet::hetq_threshold_stream<{p['input_t']}, {p['output_t']}, "
+                        f"{t.type.name}, {d.type.name}, {p['config']}>({p['input']}, "
+                        f"{p['output']}, {t.name}, {d.name});")
             return (f"nnet::hetq_threshold<{p['input_t']}, {t.type.name}, {d.type.name}, "
                     f"{p['config']}>({p['input']}, {p['output']}, {t.name}, {d.name});")
 

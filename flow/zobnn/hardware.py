@@ -13,13 +13,13 @@ For a network :mod:`flow.zobnn.lower` can lower (``bdorefa``):
    ``zobnn.rtl_trials`` maps per fault rate of ``zobnn.rtl_bers`` (map ``t`` is the software
    campaign's trial ``t``), flipped in the RTL memories through VPI, each compared score for
    score with the executor under the same map;
-4. its resources from Yosys for ``hls.board`` (``zobnn.synth``).
-
-hls4ml C-sim is not run: hetq's hls4ml flow reads the QONNX graph of a Brevitas network, the
-ZOBNN networks are plain PyTorch, and hls4ml 1.3.0 cannot compute their binary convolutions
-anyway: its zero padding writes the XNOR code 0, which its binary product reads as -1
-(``nnet_padding_stream.h`` fills 0; ``nnet_mult.h`` turns the popcount into ``2 x - n_in``,
-every input +-1), while the network pads with 0.
+4. hls4ml C-sim (``zobnn.csim``): the integer network as a QONNX graph
+   (:mod:`flow.zobnn.qonnx`) through hetq's hls4ml flow for ``hls.board``; class scores on the
+   test set against the executor, then SEU maps in the weight memories replayed in C-sim. hls4ml's
+   own binary convolution would be wrong here: its zero padding writes the XNOR code 0, which its
+   binary product reads as -1, while the network pads with 0; hetq's pass streams the signs as
+   -1/+1 (``ap_int<2>``), so the padding's 0 contributes 0 (see :mod:`flow.hw.hls_ext`).
+5. its resources from Yosys for ``hls.board`` (``zobnn.synth``).
 """
 from __future__ import annotations
 
@@ -40,14 +40,16 @@ from flow.core.image import MemoryImage
 from flow.core.io import atomic_write, write_json
 from flow.core.ir import IntNetwork
 from flow.hw.boards import config_board_dirs, get_board
+from flow.hw.hls import build
 from flow.hw.rtl import design
 from flow.hw.rtlgen import write_project
 from flow.hw.rtlsim import RtlSim, image_codes_hwc, measured_timing
 from flow.hw.synth import synthesize_cached
 from flow.nn.data import Dataset
 from flow.reliability.campaign import CampaignSpec, run_campaign
-from flow.reliability.faults import Injector, SeuSampler, trial_rng
+from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
 from flow.zobnn.lower import agreement, lower_zobnn
+from flow.zobnn.qonnx import write_qonnx
 
 
 def _net_sha(image: MemoryImage) -> str:
@@ -103,6 +105,8 @@ def hardware(folder: Path, store: Path, arch: str, model: nn.Module, bits: int, 
            "bits_by_kind": {k: image.size_bits([k])["total"] for k in kinds},
            "agreement": agree, "campaign": camp,
            "rtl": _rtl(folder, net, image, ex, cfg, data, kinds, sha)}
+    if z.csim:
+        res["csim"] = _csim(folder, net, image, ex, cfg, data)
     if z.synth:
         res["synth"] = _synth(folder, cfg)
     res["seconds"] = round(time.time() - t0, 3)
@@ -149,7 +153,44 @@ def _rtl(folder: Path, net: IntNetwork, image: MemoryImage, ex: Executor, cfg: R
             "flips_by_kind": dict(hit), "trials": per_trial, "measured": timing,
             "analytic": {k: ana[k] for k in ("latency_cycles", "ii_cycles")},
             "build_seconds": round(build_s, 3), "sim_seconds": round(wall, 3),
-            "project": str(prj)}
+            "project": str(prj.relative_to(folder))}
+
+
+def _csim(folder: Path, net: IntNetwork, image: MemoryImage, ex: Executor, cfg: RunConfig,
+          data: Dataset) -> dict:
+    """hls4ml C-sim: the QONNX graph of the integer network (:mod:`flow.zobnn.qonnx`) through
+    hetq's hls4ml flow; class scores on the test set against the executor, then SEU maps in the
+    weight memories (``zobnn.rtl_trials`` per rate of ``zobnn.rtl_bers``) replayed in C-sim."""
+    z, h = cfg.zobnn, cfg.hls
+    board = get_board(h.board, config_board_dirs(cfg), "hls.board")
+    t0 = time.perf_counter()
+    qonnx = write_qonnx(net, folder / "hls" / "model.zobnn.onnx")
+    prj = build(qonnx, net, image, folder / "hls", part=board.part, clock_mhz=board.clock_mhz,
+                backend=h.backend, reuse_factor=h.reuse_factor)
+    build_s = time.perf_counter() - t0
+    codes = ex.quantize_input(data.test.x)
+    x = prj.inputs(codes.numpy())
+    clean = ex.run(codes, quantized=True).numpy().astype(np.int64)
+    got = prj.scores(x)
+    sampler = SeuSampler(image, kinds=("weight",))
+    inj = Injector(image, ex)
+    equal = changed = 0
+    t1 = time.perf_counter()
+    maps = [(b, t) for b in z.rtl_bers for t in range(z.rtl_trials)]
+    for b, t in maps:
+        fm = sampler.sample(b, trial_rng(cfg.seed, b, t))
+        prj.replay(fm)
+        soft = inj.scores(fm, codes)
+        equal += bool(np.array_equal(prj.scores(x), soft))
+        changed += bool((soft.argmax(1) != clean.argmax(1)).any())
+    prj.replay(FaultMap((), (), (), ()))
+    return {"board": board.name, "images": int(len(clean)),
+            "bit_exact": bool(np.array_equal(got, clean)),
+            "mismatched_images": int((got != clean).any(1).sum()),
+            "maps": len(maps), "maps_scores_equal": equal, "maps_changing_predictions": changed,
+            "reuse_factors": prj.reuse, "build_seconds": round(build_s, 3),
+            "replay_seconds": round(time.perf_counter() - t1, 3),
+            "project": str(prj.folder.relative_to(folder))}
 
 
 def _synth(folder: Path, cfg: RunConfig) -> dict:
@@ -193,6 +234,14 @@ def markdown(arch: str, hw: dict, bers: list[float]) -> list[str]:
              f"SEU maps gave the executor's scores exactly ({r['maps_changing_predictions']} "
              f"changed a prediction; flips by memory kind: "
              + ", ".join(f"{k} {v}" for k, v in sorted(r["flips_by_kind"].items())) + ").", ""]
+    if "csim" in hw:
+        c = hw["csim"]
+        lines += [f"hls4ml C-sim ({c['board']}, {c['images']} images): class scores "
+                  + ("bit-exact" if c["bit_exact"] else
+                     f"NOT bit-exact ({c['mismatched_images']} images differ)")
+                  + f" with the integer executor; {c['maps_scores_equal']}/{c['maps']} SEU "
+                  f"maps in the weight memories gave the executor's scores "
+                  f"({c['maps_changing_predictions']} changed a prediction).", ""]
     if "synth" in hw:
         y, t = hw["synth"], hw["synth"]["total"]
         lines += [f"Resources (Yosys synth_xilinx, {y['board']}): {t['lut']:,} LUT, "
