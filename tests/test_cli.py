@@ -157,6 +157,27 @@ def test_train_into_run_with_other_config_leaves_it_unchanged(tmp_path: Path,
     assert snapshot(run_copy) == before
 
 
+def test_run_made_before_a_new_config_key_resumes(tmp_path: Path, run_copy: Path) -> None:
+    """A run whose config.yaml lacks a key a later hetq added (here `zobnn.csim`, at its default)
+    is the same run: `hetq train` with the same config gets past the config check (and stops at
+    the finished train step, as on any run). The key at another value is another run."""
+    import yaml
+    cfg_file = run_copy / "config.yaml"
+    old = yaml.safe_load(cfg_file.read_text())
+    del old["zobnn"]["csim"]                      # as a run written before that key existed
+    cfg_file.write_text(yaml.safe_dump(old, sort_keys=False))
+    before = snapshot(run_copy)
+    same = merged(model={**QUICK_MLP["model"], "protected": ["fc2"]})     # mlp_run's config
+    write_config(tmp_path / CONFIG, same)
+    res = hetq(tmp_path, "train", CONFIG, "--out", run_copy.name)
+    assert "already holds a finished train step" in res.stderr, res.stderr
+    assert cfg_file.read_text() == before[str(cfg_file.relative_to(run_copy))].decode()
+    write_config(tmp_path / CONFIG, {**same, "zobnn": {"csim": False}})
+    res = hetq(tmp_path, "train", CONFIG, "--out", run_copy.name)
+    assert_user_error(res, "run_dir", f"'{run_copy.name}'")
+    assert "another config" in res.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Mistakes on existing runs: the run directory is unchanged.
 

@@ -40,6 +40,31 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
+def _only_added_defaults(old: object, new: object, default: object) -> bool:
+    """``new`` equals ``old`` but for keys ``old`` lacks whose value in ``new`` is the default."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old == new
+    if any(k not in new for k in old):
+        return False
+    default = default if isinstance(default, dict) else {}
+    return all(_only_added_defaults(old[k], v, default.get(k)) if k in old
+               else k in default and default[k] == v for k, v in new.items())
+
+
+def same_config(old_yaml: str, new_yaml: str) -> bool:
+    """Whether two resolved configs describe the same run: equal, or the new one adds only keys a
+    later hetq introduced, at their default values (so a run made before a new key appeared can
+    still be resumed)."""
+    import yaml
+
+    from flow.core.config import RunConfig
+    try:
+        old, new = yaml.safe_load(old_yaml), yaml.safe_load(new_yaml)
+    except yaml.YAMLError:
+        return False
+    return _only_added_defaults(old, new, RunConfig().model_dump(mode="json"))
+
+
 class RunDir:
     """A run directory on disk."""
 
@@ -98,7 +123,7 @@ class RunDir:
         if self.exists():
             m = self.manifest()
             old = self.config_file.read_text() if self.config_file.is_file() else ""
-            if old != config_yaml:
+            if old != config_yaml and not same_config(old, config_yaml):
                 raise RunDirError(f"run_dir: '{self.path}' holds a run with another config; "
                                   f"use a new --out folder")
             return m
