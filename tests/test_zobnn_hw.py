@@ -8,6 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from flow.core.config import RtlConfig
 from flow.core.errors import PlanError
@@ -101,9 +102,6 @@ def test_input_grid_is_the_exact_fixed_point_format_of_the_pixels(data):
 
 
 def test_lowering_refuses_what_it_cannot_build(data):
-    res = build_bnn("breact", data.input_shape, data.num_classes, width=0.25, seed=0)
-    with pytest.raises(PlanError, match="breact"):
-        lower_zobnn(zobnn(res, 8)[0], 8, data.input_shape, data.num_classes)
     plain = build_bnn("bdorefa", data.input_shape, data.num_classes, width=0.25, seed=0)
     with pytest.raises(PlanError, match="not a ZOBNN network"):
         lower_zobnn(plain.eval(), 8, data.input_shape, data.num_classes)
@@ -243,3 +241,95 @@ def test_csim_is_bit_exact_with_zero_padding_and_replays_weight_faults(net, data
     prj.replay(double)
     assert not np.array_equal(prj.scores(x), clean)          # two copies: not
     assert sum(len(fm) for fm in maps) > 20
+
+
+# -- the binary ResNet (breact) --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def react(data):
+    torch.set_num_threads(1)
+    m = build_bnn("breact", data.input_shape, data.num_classes, width=0.5, seed=0)
+    train_bnn(m, data, epochs=4, seed=0, progress=False)
+    return m
+
+
+@pytest.mark.parametrize("bits", [16, 8])
+def test_binary_resnet_lowers_and_predicts_as_the_zobnn_model(react, data, bits):
+    zq = zobnn(react, bits)[0]
+    net = lower_zobnn(zq, bits, data.input_shape, data.num_classes)
+    image = MemoryImage.build(net)
+    ex = Executor(net, image, "cpu")
+    a = agreement(zq, ex, data.test.x, data.test.y)
+    assert a["model_accuracy"] > 0.8
+    # every rounding is to the residual stream's codes (16 - bits fraction bits at delta)
+    assert a["prediction_agreement"] >= 0.99, a
+    ops = {n.op for n in net.nodes}
+    assert {"rprelu", "avgpool", "repeat", "add", "sumpool", "threshold"} <= ops
+    assert {"block0.rprelu.gamma", "block0.rprelu.slope", "block0.rprelu.zeta",
+            "block0.threshold"} <= set(image.memories)
+    assert image.memory("block0.rprelu.slope").kind == "scale"
+
+
+def test_binary_resnet_ops_compute_the_float_model_exactly(react, data):
+    """The rprelu op, the average-pool shortcut and the RSign threshold on the executor's own
+    codes, against the float formulas in float64 (exact here): equal code for code."""
+    zq = zobnn(react, 8)[0]
+    net = lower_zobnn(zq, 8, data.input_shape, data.num_classes)
+    ex = Executor(net, MemoryImage.build(net), "cpu")
+    tr = {k: v.double() for k, v in ex.run(data.test.x[:64], trace=True).items()}
+    fr = {n.name: n.frac for n in net.nodes}
+
+    def col(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().double().view(1, -1, 1, 1)
+
+    checked = False
+    for i, blk in enumerate(zq.blocks):
+        e = tr[f"block{i}.add"] * 2.0 ** -fr[f"block{i}.add"]
+        want = F.prelu(e - col(blk.rprelu.gamma), blk.rprelu.slope.detach().double()) \
+            + col(blk.rprelu.zeta)
+        f = fr[f"block{i}.rprelu.out"]
+        want = torch.round(want * 2.0 ** f).clamp(-(2 ** 23), 2 ** 23 - 1)
+        assert torch.equal(want, tr[f"block{i}.rprelu.out"])
+        src = tr[net.node(f"block{i}.sign").inputs[0]] * 2.0 ** -f
+        sign = torch.where(src - col(blk.rsign.beta) >= 0, 1.0, -1.0)
+        assert torch.equal(sign, tr[f"block{i}.sign"])
+        if blk.stride > 1:
+            mean = F.avg_pool2d(src, 2).repeat(1, blk.repeat, 1, 1)
+            assert torch.equal(mean * 2.0 ** fr[f"block{i}.repeat"], tr[f"block{i}.repeat"])
+            checked = True
+    assert checked
+
+
+def test_binary_resnet_faults_in_every_memory_kind_and_batched_maps(react, data):
+    from flow.core.multimap import MapParams, predict_maps
+    zq = zobnn(react, 8)[0]
+    net = lower_zobnn(zq, 8, data.input_shape, data.num_classes)
+    image = MemoryImage.build(net)
+    ex = Executor(net, image, "cpu")
+    xq = ex.quantize_input(data.test.x)
+    clean = ex.predict(xq, quantized=True)
+    inj = Injector(image, ex)
+    moved = set()
+    for m in image.memories.values():       # the top bit of every word of each memory
+        fm = FaultMap([m.name] * m.depth, np.arange(m.depth), [m.width - 1] * m.depth,
+                      ["flip"] * m.depth)
+        with inj.injected(fm):
+            if not torch.equal(ex.predict(xq, quantized=True), clean):
+                moved.add(m.kind)
+    assert moved == {"weight", "threshold", "direction", "scale", "offset", "bias"}
+    # k maps in one pass (the RPReLU's parameters per map) equal one map at a time; the output
+    # layer (24-bit inputs: float64) is left out, as its per-map weights are not batched
+    ex.remember(xq, quantized=True)
+    layers = tuple(sorted({m.layer for m in image.memories.values()} - {"fc"}))
+    sampler = SeuSampler(image, kinds=tuple(sorted(moved)), layers=layers)
+    got = []
+    for t in range(4):
+        fm = sampler.sample(2e-3, trial_rng(1, 2e-3, t))
+        with inj.injected(fm):
+            touched = {str(n): fm.word[fm.memory == n] for n in np.unique(fm.memory)}
+            got.append((MapParams.capture(ex, touched), ex.predict(xq, quantized=True)))
+    assert any(any(".rprelu." in n for n in p.words) for p, _ in got)
+    res = predict_maps(ex, xq, [p for p, _ in got])
+    assert res is not None
+    for (_, ref), pred in zip(got, res):
+        assert torch.equal(pred, ref)

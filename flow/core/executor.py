@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from flow.core.image import MemoryImage, decode
-from flow.core.ir import IntNetwork, Node
+from flow.core.ir import PARAM_KEYS, IntNetwork, Node
 
 EXACT_F32 = 1 << 24
 
@@ -157,7 +157,7 @@ class Executor:
         # per memory which words differ from the clean values (once a batch is remembered)
         self._reader: dict[str, int] = {}
         for i, node in enumerate(net.nodes):
-            for key in ("weight", "bias", "threshold", "direction", "scale", "offset"):
+            for key in PARAM_KEYS:
                 mem = node.attrs.get(key)
                 if isinstance(mem, str) and mem in image.memories:
                     self._reader.setdefault(mem, i)
@@ -190,7 +190,8 @@ class Executor:
         dtype = torch.float32              # weights: float32 always (codes below 2**16)
         for node in self.net.nodes:
             if name in (node.attrs.get("bias"), node.attrs.get("threshold"),
-                        node.attrs.get("scale"), node.attrs.get("offset")):
+                        node.attrs.get("scale"), node.attrs.get("offset"),
+                        node.attrs.get("shift"), node.attrs.get("slope")):
                 dtype = self._dtype[node.name]
         codes = self.image.codes(name).reshape(p.codes.shape)
         return torch.as_tensor(codes, dtype=dtype, device=self.device).contiguous()
@@ -364,6 +365,17 @@ class Executor:
             shape = (1, -1) + (1,) * (x.dim() - 2)
             m = self.tensors[a["scale"]].view(shape)
             return x.to(dt) * m + self.tensors[a["offset"]].view(shape)
+        if op == "rprelu":
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            u = x.to(dt) - self.tensors[a["shift"]].view(shape)
+            y = torch.where(u >= 0, u * 2.0 ** a["p"], u * self.tensors[a["slope"]].view(shape))
+            return y.add_(self.tensors[a["offset"]].view(shape))
+        if op == "avgpool":
+            k = a["k"]
+            n, c, h, w = x.shape
+            return x.to(dt).reshape(n, c, h // k, k, w // k, k).sum(dim=(3, 5))
+        if op == "repeat":
+            return x.repeat(1, a["times"], 1, 1)
         if op == "maxpool":
             return _maxpool(x, a["k"])
         if op == "sumpool":

@@ -17,8 +17,14 @@ Ops (``Node.op``) and their attributes:
   ``acc <= thr`` (``dir`` = 0), else -1.
 - ``affine``: per-channel ``acc * scale[c] + offset[c]`` with the parameters ``attrs['scale']``
   and ``attrs['offset']`` (a batch-norm that feeds no sign, followed by a ``requant``).
-- ``maxpool`` (``k``), ``sumpool`` (global sum; ``frac`` grows by log2 of the area), ``flatten``,
-  ``add`` (two inputs aligned to the finer scale).
+- ``rprelu``: ReActNet's RPReLU, per channel: ``u = x - shift[c]``, then ``u * 2**p`` where
+  ``u >= 0``, else ``u * slope[c]`` (the slope a fixed-point code with ``p`` fraction bits),
+  plus ``offset[c]`` (parameters ``attrs['shift']``, ``attrs['slope']``, ``attrs['offset']``;
+  ``frac`` grows by ``p``; followed by a ``requant``).
+- ``maxpool`` (``k``), ``avgpool`` (``k``: the sum of each k x k window, stride k; ``frac``
+  grows by log2(k*k), so the code is the exact mean), ``sumpool`` (global sum; ``frac`` grows by
+  log2 of the area), ``repeat`` (``times``: the channels repeated, ``x.repeat(1, times, 1, 1)``),
+  ``flatten``, ``add`` (two inputs aligned to the finer scale).
 """
 from __future__ import annotations
 
@@ -28,12 +34,17 @@ import numpy as np
 
 from flow.core.precision import Fixed
 
+# the attributes of a node that name a parameter (a memory of the image)
+PARAM_KEYS: tuple[str, ...] = ("weight", "bias", "threshold", "direction", "scale", "offset",
+                               "shift", "slope")
+
 
 @dataclass
 class Param:
     """An integer parameter array that hardware keeps in a memory.
 
-    ``kind`` is ``weight``, ``bias``, ``threshold``, ``direction``, ``scale`` or ``offset``.
+    ``kind`` is ``weight``, ``bias``, ``threshold``, ``direction``, ``scale`` or ``offset``
+    (an RPReLU's slope is a ``scale``, its shift and offset ``offset``s).
     ``codes`` holds the integer values (for bipolar weights -1/+1), in PyTorch's layout
     (out, in[, kh, kw]).
     """

@@ -30,9 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from flow.core.executor import EXACT_F32, Executor
-from flow.core.ir import Node
-
-_PARAM_KEYS = ("weight", "bias", "threshold", "direction", "scale", "offset")
+from flow.core.ir import PARAM_KEYS, Node
 
 
 @dataclass
@@ -128,7 +126,7 @@ def _run_node(ex: Executor, node: Node, vals: dict[str, torch.Tensor], shared: s
     batch (B rows), per-map ones k batches (k*B rows, map-major). None: the node cannot be
     batched exactly."""
     a = node.attrs
-    mine = [a.get(key) for key in _PARAM_KEYS if isinstance(a.get(key), str)]
+    mine = [a.get(key) for key in PARAM_KEYS if isinstance(a.get(key), str)]
     per_map = any(m in stacked for m in mine)
     ins = {i: vals[i] for i in node.inputs}
     if not per_map and all(i in shared for i in node.inputs):
@@ -152,6 +150,12 @@ def _run_node(ex: Executor, node: Node, vals: dict[str, torch.Tensor], shared: s
         xs, m = _per_map(x.to(ex._dtype[node.name]), k, _param(ex, stacked, a["scale"], k))
         o = _param(ex, stacked, a["offset"], k).reshape(m.shape)
         return (xs * m + o).reshape(x.shape), False
+    if node.op == "rprelu":
+        xs, g = _per_map(x.to(ex._dtype[node.name]), k, _param(ex, stacked, a["shift"], k))
+        u = xs - g
+        s = _param(ex, stacked, a["slope"], k).reshape(g.shape)
+        o = _param(ex, stacked, a["offset"], k).reshape(g.shape)
+        return (torch.where(u >= 0, u * 2.0 ** a["p"], u * s) + o).reshape(x.shape), False
     raise ValueError(f"batched maps: no per-map form of op '{node.op}'")   # pragma: no cover
 
 

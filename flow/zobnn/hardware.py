@@ -1,6 +1,6 @@
 """The hardware part of ``hetq zobnn``: a ZOBNN network as integer memories, RTL and SEU campaign.
 
-For a network :mod:`flow.zobnn.lower` can lower (``bdorefa``):
+For a network :mod:`flow.zobnn.lower` can lower (``bdorefa``, ``breact``):
 
 1. the integer network and its weight-memory image (binary weights, integer weights, thresholds,
    directions, affine multipliers and offsets, output bias); its fault-free predictions against
@@ -20,6 +20,10 @@ For a network :mod:`flow.zobnn.lower` can lower (``bdorefa``):
    binary product reads as -1, while the network pads with 0; hetq's pass streams the signs as
    -1/+1 (``ap_int<2>``), so the padding's 0 contributes 0 (see :mod:`flow.hw.hls_ext`).
 5. its resources from Yosys for ``hls.board`` (``zobnn.synth``).
+
+Steps 3-5 need an RTL module and a QONNX form for every operation; the binary ResNet's
+``avgpool``, ``repeat`` and ``rprelu`` have neither yet, so for ``breact`` they are reported as
+not generated, with the reason (steps 1-2 run).
 """
 from __future__ import annotations
 
@@ -104,14 +108,23 @@ def hardware(folder: Path, store: Path, arch: str, model: nn.Module, bits: int, 
            "stored_bits": image.size_bits()["total"], "memories": image.summary(),
            "bits_by_kind": {k: image.size_bits([k])["total"] for k in kinds},
            "agreement": agree, "campaign": camp,
-           "rtl": _rtl(folder, net, image, ex, cfg, data, kinds, sha)}
+           "rtl": _unless_unsupported(_rtl, folder, net, image, ex, cfg, data, kinds, sha)}
     if z.csim:
-        res["csim"] = _csim(folder, net, image, ex, cfg, data)
-    if z.synth:
+        res["csim"] = _unless_unsupported(_csim, folder, net, image, ex, cfg, data)
+    if z.synth and res["rtl"]["generated"]:
         res["synth"] = _synth(folder, cfg)
     res["seconds"] = round(time.time() - t0, 3)
     write_json(folder / "hardware.json", res)
     return res
+
+
+def _unless_unsupported(part, *args) -> dict:
+    """``part(*args)`` with ``generated: True``, or ``{"generated": False, "reason"}`` where the
+    RTL generator or the QONNX writer has no form of one of the network's operations."""
+    try:
+        return {"generated": True, **part(*args)}
+    except PlanError as e:
+        return {"generated": False, "reason": str(e)}
 
 
 def _rtl(folder: Path, net: IntNetwork, image: MemoryImage, ex: Executor, cfg: RunConfig,
@@ -202,11 +215,24 @@ def _synth(folder: Path, cfg: RunConfig) -> dict:
     return res
 
 
+def _rtl_line(r: dict) -> list[str]:
+    """The study.md lines of the RTL check."""
+    return [f"RTL (Verilator, {r['images']} images): class scores "
+            f"{'bit-exact' if r['bit_exact'] else 'NOT bit-exact'} with the integer executor; "
+            f"latency {r['measured']['latency_cycles']} cycles (analytic "
+            f"{r['analytic']['latency_cycles']}), II {r['measured']['ii_cycles']:.0f} "
+            f"(analytic {r['analytic']['ii_cycles']}); {r['maps_scores_equal']}/{r['maps']} "
+            f"SEU maps gave the executor's scores exactly ({r['maps_changing_predictions']} "
+            f"changed a prediction; flips by memory kind: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(r["flips_by_kind"].items())) + ").", ""]
+
+
 def markdown(arch: str, hw: dict, bers: list[float]) -> list[str]:
     """The study.md lines of one network's hardware part."""
     if not hw["lowered"]:
         return [f"Hardware: not generated ({hw['reason']}).", ""]
     a, r = hw["agreement"], hw["rtl"]
+    c = hw.get("csim")
     rows = [f"| {row['memory']} | {row['kind']} | {row['format']} | {row['depth']} | "
             f"{row['width']} | {row['bits']:,} |" for row in hw["memories"]]
     summ = {s["ber"]: s for s in hw["campaign"]["summary"]}
@@ -226,16 +252,11 @@ def markdown(arch: str, hw: dict, bers: list[float]) -> list[str]:
                          f"[{100 * summ[b]['accuracy_low']:.2f}, "
                          f"{100 * summ[b]['accuracy_high']:.2f}]" for b in bers if b in summ)
              + ".", "",
-             f"RTL (Verilator, {r['images']} images): class scores "
-             f"{'bit-exact' if r['bit_exact'] else 'NOT bit-exact'} with the integer executor; "
-             f"latency {r['measured']['latency_cycles']} cycles (analytic "
-             f"{r['analytic']['latency_cycles']}), II {r['measured']['ii_cycles']:.0f} "
-             f"(analytic {r['analytic']['ii_cycles']}); {r['maps_scores_equal']}/{r['maps']} "
-             f"SEU maps gave the executor's scores exactly ({r['maps_changing_predictions']} "
-             f"changed a prediction; flips by memory kind: "
-             + ", ".join(f"{k} {v}" for k, v in sorted(r["flips_by_kind"].items())) + ").", ""]
-    if "csim" in hw:
-        c = hw["csim"]
+             *(_rtl_line(r) if r["generated"] else
+               [f"RTL: not generated ({r['reason']}).", ""])]
+    if c and not c["generated"]:
+        lines += [f"hls4ml C-sim: not run ({c['reason']}).", ""]
+    elif c:
         lines += [f"hls4ml C-sim ({c['board']}, {c['images']} images): class scores "
                   + ("bit-exact" if c["bit_exact"] else
                      f"NOT bit-exact ({c['mismatched_images']} images differ)")
