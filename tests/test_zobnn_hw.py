@@ -110,16 +110,17 @@ def test_lowering_refuses_what_it_cannot_build(data):
 _cache: dict[str, dict] = {}
 
 
-def _simulate(net, data, tmp, protected: list[str]) -> dict:
+def _simulate(net, data, tmp, protected: list[str], images: int = IMAGES,
+              seu_maps: int = SEU_MAPS) -> dict:
     image = MemoryImage.build(net, protected)
     ex = Executor(net, image, "cpu")
     prj = tmp / "prj"
     write_project(prj, design(net, image, RtlConfig(target_cycles=2304)), image, "0" * 64)
-    sim = RtlSim(prj, n_max=IMAGES)
-    codes = ex.quantize_input(data.test.x[:IMAGES])
+    sim = RtlSim(prj, n_max=images)
+    codes = ex.quantize_input(data.test.x[:images])
     kinds = tuple(sorted({m.kind for m in image.memories.values()}))
     sampler = SeuSampler(image, kinds=kinds)
-    maps = [("seu", sampler.sample(SEU_BER, trial_rng(3, SEU_BER, t))) for t in range(SEU_MAPS)]
+    maps = [("seu", sampler.sample(SEU_BER, trial_rng(3, SEU_BER, t))) for t in range(seu_maps)]
     # one map per memory kind: the top bit of every word of its first unprotected memory
     for kind in kinds:
         m = next(m for m in image.memories.values() if m.kind == kind and not m.protected)
@@ -333,3 +334,36 @@ def test_binary_resnet_faults_in_every_memory_kind_and_batched_maps(react, data)
     assert res is not None
     for (_, ref), pred in zip(got, res):
         assert torch.equal(pred, ref)
+
+
+@pytest.mark.slow
+def test_binary_resnet_rtl_is_bit_exact_under_faults_and_tmr(react, data, tmp_path):
+    """breact in RTL: the average-pool shortcut (avgpool.sv), channel repetition
+    (channel_repeat.sv) and RPReLU (rprelu_unit.sv) beside the residual adds; 8-bit ZOBNN with
+    the stem and block1 protected."""
+    zq = zobnn(react, 8)[0]
+    net = lower_zobnn(zq, 8, data.input_shape, data.num_classes)
+    r = _simulate(net, data, tmp_path, ["stem", "block1"], images=16, seu_maps=4)
+    assert np.array_equal(r["rtl_clean"], r["clean"])
+    assert len(np.unique(r["clean"].argmax(1))) > 5
+    moved = set()
+    for kind, rtl, soft in zip(r["kinds"], r["rtl"], r["soft"]):
+        assert np.array_equal(rtl, soft), kind
+        if kind not in ("tmr1", "tmr2") and not np.array_equal(soft, r["clean"]):
+            moved.add(kind)
+    assert {"seu", "weight", "threshold", "direction", "scale", "offset", "bias"} <= moved
+    for kind, rtl in zip(r["kinds"], r["rtl"]):
+        if kind == "tmr1":
+            assert np.array_equal(rtl, r["clean"])
+        elif kind == "tmr2":
+            assert not np.array_equal(rtl, r["clean"])
+    m, a = r["timing"], r["analytic"]
+    assert abs(m["latency_cycles"] / a["latency_cycles"] - 1) <= 0.01
+    assert m["ii_cycles"] == a["ii_cycles"]
+    files = [*sorted((r["prj"] / "src").glob("*.sv")), r["prj"] / "hetq_accel.sv",
+             r["prj"] / "hetq_harness.sv"]
+    with verilator_env():
+        lint = subprocess.run(["verilator", "--lint-only", "-Wall", "--timing",
+                               "--top-module", "hetq_accel", *map(str, files)],
+                              capture_output=True, text=True)
+    assert lint.returncode == 0 and "%Warning" not in lint.stderr, lint.stderr

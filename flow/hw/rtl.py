@@ -2,13 +2,13 @@
 
 :func:`design` turns the integer network (:mod:`flow.core.ir`) and its memory image into a list of
 stages, one per library module of ``rtl/`` (``mvu``, ``requant``, ``threshold_unit``,
-``affine_unit``, ``maxpool``, ``residual_add``, ``sum_pool``; ``stream_fork``, ``frame_fifo`` and
-``stream_lanes`` around residual blocks), connected by valid/ready streams: a node that two
-nodes read feeds a fork, and the shorter branch of a residual block waits in a FIFO of whole
-images. Feature maps stream in (row,
-column, channel) order, so a convolution's fan-in is walked as (kernel row, kernel column,
-channel) and a dense layer after a flatten sees (row, column, channel) instead of PyTorch's
-(channel, row, column):
+``affine_unit``, ``rprelu_unit``, ``maxpool``, ``avgpool``, ``channel_repeat``, ``residual_add``,
+``sum_pool``; ``stream_fork``, ``frame_fifo`` and ``stream_lanes`` around residual blocks),
+connected by valid/ready streams: a node that two nodes read feeds a fork, and the shorter branch
+of a residual block waits in a FIFO of whole images. Feature maps stream in (row, column,
+channel) order, so a convolution's fan-in is walked as (kernel row, kernel column, channel) and a
+dense layer after a flatten sees (row, column, channel) instead of PyTorch's (channel, row,
+column):
 the weight layout absorbs both permutations, and :class:`Layout` records them so any stored bit of
 the software image can be located in RTL (and back).
 
@@ -16,7 +16,8 @@ A matrix-vector unit with PE x SIMD lanes keeps its weights in one memory of NF 
 NF = out / PE, SF = fan-in / SIMD; word ``nf * SF + sf`` holds, in lane ``pe * SIMD + s``, the
 weight of output ``nf * PE + pe`` and RTL fan-in position ``sf * SIMD + s``, each lane the image's
 stored word verbatim (n bits, or n+2 with the MSB triplicated). Biases, thresholds and threshold
-directions, and the multipliers and offsets of an affine batch-norm, live in NF words of PE lanes.
+directions, the multipliers and offsets of an affine batch-norm and an RPReLU's shift, slope and
+offset live in NF words of PE lanes.
 """
 from __future__ import annotations
 
@@ -183,8 +184,9 @@ class _Builder:
             if handler is None:
                 raise PlanError(f"rtl: node '{node.name}' ({node.op}) has no RTL module; the RTL "
                                 f"generator supports conv, dense, requant, threshold, affine, "
-                                f"maxpool, flatten, add and sumpool (for example the zoo's mlp, "
-                                f"cnn, bmlp and resnet18, and ZOBNN bdorefa)")
+                                f"rprelu, maxpool, avgpool, repeat, flatten, add and sumpool (for "
+                                f"example the zoo's mlp, cnn, bmlp and resnet18, and ZOBNN "
+                                f"bdorefa and breact)")
             self._publish(node, handler(node, self._take(node.inputs[0])))
         out = self.pending[self.net.nodes[-1].name][0]
         return Design(self.net.arch, self.stages, self.layouts, c * h * w, inp.attrs["bits"],
@@ -358,6 +360,43 @@ class _Builder:
                                           m.width, pe, 1, 1, 1)
         out = self._through(s, inst, "affine_unit", params, bits=out_bits)
         return replace(out, signed=True)
+
+    def _op_rprelu(self, node: Node, s: _Stream) -> _Stream:
+        a = node.attrs
+        mems = {key: self.image.memory(a[key]) for key in ("shift", "slope", "offset")}
+        pe = s.lanes
+        nf = mems["shift"].depth // pe
+        out_bits = signed_bits(node.lo, node.hi)
+        inst = self._unique(_name(node))
+        params = dict(LANES=pe, NF=nf, INBITS=s.bits, GBITS=mems["shift"].width,
+                      SBITS=mems["slope"].width, ZBITS=mems["offset"].width, P=a["p"],
+                      OUTBITS=out_bits, SHIFT_FILE=f"mem/{mems['shift'].name}.mem",
+                      SLOPE_FILE=f"mem/{mems['slope'].name}.mem",
+                      OFFSET_FILE=f"mem/{mems['offset'].name}.mem")
+        for key, m in mems.items():
+            self.layouts[m.name] = Layout(m.name, m.layer, m.kind, f"{inst}.u_{key}.mem", nf,
+                                          pe, m.width, pe, 1, 1, 1)
+        out = self._through(s, inst, "rprelu_unit", params, bits=out_bits)
+        return replace(out, signed=True)
+
+    def _op_avgpool(self, node: Node, s: _Stream) -> _Stream:
+        h, w, c = s.shape
+        k = node.attrs["k"]
+        out_bits = signed_bits(node.lo, node.hi)
+        params = dict(H=h, W=w, C=c, K=k, LANES=s.lanes, BITS=s.bits, SIGNED=int(s.signed),
+                      OUTBITS=out_bits)
+        out = self._through(s, self._unique(_name(node)), "avgpool", params, bits=out_bits)
+        return replace(out, shape=(h // k, w // k, c), signed=True)
+
+    def _op_repeat(self, node: Node, s: _Stream) -> _Stream:
+        h, w, c = s.shape
+        t = node.attrs["times"]
+        inst = self._unique(_name(node))
+        out = replace(s, wire=f"{inst}_out", shape=(h, w, c * t))
+        st = Stage(inst, "channel_repeat", dict(C=c, TIMES=t, LANES=s.lanes, BITS=s.bits),
+                   s.bits, s.lanes, s.bits, s.lanes, s.layer, ports={"in": s.wire})
+        self._stage(st, out=out)
+        return out
 
     def _op_maxpool(self, node: Node, s: _Stream) -> _Stream:
         h, w, c = s.shape

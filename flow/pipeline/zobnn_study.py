@@ -16,8 +16,8 @@ For each binary network of ``zobnn.archs`` (trained on the config's data, with i
 - **hardware** (``zobnn.hardware``, on by default; :mod:`flow.zobnn.hardware`): the ZOBNN network
   as an integer network and weight-memory image (``bdorefa`` and ``breact``), its fault campaign
   over every memory kind, its RTL in Verilator and its hls4ml C-sim: bit-exactness, cycles and
-  SEU maps against the integer executor (``bdorefa``; the binary ResNet's average-pool shortcut,
-  channel repetition and RPReLU have no RTL or hls4ml form yet, which ``study.md`` says).
+  SEU maps against the integer executor (the binary ResNet has no hls4ml form yet, which
+  ``study.md`` says).
 
 Campaign trials go to ``RUN_DIR/campaigns.sqlite`` as they finish (a rerun resumes); the trained
 networks to ``RUN_DIR/zobnn/<arch>.pt``. Writes ``RUN_DIR/zobnn/`` tables (Markdown, CSV, JSON)

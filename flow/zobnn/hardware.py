@@ -21,9 +21,9 @@ For a network :mod:`flow.zobnn.lower` can lower (``bdorefa``, ``breact``):
    -1/+1 (``ap_int<2>``), so the padding's 0 contributes 0 (see :mod:`flow.hw.hls_ext`).
 5. its resources from Yosys for ``hls.board`` (``zobnn.synth``).
 
-Steps 3-5 need an RTL module and a QONNX form for every operation; the binary ResNet's
-``avgpool``, ``repeat`` and ``rprelu`` have neither yet, so for ``breact`` they are reported as
-not generated, with the reason (steps 1-2 run).
+Step 4 needs a QONNX form of every operation; the binary ResNet's residual ``add``,
+``avgpool``, ``repeat`` and ``rprelu`` have none yet, so for ``breact`` C-sim is reported as not
+run, with the reason (its RTL and Yosys run).
 """
 from __future__ import annotations
 
