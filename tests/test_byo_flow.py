@@ -137,7 +137,7 @@ def test_odd_cnn(tmp_path, capsys):
     assert (mvus["features.0"]["K"], mvus["features.0"]["PAD"]) == (5, 1)
     assert (mvus["features.3"]["STRIDE"], mvus["features.3"]["OH"]) == (2, 2)
     assert (mvus["mix"]["K"], mvus["mix"]["PAD"], mvus["mix"]["OUT"]) == (1, 0, 15)
-    assert sum(s["module"] == "maxpool" for s in res["rtl"]["stages"]) == 2
+    assert sum(s["module"] == "pool2d" for s in res["rtl"]["stages"]) == 2
     t = res["train"]["checks"]
     assert t["qonnx"]["exact"] and t["brevitas"]["exact"]
     assert {m["memory"]: m["protected"] for m in res["rtl"]["memories"]}["mix.weight"]

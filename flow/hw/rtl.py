@@ -2,7 +2,7 @@
 
 :func:`design` turns the integer network (:mod:`flow.core.ir`) and its memory image into a list of
 stages, one per library module of ``rtl/`` (``mvu``, ``requant``, ``threshold_unit``,
-``affine_unit``, ``rprelu_unit``, ``maxpool``, ``avgpool``, ``channel_repeat``, ``residual_add``,
+``affine_unit``, ``rprelu_unit``, ``pool2d`` (max or sum), ``channel_repeat``, ``residual_add``,
 ``sum_pool``; ``stream_fork``, ``frame_fifo`` and ``stream_lanes`` around residual blocks),
 connected by valid/ready streams: a node that two nodes read feeds a fork, and the shorter branch
 of a residual block waits in a FIFO of whole images. Feature maps stream in (row, column,
@@ -384,8 +384,8 @@ class _Builder:
         k = node.attrs["k"]
         out_bits = signed_bits(node.lo, node.hi)
         params = dict(H=h, W=w, C=c, K=k, LANES=s.lanes, BITS=s.bits, SIGNED=int(s.signed),
-                      OUTBITS=out_bits)
-        out = self._through(s, self._unique(_name(node)), "avgpool", params, bits=out_bits)
+                      SUM=1, OUTBITS=out_bits)
+        out = self._through(s, self._unique(_name(node)), "pool2d", params, bits=out_bits)
         return replace(out, shape=(h // k, w // k, c), signed=True)
 
     def _op_repeat(self, node: Node, s: _Stream) -> _Stream:
@@ -402,7 +402,7 @@ class _Builder:
         h, w, c = s.shape
         k = node.attrs["k"]
         params = dict(H=h, W=w, C=c, K=k, LANES=s.lanes, BITS=s.bits, SIGNED=int(s.signed))
-        out = self._through(s, self._unique(f"{s.owner}_pool"), "maxpool", params)
+        out = self._through(s, self._unique(f"{s.owner}_pool"), "pool2d", params)
         return replace(out, shape=(h // k, w // k, c))
 
     def _op_sumpool(self, node: Node, s: _Stream) -> _Stream:

@@ -28,7 +28,7 @@ from flow.reliability.faults import FaultMap
 MANIFEST_FORMAT = 1
 LIBRARY = ("tmr_vote", "weight_mem", "param_rom", "stream_fifo", "stream_fork", "stream_lanes",
            "frame_fifo", "frame_buffer", "swg", "xnor_popcount", "mvu", "requant", "threshold_unit",
-           "affine_unit", "rprelu_unit", "maxpool", "avgpool", "channel_repeat", "residual_add",
+           "affine_unit", "rprelu_unit", "pool2d", "channel_repeat", "residual_add",
            "sum_pool", "argmax")
 
 

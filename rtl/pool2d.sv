@@ -1,32 +1,36 @@
-// K x K max-pool with stride K (floor mode) on a stream of an H x W x C feature map, channels
-// innermost, LANES channels per beat. Keeps one row of partial maxima; emits an output pixel's
-// LANES channels on the beat that completes its window.
-module maxpool #(
+// K x K pool with stride K (floor mode) on a stream of an H x W x C feature map, channels
+// innermost, LANES channels per beat: the maximum (SUM = 0; the executor's maxpool) or the exact
+// sum of each window (SUM = 1, OUTBITS = BITS + 2 log2 K; the executor's avgpool keeps the mean
+// as that sum with 2 log2 K more fraction bits). Keeps one row of partials; emits an output
+// pixel's LANES channels on the beat that completes its window.
+module pool2d #(
     parameter int H       = 8,
     parameter int W       = 8,
     parameter int C       = 16,
     parameter int K       = 2,
     parameter int LANES   = 1,
     parameter int BITS    = 4,
-    parameter bit SIGNED  = 1'b0
+    parameter bit SIGNED  = 1'b0,
+    parameter bit SUM     = 1'b0,
+    parameter int OUTBITS = BITS
 ) (
-    input  logic                   clk,
-    input  logic                   rst,
-    input  logic                   in_valid,
-    output logic                   in_ready,
-    input  logic [LANES*BITS-1:0]  in_data,
-    output logic                   out_valid,
-    input  logic                   out_ready,
-    output logic [LANES*BITS-1:0]  out_data
+    input  logic                     clk,
+    input  logic                     rst,
+    input  logic                     in_valid,
+    output logic                     in_ready,
+    input  logic [LANES*BITS-1:0]    in_data,
+    output logic                     out_valid,
+    input  logic                     out_ready,
+    output logic [LANES*OUTBITS-1:0] out_data
 );
   localparam int CGN = C / LANES;
   localparam int PW = W / K;
   localparam int PH = H / K;
 
-  logic [LANES*BITS-1:0] part [PW * CGN];
+  logic [LANES*OUTBITS-1:0] part [PW * CGN];
   int r, c, cg, rk, ck, pc;
   logic in_win, open_win, emit;
-  logic [LANES*BITS-1:0] m;
+  logic [LANES*OUTBITS-1:0] m;
 
   assign in_win = (r < PH * K) && (c < PW * K);
   assign open_win = (rk == 0) && (ck == 0);
@@ -37,12 +41,13 @@ module maxpool #(
 
   always_comb begin
     for (int l = 0; l < LANES; l++) begin
-      logic [BITS-1:0] x, p;
+      logic [OUTBITS-1:0] x, p;
       logic gt;
-      x = in_data[l*BITS+:BITS];
-      p = part[pc*CGN+cg][l*BITS+:BITS];
+      x = SIGNED ? OUTBITS'($signed(in_data[l*BITS+:BITS])) : OUTBITS'(in_data[l*BITS+:BITS]);
+      p = part[pc*CGN+cg][l*OUTBITS+:OUTBITS];
       gt = SIGNED ? ($signed(x) > $signed(p)) : (x > p);
-      m[l*BITS+:BITS] = (open_win || gt) ? x : p;
+      if (SUM) m[l*OUTBITS+:OUTBITS] = (open_win ? '0 : p) + x;
+      else m[l*OUTBITS+:OUTBITS] = (open_win || gt) ? x : p;
     end
   end
 
