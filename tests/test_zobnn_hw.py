@@ -223,8 +223,9 @@ def test_csim_is_bit_exact_with_zero_padding_and_replays_weight_faults(net, data
         y = next(iter(execute_onnx(m, {"global_in": data.test.x[i:i + 1].numpy()}).values()))
         assert y.argmax() == clean[i].argmax()
     prj = build(path, net, image, tmp_path / "hls", part="xc7z020clg400-1", clock_mhz=100)
+    assert np.array_equal(prj.scores(prj.inputs(codes.numpy())), clean)
+    codes, clean = codes[:64], clean[:64]               # fault replay on 64 images
     x = prj.inputs(codes.numpy())
-    assert np.array_equal(prj.scores(x), clean)
     sampler = SeuSampler(image, kinds=("weight",))
     inj = Injector(image, ex)
     maps = [sampler.sample(1e-3, trial_rng(5, 1e-3, t)) for t in range(3)]
