@@ -7,9 +7,12 @@ registered on the Vivado backend win over the Vitis ones):
   precision inference): it makes every weight type hold the stored word exactly (wrap-around, so a
   flipped MSB gives -2^(n-1) as in hardware, instead of saturating); stores the weights of
   protected layers as (n+2)-bit words with the MSB triplicated (the software image's words);
-  gives binary layers exact accumulator types; and replaces hls4ml's batch-norm + sign thresholds
+  gives binary layers exact accumulator types; replaces hls4ml's batch-norm + sign thresholds
   by the integer thresholds and direction bits of the integer network (hls4ml ignores a negative
-  batch-norm scale);
+  batch-norm scale), streaming the signs of a convolutional network as -1/+1 so that zero
+  padding contributes 0 (hls4ml's XNOR product reads its 0 as -1); and gives a batch-norm that
+  feeds no sign (a ZOBNN network's last one) the integer affine's exact types and a
+  round-half-even result;
 - the same pass sets each weight layer's reuse factor to the smallest one in hls4ml's valid list
   that reaches the config's (``hls.reuse_factor`` is the target; hls4ml would take the closest
   valid one, often 1, fully parallel, where the weights become logic rather than a memory) and
@@ -24,9 +27,11 @@ registered on the Vivado backend win over the Vitis ones):
 
 What the pass needs comes from the model config: ``HLSConfig['Model']['Hetq']`` holds, per weight
 layer in network order, ``{name, bits, frac, binary, protected, acc_bits, acc_frac}`` and, per
-binary threshold layer in order, ``{name, threshold, direction, frac}`` and, per global average
-pool in order, ``{name, lo, hi, frac, scale}`` (the integer network's sumpool: bounds and
-fraction bits of the average, and H x W).
+binary threshold layer in order, ``{name, threshold, direction, frac}`` and, per affine
+batch-norm in order, ``{name, scale, scale_bits, scale_frac, offset, offset_bits, offset_frac,
+out_bits, out_frac}`` and, per global average pool in order, ``{name, lo, hi, frac, scale}`` (the
+integer network's sumpool: bounds and fraction bits of the average, and H x W), and
+``signed_signs`` (a convolutional network).
 """
 from __future__ import annotations
 
