@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import math
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -289,6 +290,32 @@ class HlsProject:
         dlclose.argtypes = [ctypes.c_void_p]
         dlclose(lib._handle)
         g._top_function_lib = ctypes.cdll.LoadLibrary(path)
+
+    def check_maps(self, maps, codes, clean: np.ndarray, executor) -> dict:
+        """Replay each fault map of ``maps`` in C-sim and in the integer executor on the input
+        codes ``codes`` (clean executor scores ``clean``); count the maps whose C-sim scores equal
+        the executor's and those that change a prediction, and time the replay and the C-sim
+        classification. The fault-free weights are restored at the end."""
+        from flow.reliability.faults import Injector
+        inj = Injector(self.image, executor)
+        x = self.inputs(np.asarray(codes))
+        n = equal = changed = 0
+        t_replay = t_predict = 0.0
+        for fmap in maps:
+            t0 = time.perf_counter()
+            self.replay(fmap)
+            t1 = time.perf_counter()
+            got = self.scores(x)
+            t_predict += time.perf_counter() - t1
+            t_replay += t1 - t0
+            ref = inj.scores(fmap, codes)
+            n += 1
+            equal += int(np.array_equal(got, ref))
+            changed += int((ref.argmax(1) != clean.argmax(1)).any())
+        self.replay(FaultMap((), (), (), ()))
+        return {"maps": n, "equal": equal, "maps_changing_predictions": changed,
+                "replay_ms": 1e3 * t_replay / max(n, 1),
+                "csim_predict_ms": 1e3 * t_predict / max(n, 1)}
 
     def replay(self, fmap: FaultMap) -> None:
         """Write the weights of ``fmap`` (flips in weight memories) and reload; an empty map

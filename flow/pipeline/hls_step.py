@@ -20,34 +20,18 @@ from flow.hw.boards import config_board_dirs, get_board
 from flow.hw.hls import build
 from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import Session, open_session
-from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
+from flow.reliability.faults import SeuSampler, trial_rng
 
 
 def _replay(s: Session, prj, codes, ref_clean, maps: int, ber: float, seed: int,
             progress: bool) -> dict:
     """Replay ``maps`` SEU maps in C-sim and in the executor; count agreements and time."""
     sampler = SeuSampler(s.image)
-    inj = Injector(s.image, s.executor)
-    x = prj.inputs(codes.cpu().numpy())
-    equal = changed = 0
-    t_replay = t_predict = 0.0
-    for t in tqdm(range(maps), desc="C-sim replay", unit="map", disable=not progress or None):
-        fmap = sampler.sample(ber, trial_rng(seed, ber, t))
-        t0 = time.perf_counter()
-        prj.replay(fmap)
-        t1 = time.perf_counter()
-        hls = prj.scores(x)
-        t2 = time.perf_counter()
-        t_replay += t1 - t0
-        t_predict += t2 - t1
-        ref = inj.scores(fmap, codes)
-        equal += int(np.array_equal(hls, ref))
-        changed += int((ref.argmax(1) != ref_clean.argmax(1)).any())
-    prj.replay(FaultMap((), (), (), ()))                            # fault-free weights back
-    n = max(maps, 1)
-    return {"maps": maps, "ber": ber, "seed": seed, "equal": equal,
-            "maps_changing_predictions": changed, "replay_ms": 1e3 * t_replay / n,
-            "csim_predict_ms": 1e3 * t_predict / n, "images": int(codes.shape[0])}
+    fmaps = (sampler.sample(ber, trial_rng(seed, ber, t))
+             for t in tqdm(range(maps), desc="C-sim replay", unit="map",
+                           disable=not progress or None))
+    res = prj.check_maps(fmaps, codes, ref_clean, s.executor)
+    return {**res, "maps": maps, "ber": ber, "seed": seed, "images": int(codes.shape[0])}
 
 
 def _parallel(v: dict) -> str:

@@ -51,7 +51,7 @@ from flow.hw.rtlsim import RtlSim, image_codes_hwc, measured_timing
 from flow.hw.synth import synthesize_cached
 from flow.nn.data import Dataset
 from flow.reliability.campaign import CampaignSpec, run_campaign
-from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
+from flow.reliability.faults import Injector, SeuSampler, trial_rng
 from flow.zobnn.lower import agreement, lower_zobnn
 from flow.zobnn.qonnx import write_qonnx
 
@@ -182,25 +182,17 @@ def _csim(folder: Path, net: IntNetwork, image: MemoryImage, ex: Executor, cfg: 
                 backend=h.backend, reuse_factor=h.reuse_factor)
     build_s = time.perf_counter() - t0
     codes = ex.quantize_input(data.test.x)
-    x = prj.inputs(codes.numpy())
     clean = ex.run(codes, quantized=True).numpy().astype(np.int64)
-    got = prj.scores(x)
+    got = prj.scores(prj.inputs(codes.numpy()))
     sampler = SeuSampler(image, kinds=("weight",))
-    inj = Injector(image, ex)
-    equal = changed = 0
     t1 = time.perf_counter()
-    maps = [(b, t) for b in z.rtl_bers for t in range(z.rtl_trials)]
-    for b, t in maps:
-        fm = sampler.sample(b, trial_rng(cfg.seed, b, t))
-        prj.replay(fm)
-        soft = inj.scores(fm, codes)
-        equal += bool(np.array_equal(prj.scores(x), soft))
-        changed += bool((soft.argmax(1) != clean.argmax(1)).any())
-    prj.replay(FaultMap((), (), (), ()))
+    rep = prj.check_maps((sampler.sample(b, trial_rng(cfg.seed, b, t))
+                          for b in z.rtl_bers for t in range(z.rtl_trials)), codes, clean, ex)
     return {"board": board.name, "images": int(len(clean)),
             "bit_exact": bool(np.array_equal(got, clean)),
             "mismatched_images": int((got != clean).any(1).sum()),
-            "maps": len(maps), "maps_scores_equal": equal, "maps_changing_predictions": changed,
+            "maps": rep["maps"], "maps_scores_equal": rep["equal"],
+            "maps_changing_predictions": rep["maps_changing_predictions"],
             "reuse_factors": prj.reuse, "build_seconds": round(build_s, 3),
             "replay_seconds": round(time.perf_counter() - t1, 3),
             "project": str(prj.folder.relative_to(folder))}
