@@ -111,6 +111,36 @@ void hetq_threshold_stream(hls::stream<data_T> &data, hls::stream<res_T> &res,
     }
 }
 
+// ReActNet's RPReLU on a stream of channel-last packs: y = prelu(x - gamma, slope) + zeta, per
+// channel, with the difference in CONFIG_T::shift_t and the product in CONFIG_T::accum_t (hetq
+// gives both the exact width, so nothing rounds before the result type's own rounding).
+template <class data_T, class res_T, class gamma_T, class slope_T, class zeta_T, typename CONFIG_T>
+void hetq_rprelu_stream(hls::stream<data_T> &data, hls::stream<res_T> &res,
+                        gamma_T gamma[CONFIG_T::n_chan], slope_T slope[CONFIG_T::n_chan],
+                        zeta_T zeta[CONFIG_T::n_chan]) {
+    #pragma HLS ARRAY_PARTITION variable=gamma complete
+    #pragma HLS ARRAY_PARTITION variable=slope complete
+    #pragma HLS ARRAY_PARTITION variable=zeta complete
+    for (int i = 0; i < CONFIG_T::n_in / data_T::size; i++) {
+        #pragma HLS PIPELINE
+        data_T in = data.read();
+        res_T out;
+#ifdef PRAGMA_DATA_PACK
+        PRAGMA_DATA_PACK(out)
+#endif
+        for (int j = 0; j < data_T::size; j++) {
+            #pragma HLS UNROLL
+            int c = (i * data_T::size + j) % CONFIG_T::n_chan;
+            typename CONFIG_T::shift_t u = in[j] - gamma[c];
+            typename CONFIG_T::accum_t y = u;
+            if (u < 0)
+                y = u * slope[c];
+            out[j] = y + zeta[c];
+        }
+        res.write(out);
+    }
+}
+
 } // namespace nnet
 
 #endif

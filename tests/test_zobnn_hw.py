@@ -368,3 +368,47 @@ def test_binary_resnet_rtl_is_bit_exact_under_faults_and_tmr(react, data, tmp_pa
                                "--top-module", "hetq_accel", *map(str, files)],
                               capture_output=True, text=True)
     assert lint.returncode == 0 and "%Warning" not in lint.stderr, lint.stderr
+
+
+@pytest.mark.slow
+def test_binary_resnet_csim_is_bit_exact_and_replays_weight_faults(react, data, tmp_path):
+    """breact in hls4ml C-sim: hetq's RPReLU layer, channel repetition, the average-pool
+    shortcut and the residual adds with exact types (8-bit ZOBNN, stem and block1 protected)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+
+    from flow.hw.hls import build
+    from flow.zobnn.qonnx import write_qonnx
+    net = lower_zobnn(zobnn(react, 8)[0], 8, data.input_shape, data.num_classes)
+    assert {"rprelu", "avgpool", "repeat", "add", "sumpool"} <= {n.op for n in net.nodes}
+    image = MemoryImage.build(net, ["stem", "block1"])
+    ex = Executor(net, image, "cpu")
+    path = write_qonnx(net, tmp_path / "breact.onnx")
+    codes = ex.quantize_input(data.test.x)
+    clean = ex.run(codes, quantized=True).numpy().astype(np.int64)
+    m = ModelWrapper(str(path))             # hetq's custom operations run in qonnx's executor
+    for i in range(8):
+        y = next(iter(execute_onnx(m, {"global_in": data.test.x[i:i + 1].numpy()}).values()))
+        assert y.argmax() == clean[i].argmax()
+    prj = build(path, net, image, tmp_path / "hls", part="xc7z020clg400-1", clock_mhz=100)
+    assert np.array_equal(prj.scores(prj.inputs(codes.numpy())), clean)
+    codes, clean = codes[:64], clean[:64]
+    x = prj.inputs(codes.numpy())
+    inj = Injector(image, ex)
+    sampler = SeuSampler(image, kinds=("weight",))
+    maps = [sampler.sample(1e-2, trial_rng(5, 1e-2, t)) for t in range(3)]
+    w = image.memory("block1.weight")
+    words = np.arange(w.depth)
+    a, b = w.msb_bits()[:2]
+    single = FaultMap([w.name] * w.depth, words, [a] * w.depth, ["flip"] * w.depth)
+    double = FaultMap([w.name] * 2 * w.depth, np.repeat(words, 2), np.tile([a, b], w.depth),
+                      ["flip"] * 2 * w.depth)
+    for fm in maps:
+        prj.replay(fm)
+        got, ref = prj.scores(x), inj.scores(fm, codes)
+        assert np.array_equal(got, ref)
+        assert not np.array_equal(ref, clean)
+    prj.replay(single)
+    assert np.array_equal(prj.scores(x), clean)              # one MSB copy: masked
+    prj.replay(double)
+    assert not np.array_equal(prj.scores(x), clean)          # two copies: not

@@ -39,8 +39,9 @@ BACKENDS = ("Vitis", "Vivado")
 
 def hls_graph(qonnx_path: Path, path: Path, channels_last: bool):
     """The run's QONNX graph in the form hls4ml reads (FACTS.md): qonnx ``cleanup_model`` ->
-    ``GemmToMatMul`` -> ``cleanup_model``, channels last for convolutional networks; saved at
-    ``path`` and returned as a ModelWrapper."""
+    ``GemmToMatMul`` -> ``cleanup_model``, channels last for convolutional networks (then
+    :func:`nhwc_chains`, :func:`rprelu_params`, :func:`global_pools`, :func:`bipolar_signs`);
+    saved at ``path`` and returned as a ModelWrapper."""
     from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
     from qonnx.transformation.gemm_to_matmul import GemmToMatMul
     from qonnx.util.cleanup import cleanup_model
@@ -52,6 +53,8 @@ def hls_graph(qonnx_path: Path, path: Path, channels_last: bool):
         m = cleanup_model(m.transform(GemmToMatMul()))
     if channels_last:
         m = cleanup_model(m.transform(ConvertToChannelsLastAndClean()))
+        nhwc_chains(m)
+        rprelu_params(m)
         global_pools(m)
         bipolar_signs(m)
     m.save(str(path))
@@ -111,6 +114,99 @@ def global_pools(m) -> int:
     return count
 
 
+TO_NCHW, TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
+LAYOUT_OPS = ("HetqRPReLU", "HetqRepeat")      # hetq's operations with a data_layout
+
+
+def _perm(node) -> list[int]:
+    from onnx import helper
+    return list(next((helper.get_attribute_value(a) for a in node.attribute
+                      if a.name == "perm"), []))
+
+
+def nhwc_chains(m) -> int:
+    """Move each ``Transpose(NHWC -> NCHW)`` that qonnx's channels-last conversion leaves before
+    operations it does not convert downstream through them, in place, so that they run on the
+    channels-last tensor: hetq's own operations (``data_layout`` becomes ``NHWC``), ``Quant``
+    with scalar parameters, and ``AveragePool`` (becomes the channels-last form hls4ml's front end
+    reads). A transpose that meets a ``Transpose(NCHW -> NHWC)`` cancels with it; one that meets
+    anything else stays before it (a global average pool: :func:`global_pools`). Returns the
+    number of operations moved."""
+    from onnx import helper
+
+    def scalar_quant(node) -> bool:
+        return node.op_type == "Quant" and all(
+            m.get_initializer(i) is not None and m.get_initializer(i).size == 1
+            for i in node.input[1:])
+
+    def layout(node) -> bytes:
+        return next((a.s for a in node.attribute if a.name == "data_layout"), b"NCHW")
+
+    def movable(node) -> bool:
+        return ((node.op_type in LAYOUT_OPS and layout(node) == b"NCHW")
+                or scalar_quant(node)
+                or (node.op_type == "AveragePool" and node.domain == "")
+                or (node.op_type == "Transpose" and _perm(node) == TO_NHWC))
+
+    moved, changed = 0, True
+    while changed:
+        changed = False
+        for tr in list(m.graph.node):
+            if tr.op_type != "Transpose" or _perm(tr) != TO_NCHW:
+                continue
+            users = m.find_consumers(tr.output[0])
+            if not users or not all(movable(u) for u in users):
+                continue
+            x = tr.input[0]
+            for u in users:
+                if u.op_type == "Transpose":             # NHWC -> NCHW -> NHWC: nothing
+                    for v in m.find_consumers(u.output[0]):
+                        v.input[list(v.input).index(u.output[0])] = x
+                    m.graph.node.remove(u)
+                    continue
+                n, c, h, w = m.get_tensor_shape(u.output[0])
+                nhwc = f"{u.output[0]}_nhwc"
+                m.set_tensor_shape(nhwc, [n, h, w, c])
+                u.input[0] = x
+                out = u.output[0]
+                u.output[0] = nhwc
+                if u.op_type in LAYOUT_OPS:
+                    for a in [a for a in u.attribute if a.name == "data_layout"]:
+                        u.attribute.remove(a)
+                    u.attribute.append(helper.make_attribute("data_layout", "NHWC"))
+                elif u.op_type == "AveragePool":
+                    u.domain = "qonnx.custom_op.channels_last"
+                back = helper.make_node("Transpose", [nhwc], [out], name=f"{u.name}_nchw",
+                                        perm=TO_NCHW)
+                m.graph.node.insert(list(m.graph.node).index(u) + 1, back)
+                moved += 1
+            m.graph.node.remove(tr)
+            changed = True
+    return moved
+
+
+def rprelu_params(m) -> int:
+    """Make the parameters of each ``HetqRPReLU`` node tensor attributes (``gamma``, ``slope``,
+    ``zeta``) instead of initializer inputs, in place: hls4ml's front end turns every initializer
+    into a layer of its own. Returns the number of nodes changed."""
+    from onnx import helper, numpy_helper
+    count = 0
+    for node in m.graph.node:
+        if node.op_type != "HetqRPReLU" or len(node.input) != 4:
+            continue
+        for key, name in zip(("gamma", "slope", "zeta"), list(node.input[1:])):
+            node.attribute.append(helper.make_attribute(
+                key, numpy_helper.from_array(m.get_initializer(name), key)))
+        names = list(node.input[1:])
+        del node.input[1:]
+        for name in names:
+            if not m.find_consumers(name):
+                m.graph.initializer.remove(next(i for i in m.graph.initializer
+                                                if i.name == name))
+        count += 1
+    return count
+
+
 def bipolar_signs(m) -> int:
     """Move each sign (``BipolarQuant``) of a channels-last graph out from between the two
     transposes qonnx leaves around it (qonnx moves transposes through ``Quant`` but not through
@@ -148,7 +244,7 @@ def hetq_info(net: IntNetwork, image: MemoryImage) -> dict:
     """What :mod:`flow.hw.hls_ext`'s pass needs: weight layers, binary thresholds, affine
     batch-norms and global average pools, each in network order. In a convolutional network the
     signs are streamed as -1/+1 (``signed_signs``), so that zero padding stays 0."""
-    layers, thresholds, affines, pools = [], [], [], []
+    layers, thresholds, affines, pools, avgpools, rprelus = [], [], [], [], [], []
     conv = is_conv(net)
     prev_bipolar = False
     for node in net.nodes:
@@ -176,10 +272,22 @@ def hetq_info(net: IntNetwork, image: MemoryImage) -> dict:
                             "offset": image.codes(off.name).tolist(),
                             "offset_bits": off.fmt.bits, "offset_frac": off.fmt.frac,
                             "out_bits": int(out.attrs["bits"]), "out_frac": out.frac})
+        elif node.op == "avgpool":
+            avgpools.append({"name": node.name, "lo": node.lo, "hi": node.hi,
+                             "frac": node.frac})
+        elif node.op == "rprelu":
+            src = net.node(node.inputs[0])
+            spec = {"name": node.name, "in_lo": src.lo, "in_hi": src.hi, "in_frac": src.frac,
+                    "out_lo": node.lo, "out_hi": node.hi}
+            for name, key in (("gamma", "shift"), ("slope", "slope"), ("zeta", "offset")):
+                mem = image.memory(node.attrs[key])
+                spec |= {name: image.codes(mem.name).tolist(), f"{name}_bits": mem.fmt.bits,
+                         f"{name}_frac": mem.fmt.frac}
+            rprelus.append(spec)
         if node.op != "flatten":
             prev_bipolar = node.bipolar
     return {"layers": layers, "thresholds": thresholds, "affines": affines, "pools": pools,
-            "signed_signs": conv}
+            "avgpools": avgpools, "rprelus": rprelus, "signed_signs": conv}
 
 
 def hls_config(qonnx_model, net: IntNetwork, image: MemoryImage, backend: str,

@@ -23,14 +23,22 @@ registered on the Vivado backend win over the Vitis ones):
 - the source ``hls_templates/hetq_nnet.h``;
 - an ONNX front-end handler (``register_onnx_layer_handler``) for the ``GlobalAveragePoolNHWC``
   node that :func:`flow.hw.hls.global_pools` makes of a channels-last ``ReduceMean`` or
-  ``GlobalAveragePool``, and the pass gives its global average pool an exact accumulator.
+  ``GlobalAveragePool``, and the pass gives its global average pool an exact accumulator;
+- a binary ResNet's operations (:mod:`flow.zobnn.qonnx`): a layer of hetq's own for RPReLU
+  (``HetqRPReLU``, registered with ``register_layer``, its config and function templates, and
+  ``hetq_rprelu_stream`` in the header) with the integer network's parameters and exact types;
+  channel repetition (``HetqRepeat``) as hls4ml's concatenation of a tensor with itself, keeping
+  its input's type; average-pool shortcuts with an exact accumulator; and residual adds typed
+  again from their inputs' final types (hls4ml types them before the pass changes an input).
 
 What the pass needs comes from the model config: ``HLSConfig['Model']['Hetq']`` holds, per weight
 layer in network order, ``{name, bits, frac, binary, protected, acc_bits, acc_frac}`` and, per
 binary threshold layer in order, ``{name, threshold, direction, frac}`` and, per affine
 batch-norm in order, ``{name, scale, scale_bits, scale_frac, offset, offset_bits, offset_frac,
 out_bits, out_frac}`` and, per global average pool in order, ``{name, lo, hi, frac, scale}`` (the
-integer network's sumpool: bounds and fraction bits of the average, and H x W), and
+integer network's sumpool: bounds and fraction bits of the average, and H x W), per k x k
+average pool ``{name, lo, hi, frac}``, per RPReLU ``{name, in_lo, in_hi, in_frac, out_lo,
+out_hi}`` with ``gamma``, ``slope``, ``zeta`` codes and their ``_bits`` and ``_frac``, and
 ``signed_signs`` (a convolutional network).
 """
 from __future__ import annotations
@@ -69,7 +77,7 @@ def _words(codes: np.ndarray, bits: int, binary: bool) -> np.ndarray:
 
 
 def _make_pass():
-    from hls4ml.model.layers import Conv2D, Dense, GlobalPooling2D
+    from hls4ml.model.layers import Conv2D, Dense, GlobalPooling2D, Pooling2D
     from hls4ml.model.optimizer import OptimizerPass
     from hls4ml.model.types import FixedPrecisionType, IntegerPrecisionType, NamedType
 
@@ -83,7 +91,11 @@ def _make_pass():
             return (not node.get_attr("hetq_done", False)
                     and (isinstance(node, (Dense, Conv2D, GlobalPooling2D))
                          or node.class_name in ("BatchNormalizationQuantizedTanh",
-                                                "BatchNormalization"))
+                                                "BatchNormalization", RPRELU)
+                         or (isinstance(node, Pooling2D)
+                             and node.get_attr("pool_op") == "Average")
+                         or node.get_attr("hetq_repeat", False)
+                         or (node.class_name == "Merge" and node.get_attr("op") == "add"))
                     and bool(info(node.model)))
 
         def transform(self, model, node) -> bool:
@@ -94,6 +106,16 @@ def _make_pass():
                 self._affine(model, node)
             elif isinstance(node, GlobalPooling2D):
                 self._pool(model, node)
+            elif isinstance(node, Pooling2D):
+                self._avgpool(model, node)
+            elif node.class_name == RPRELU:
+                self._rprelu(model, node)
+            elif node.class_name == "Merge":
+                self._add(node)
+            elif node.get_attr("hetq_repeat", False):
+                # the repeated channels keep their type (hls4ml gave the concatenation another)
+                node.get_output_variable().type.precision = \
+                    node.get_input_variable(node.inputs[0]).type.precision
             else:
                 self._weights(model, node)
             return False
@@ -116,6 +138,82 @@ def _make_pass():
                                               FixedPrecisionType(acc, acc - frac, signed=True))
             out = signed_bits(lo, hi)
             node.get_output_variable().type.precision = FixedPrecisionType(out, out - frac,
+                                                                           signed=True)
+            node.set_attr("hetq_layer", spec["name"])
+
+        @staticmethod
+        def _avgpool(model, node) -> None:
+            """A k x k average pool (a binary ResNet's shortcut) computed exactly: the window
+            sum in an accumulator with the mean's fraction bits (hls4ml divides by k x k, a power
+            of two), the mean at the integer network's format."""
+            from flow.core.layout import signed_bits
+            pools = [n for n in model.get_layers() if isinstance(n, Pooling2D)
+                     and n.get_attr("pool_op") == "Average"]
+            specs = info(model).get("avgpools", [])
+            k = pools.index(node)
+            if k >= len(specs):
+                raise HlsError(f"hls: average pool '{node.name}' has no avgpool in the plan")
+            spec = specs[k]
+            n = node.get_attr("pool_height") * node.get_attr("pool_width")
+            lo, hi, frac = spec["lo"], spec["hi"], spec["frac"]
+            acc = signed_bits(lo * n, hi * n)
+            node.types["accum_t"] = NamedType(f"layer{node.index}_accum_t",
+                                              FixedPrecisionType(acc, acc - frac, signed=True))
+            out = signed_bits(lo, hi)
+            node.get_output_variable().type.precision = FixedPrecisionType(out, out - frac,
+                                                                           signed=True)
+            node.set_attr("hetq_layer", spec["name"])
+
+        @staticmethod
+        def _add(node) -> None:
+            """A residual add typed again from its inputs' types as they are now (hls4ml
+            typed it before this pass gave an input, such as an average-pool shortcut, its exact
+            type): the exact sum, by hls4ml's own rule."""
+            a, b = (node.get_input_variable(i).type.precision for i in node.inputs[:2])
+            if not all(isinstance(t, FixedPrecisionType) for t in (a, b)):
+                return
+            signed = a.signed or b.signed
+            integer = max(a.integer + (b.signed and not a.signed),
+                          b.integer + (a.signed and not b.signed)) + 1
+            node.get_output_variable().type.precision = FixedPrecisionType(
+                integer + max(a.fractional, b.fractional), integer, signed)
+
+        @staticmethod
+        def _rprelu(model, node) -> None:
+            """RPReLU with the integer network's parameters and exact types: the difference, the
+            product and the result (rounded to the stream's codes by the Quant that follows)."""
+            from flow.core.layout import signed_bits
+            layers = [n for n in model.get_layers() if n.class_name == RPRELU]
+            specs = info(model).get("rprelus", [])
+            k = layers.index(node)
+            if k >= len(specs):
+                raise HlsError(f"hls: RPReLU '{node.name}' has no rprelu in the plan")
+            spec = specs[k]
+            for wname in ("gamma", "slope", "zeta"):
+                w = node.weights[wname]
+                codes = np.asarray(spec[wname], dtype=np.float64)
+                if w.data.size != codes.size:
+                    raise HlsError(f"hls: RPReLU '{node.name}' has {w.data.size} channels, the "
+                                   f"plan's '{spec['name']}' has {codes.size}")
+                bits, frac = spec[f"{wname}_bits"], spec[f"{wname}_frac"]
+                w.data = (codes * 2.0 ** -frac).reshape(w.data.shape)
+                prec = FixedPrecisionType(bits, bits - frac, signed=True)
+                w.type = NamedType(f"{wname}{node.index}_t", prec)
+                w.update_precision(prec)
+            gamma = np.asarray(spec["gamma"], dtype=np.int64)
+            f, p = spec["in_frac"], spec["slope_frac"]
+            u_lo, u_hi = spec["in_lo"] - int(gamma.max()), spec["in_hi"] - int(gamma.min())
+            ub = signed_bits(u_lo, u_hi)
+            node.types["shift_t"] = NamedType(f"layer{node.index}_shift_t",
+                                              FixedPrecisionType(ub, ub - f, signed=True))
+            slopes = np.asarray(spec["slope"], dtype=np.int64)
+            ends = [u_lo * int(s) for s in slopes] + [u_hi * int(s) for s in slopes] + \
+                [u_lo << p, u_hi << p]
+            ab = signed_bits(min(ends), max(ends))
+            node.types["accum_t"] = NamedType(f"layer{node.index}_accum_t",
+                                              FixedPrecisionType(ab, ab - f - p, signed=True))
+            ob = signed_bits(spec["out_lo"], spec["out_hi"])
+            node.get_output_variable().type.precision = FixedPrecisionType(ob, ob - f - p,
                                                                            signed=True)
             node.set_attr("hetq_layer", spec["name"])
 
@@ -227,6 +325,7 @@ def _make_pass():
 
 
 def _make_templates():
+    from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
     from hls4ml.backends.vivado.passes.bn_quant import (
         BatchNormalizationQuantizedTanhFunctionTemplate,
         bn_include_list,
@@ -324,8 +423,34 @@ def _make_templates():
             return (f"nnet::hetq_threshold<{p['input_t']}, {t.type.name}, {d.type.name}, "
                     f"{p['config']}>({p['input']}, {p['output']}, {t.name}, {d.name});")
 
+    class HetqRPReLUConfig(LayerConfigTemplate):
+        def __init__(self):
+            super().__init__(_rprelu_layer())
+
+        def format(self, node):
+            p = self._default_config_params(node)
+            return (f"struct config{p['index']} {{\n"
+                    f"    static const unsigned n_in = {node.get_attr('n_in')};\n"
+                    f"    static const unsigned n_chan = {node.get_attr('n_chan')};\n"
+                    f"    typedef {node.types['shift_t'].name} shift_t;\n"
+                    f"    typedef {node.types['accum_t'].name} accum_t;\n}};\n")
+
+    class HetqRPReLUFunction(FunctionCallTemplate):
+        def __init__(self):
+            super().__init__(_rprelu_layer(), include_header=[f"nnet_utils/{HEADER}"])
+
+        def format(self, node):
+            if node.model.config.get_config_value("IOType") != "io_stream":
+                raise HlsError(f"hls: RPReLU '{node.name}' needs io_stream")
+            p = self._default_function_params(node)
+            w = [node.get_weights(k) for k in ("gamma", "slope", "zeta")]
+            return (f"nnet::hetq_rprelu_stream<{p['input_t']}, {p['output_t']}, "
+                    f"{', '.join(v.type.name for v in w)}, {p['config']}>({p['input']}, "
+                    f"{p['output']}, {', '.join(v.name for v in w)});")
+
     return [HetqDenseConfig, HetqConv2DConfig, HetqPointwiseConv2DConfig, HetqDenseFunction,
-            HetqConv2DFunction, HetqPointwiseConv2DFunction, HetqThresholdFunction]
+            HetqConv2DFunction, HetqPointwiseConv2DFunction, HetqThresholdFunction,
+            HetqRPReLUConfig, HetqRPReLUFunction]
 
 
 POOL_OP = "GlobalAveragePoolNHWC"
@@ -342,6 +467,65 @@ def _global_pool_layer(node, input_names, input_shapes, graph) -> dict:
             "stride": 0, "n_filt": c, "in_height": h, "in_width": w}
 
 
+RPRELU = "HetqRPReLU"
+REPEAT = "HetqRepeat"
+_LAYERS: dict = {}
+
+
+def _rprelu_layer():
+    """hls4ml's layer class for hetq's RPReLU (made once: hls4ml keys templates by class)."""
+    if RPRELU not in _LAYERS:
+        from hls4ml.model.attributes import Attribute, TypeAttribute, WeightAttribute
+        from hls4ml.model.layers import Layer
+
+        class HetqRPReLU(Layer):
+            """``y = prelu(x - gamma, slope) + zeta`` per channel (a binary ResNet's RPReLU)."""
+
+            _expected_attributes = [
+                Attribute("n_in"), Attribute("n_chan"),
+                WeightAttribute("gamma"), WeightAttribute("slope"), WeightAttribute("zeta"),
+                TypeAttribute("gamma"), TypeAttribute("slope"), TypeAttribute("zeta"),
+            ]
+
+            def initialize(self) -> None:
+                inp = self.get_input_variable()
+                self.add_output_variable(inp.shape)
+                for name, var in (("gamma", "g"), ("slope", "sl"), ("zeta", "z")):
+                    self.add_weights_variable(name=name, var_name=f"{var}{{index}}",
+                                              data=np.asarray(self.get_attr(f"{name}_data")))
+
+        _LAYERS[RPRELU] = HetqRPReLU
+    return _LAYERS[RPRELU]
+
+
+def _rprelu_handler(node, input_names, input_shapes, graph) -> dict:
+    """hls4ml's layer for hetq's ``HetqRPReLU`` ONNX node (NHWC, after
+    :func:`flow.hw.hls.nhwc_chains`; its parameters are tensor attributes there)."""
+    from onnx import numpy_helper
+    attrs = {a.name: a for a in node.attribute}
+    if attrs.get("data_layout") is None or attrs["data_layout"].s != b"NHWC":
+        raise HlsError(f"hls: RPReLU '{node.name}' is not channels-last")
+    layer = {"name": node.name, "class_name": RPRELU, "inputs": list(input_names[:1]),
+             "outputs": list(node.output), "n_in": int(np.prod(input_shapes[0][1:])),
+             "n_chan": int(input_shapes[0][-1])}
+    for name in ("gamma", "slope", "zeta"):
+        layer[f"{name}_data"] = numpy_helper.to_array(attrs[name].t).astype(np.float64)
+    return layer
+
+
+def _repeat_handler(node, input_names, input_shapes, graph) -> dict:
+    """hls4ml's concatenation of a tensor with itself for hetq's ``HetqRepeat`` node (twice,
+    channels last)."""
+    times = next(a.i for a in node.attribute if a.name == "times")
+    layout = next((a.s for a in node.attribute if a.name == "data_layout"), b"NCHW")
+    if times != 2 or layout != b"NHWC":
+        raise HlsError(f"hls: channel repetition '{node.name}' x{times} ({layout.decode()}): "
+                       f"hls4ml concatenates two channels-last tensors only")
+    return {"name": node.name, "class_name": "Concatenate", "op": "concatenate3d",
+            "inputs": [input_names[0]] * 2, "outputs": list(node.output), "axis": 3,
+            "hetq_repeat": True}
+
+
 def register() -> None:
     """Register the pass, templates, header and the ONNX handler of hetq's global average pool
     with hls4ml (once)."""
@@ -350,8 +534,12 @@ def register() -> None:
         get_supported_onnx_layers,
         register_onnx_layer_handler,
     )
-    if POOL_OP not in get_supported_onnx_layers():
-        register_onnx_layer_handler(POOL_OP, _global_pool_layer)
+    from hls4ml.model.layers import register_layer
+    for op, handler in ((POOL_OP, _global_pool_layer), (RPRELU, _rprelu_handler),
+                        (REPEAT, _repeat_handler)):
+        if op not in get_supported_onnx_layers():
+            register_onnx_layer_handler(op, handler)
+    register_layer(RPRELU, _rprelu_layer())
     backend = hls4ml.backends.get_backend("Vivado")
     if getattr(backend, "_hetq_registered", False):
         return

@@ -21,9 +21,8 @@ For a network :mod:`flow.zobnn.lower` can lower (``bdorefa``, ``breact``):
    -1/+1 (``ap_int<2>``), so the padding's 0 contributes 0 (see :mod:`flow.hw.hls_ext`).
 5. its resources from Yosys for ``hls.board`` (``zobnn.synth``).
 
-Step 4 needs a QONNX form of every operation; the binary ResNet's residual ``add``,
-``avgpool``, ``repeat`` and ``rprelu`` have none yet, so for ``breact`` C-sim is reported as not
-run, with the reason (its RTL and Yosys run).
+Both networks run every step; an operation without a QONNX form (a network lowered in the future)
+reports C-sim as not run, with the reason.
 """
 from __future__ import annotations
 

@@ -17,9 +17,16 @@ network itself, one ONNX node group per integer node, the value of a code ``c`` 
   -> ``Quant`` (round half to even); the pass gives the batch-norm exact types and the
   requant's rounding, as hls4ml's float-derived types would not be exact;
 - ``maxpool`` -> ``MaxPool`` (k x k, stride k), ``flatten`` -> ``Flatten``;
-- ``dense`` -> ``Gemm`` with ``Quant`` weight and bias initializers.
+- ``dense`` -> ``Gemm`` with ``Quant`` weight and bias initializers;
+- the binary ResNet's (``breact``) operations: ``avgpool`` -> ``AveragePool`` (k x k, stride k:
+  the exact mean), ``repeat`` -> hetq's ``HetqRepeat``, ``add`` -> ``Add``, ``rprelu`` -> hetq's
+  ``HetqRPReLU`` (gamma, slope, zeta as values) + the ``Quant`` of the ``requant`` after it,
+  ``sumpool`` -> ``GlobalAveragePool`` + ``Flatten`` + the ``Quant`` of ``pool.mean``. hetq's two
+  operations are qonnx custom operations (:mod:`flow.zobnn.qonnx_ops`), so qonnx's executor
+  runs the graph; :func:`flow.hw.hls.hls_graph` makes them channels-last and
+  :mod:`flow.hw.hls_ext` gives hls4ml their layers and exact types.
 
-Only the ops a ZOBNN ``bdorefa`` network lowers to are written; others are a PlanError.
+An op outside these is a PlanError.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from flow.core.errors import PlanError
 from flow.core.ir import IntNetwork, Param
 
 DOMAIN = "qonnx.custom_op.general"
+QDOMAIN = "flow.zobnn.qonnx_ops"          # hetq's own operations (RPReLU, channel repetition)
 
 
 class _Graph:
@@ -119,14 +127,31 @@ def write_qonnx(net: IntNetwork, path: Path) -> Path:
             g.batchnorm(node.name, src, m.codes * 2.0 ** -m.fmt.frac,
                         o.codes * 2.0 ** -o.fmt.frac, np.zeros(m.codes.size), out)
         elif node.op == "requant":
-            if net.node(node.inputs[0]).op != "affine":
-                raise PlanError(f"zobnn qonnx: requant '{node.name}' follows no affine")
+            if net.node(node.inputs[0]).op not in ("affine", "rprelu", "sumpool"):
+                raise PlanError(f"zobnn qonnx: requant '{node.name}' follows no affine, "
+                                f"rprelu or sum pool")
             out = g.quant(node.name, src, node.frac, int(node.attrs["bits"]),
                           bool(node.attrs["signed"]), False)
         elif node.op == "maxpool":
             k = int(node.attrs["k"])
             g.node("MaxPool", [src], [out], node.name, kernel_shape=[k, k], strides=[k, k],
                    pads=[0, 0, 0, 0], dilations=[1, 1], ceil_mode=0)
+        elif node.op == "avgpool":
+            k = int(node.attrs["k"])
+            g.node("AveragePool", [src], [out], node.name, kernel_shape=[k, k], strides=[k, k],
+                   pads=[0, 0, 0, 0], ceil_mode=0, count_include_pad=1)
+        elif node.op == "repeat":
+            g.node("HetqRepeat", [src], [out], node.name, QDOMAIN, times=int(node.attrs["times"]))
+        elif node.op == "add":
+            g.node("Add", [names[i] for i in node.inputs], [out], node.name)
+        elif node.op == "rprelu":
+            a = node.attrs
+            vals = [net.params[a[key]] for key in ("shift", "slope", "offset")]
+            g.node("HetqRPReLU", [src, *(g.const(p.name, p.codes * 2.0 ** -p.fmt.frac)
+                                         for p in vals)], [out], node.name, QDOMAIN)
+        elif node.op == "sumpool":
+            g.node("GlobalAveragePool", [src], [f"{out}_gap"], node.name)
+            g.node("Flatten", [f"{out}_gap"], [out], f"{node.name}_flatten", axis=1)
         elif node.op == "flatten":
             g.node("Flatten", [src], [out], node.name, axis=1)
         elif node.op == "dense":
@@ -146,7 +171,8 @@ def write_qonnx(net: IntNetwork, path: Path) -> Path:
         initializer=g.inits)
     model = helper.make_model(graph, producer_name="hetq",
                               opset_imports=[helper.make_opsetid("", 13),
-                                             helper.make_opsetid(DOMAIN, 1)])
+                                             helper.make_opsetid(DOMAIN, 1),
+                                             helper.make_opsetid(QDOMAIN, 1)])
     path.parent.mkdir(parents=True, exist_ok=True)
     cleanup_model(ModelWrapper(model)).save(str(path))
     return path
