@@ -173,8 +173,11 @@ def test_incremental_sums_and_plan_follow_the_faults():
     def check(codes):
         got = ex.run(xt, quantized=True).numpy().astype(np.int64)
         assert np.array_equal(got, _reference("dense", x, codes, b, 1))
-        assert np.array_equal(ex._colsum["l"], _colsum(ex.tensors["l.weight"]))
-        assert np.array_equal(ex._absum["l"], ex._colsum["l"].sum(1))
+        colsum = _colsum(ex.tensors["l.weight"])
+        assert np.array_equal(ex._absum["l"], colsum.sum(1))
+        if ex._plan["l"] is not None:      # the plan's per-chunk sums, undone exactly too
+            sums = np.stack([colsum[:, c].sum(1) for c in ex._plan["l"]], 1)
+            assert np.array_equal(ex._chunksum["l"][0], sums)
 
     few = FaultMap(["l.weight"] * 20, rng.choice(m.depth, 20, replace=False), [0] * 20,
                    ["flip"] * 20)          # LSB flips: every chunk still fits, the plan stays
@@ -188,6 +191,10 @@ def test_incremental_sums_and_plan_follow_the_faults():
     with inj.injected(many):
         check(image.codes("l.weight").reshape(w.shape))
         assert len(ex._chunks_now("l")) > len(clean_plan)
+    check(w)                               # undone after the plan changed under the faults
+    ex._chunks_now("l")
+    with inj.injected(few):                # and undone under a plan made before the faults
+        check(image.codes("l.weight").reshape(w.shape))
     check(w)
 
 
@@ -233,3 +240,44 @@ def test_few_wide_outputs_ride_beside_float32_into_the_requant(op, n_in, n_out, 
         assert ex._wide_outputs("l").size == 2
         check(image.codes("l.weight").reshape(w.shape))
     check(w)
+
+
+@pytest.mark.parametrize("op, n_in, n_out, k", CASES)
+@pytest.mark.parametrize("protected", [False, True])
+def test_sampled_maps_apply_and_undo_exactly(op, n_in, n_out, k, protected):
+    """Sampled SEU maps (the Injector's fast path: sorted runs, words with several flips, the
+    executor's own undo records) give the scores of an executor built afresh on the faulty
+    image, and undoing them restores every value and sum exactly; faults stack (a second map on
+    top of the first) and come off in reverse order."""
+    from flow.core.executor import _colsum
+    from flow.reliability.faults import SeuSampler, trial_rng
+    rng = np.random.default_rng(5)
+    x, _, b = _codes(op, n_in, n_out, k, rng, "random")
+    w = rng.integers(-20, 21, (n_out, n_in, k, k) if op == "conv" else (n_out, n_in))
+    net = _net(op, n_in, n_out, w, b // 64, k)
+    image = MemoryImage.build(net, ["l"] if protected else [])
+    ex = Executor(net, image, "cpu")
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    clean = ex.run(xt, quantized=True).numpy()
+    clean_tensors = {n: t.clone() for n, t in ex.tensors.items()}
+    clean_absum = ex._absum["l"].copy()
+    inj, sampler = Injector(image, ex), SeuSampler(image)
+    splits = []
+    for t, ber in enumerate((1e-3, 2e-2, 0.2)):
+        first = sampler.sample(ber, trial_rng(9, ber, t))
+        second = sampler.sample(ber, trial_rng(9, ber, t + 100))
+        assert getattr(first, "_runs", None) and len(first) > 5
+        inj.apply(first)
+        inj.apply(second)
+        fresh = Executor(net, image, "cpu")
+        assert np.array_equal(ex.run(xt, quantized=True).numpy(),
+                              fresh.run(xt, quantized=True).numpy())
+        assert np.array_equal(ex._absum["l"], fresh._absum["l"])
+        splits.append(ex.split("l"))
+        inj.undo()
+        for name, tensor in ex.tensors.items():
+            assert torch.equal(tensor, clean_tensors[name]), name
+        assert np.array_equal(ex._absum["l"], clean_absum)
+        assert np.array_equal(ex._absum["l"], _colsum(ex.tensors["l.weight"]).sum(1))
+        assert np.array_equal(ex.run(xt, quantized=True).numpy(), clean)
+    assert splits[0] is False and splits[-1] is True     # the faults made the layer split

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -90,15 +91,39 @@ def _colsum(w: torch.Tensor) -> np.ndarray:
     return a.cpu().numpy().astype(np.int64)
 
 
-def _add_sorted(target: np.ndarray, idx: np.ndarray, delta: np.ndarray) -> np.ndarray:
+def _add_sorted(target: np.ndarray, idx: np.ndarray, delta: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
     """``target[idx] += delta`` for a nondecreasing ``idx`` with repeats (one add per distinct
-    index: a segmented sum, much faster than ``np.add.at``); returns the distinct indices."""
+    index: a segmented sum, much faster than ``np.add.at``); returns the distinct indices and
+    what was added to each."""
     if idx.size == 0:
-        return idx
-    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
-    keys = idx[starts]
-    target[keys] += np.add.reduceat(delta, starts)
-    return keys
+        return idx, delta
+    new = np.empty(idx.size, bool)
+    new[0] = True
+    np.not_equal(idx[1:], idx[:-1], out=new[1:])
+    if new.all():                                         # distinct: a plain indexed add
+        target[idx] += delta
+        return idx, delta
+    starts = np.flatnonzero(new)
+    keys, sums = idx[starts], np.add.reduceat(delta, starts)
+    target[keys] += sums
+    return keys, sums
+
+
+@dataclass
+class _Undo:
+    """What one :meth:`Executor.update` changed, to put back exactly (:meth:`Executor.restore`):
+    the words' previous values, which of them differed from the clean ones, and what it added
+    to a wide layer's sums per output and per chunk (with the chunk plan those belonged to)."""
+
+    memory: str
+    words: np.ndarray
+    old: np.ndarray
+    differs: tuple[np.ndarray, int] | None = None
+    layer: str | None = None
+    rows: tuple | None = None                         # (outputs, added) to the per-output sums
+    plan: list | None = None
+    chunk: tuple | None = None                        # (keys, added) in that plan's sums
 
 
 def _chunks_for(colsum: np.ndarray, in_mag: int) -> list[slice]:
@@ -165,9 +190,8 @@ class Executor:
         self._clean: dict[str, np.ndarray] = {}
         self._differs: dict[str, np.ndarray] = {}
         self._ndiff: dict[str, int] = {}
-        # per wide layer: sums of |weight codes| per (output, input channel) and per output, the
-        # input's bound, and the fan-in chunks at the current weights (None: to be planned)
-        self._colsum: dict[str, np.ndarray] = {}
+        # per wide layer: sums of |weight codes| per output, the input's bound, and the fan-in
+        # chunks at the current weights (None: to be planned) with their sums per output
         self._plan: dict[str, list[slice] | None] = {}
         self._chunksum: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # per output and chunk
         self._absum: dict[str, np.ndarray] = {}
@@ -181,8 +205,7 @@ class Executor:
             self._bias_of[name] = node.attrs.get("bias")
             self._layer_of[node.attrs["weight"]] = name
             w = self.tensors[node.attrs["weight"]]
-            self._colsum[name] = _colsum(w)
-            self._absum[name] = self._colsum[name].sum(1)
+            self._absum[name] = _colsum(w).sum(1)
             self._plan[name] = None
 
     def _param_tensor(self, name: str) -> torch.Tensor:
@@ -196,49 +219,105 @@ class Executor:
         codes = self.image.codes(name).reshape(p.codes.shape)
         return torch.as_tensor(codes, dtype=dtype, device=self.device).contiguous()
 
-    def update(self, memory: str, words: np.ndarray) -> None:
-        """Re-decode the given word indices of ``memory`` from the image into the executor.
+    def update(self, memory: str, words: np.ndarray, stored: np.ndarray | None = None
+               ) -> _Undo:
+        """Re-decode the given word indices of ``memory`` from the image into the executor;
+        returns what :meth:`restore` needs to undo exactly this update. ``stored``: the words'
+        stored values, when the caller has them (sorted, distinct ``words``): saves reading them
+        from the image again.
 
         The cost grows with the number of words, not with the memory: a wide layer's sums of
         |weight codes| change by the touched words' differences, and its fan-in chunks are
         planned again only when a touched output's chunk sum no longer fits."""
         m = self.image.memories[memory]
         u = np.asarray(words, dtype=np.int64)
-        if u.size > 1 and not (u[1:] > u[:-1]).all():   # an Injector passes them sorted, unique
-            u = np.unique(u)
-        vals = np.asarray(decode(m.words[u], m.fmt, m.protected))
+        if stored is None and u.size > 1 and not (u[1:] > u[:-1]).all():
+            u = np.unique(u)                    # an Injector passes them sorted, unique
+        vals = np.asarray(decode(m.words[u] if stored is None else stored, m.fmt,
+                                 m.protected))
         flat = self._flat.get(memory)
         layer = self._layer_of.get(memory)
         if flat is not None:
-            old = np.asarray(flat[u]) if layer is not None else None
+            old = flat[u]
             flat[u] = vals
         else:
             t = self.tensors[memory].view(-1)
             idx = torch.as_tensor(u, dtype=torch.long, device=self.device)
-            old = t[idx].cpu().numpy() if layer is not None else None
+            old = t[idx].cpu().numpy()
             t[idx] = torch.as_tensor(vals, dtype=t.dtype, device=self.device)
+        undo = _Undo(memory, u, old)
         if memory in self._clean:              # which words now differ from the clean values
             differs = self._differs[memory]
+            undo.differs = (differs[u], self._ndiff[memory])
             before = int(differs[u].sum())
             differs[u] = vals != self._clean[memory][u]
             self._ndiff[memory] += int(differs[u].sum()) - before
         if layer is not None:
             self._retally(layer, u, np.abs(vals).astype(np.int64)
-                          - np.abs(old).astype(np.int64))
+                          - np.abs(old).astype(np.int64), undo)
+        return undo
 
-    def _retally(self, layer: str, u: np.ndarray, delta: np.ndarray) -> None:
-        """Add the |weight code| changes ``delta`` of the words ``u`` to ``layer``'s sums; drop
-        its chunk plan if a touched output's chunk no longer fits below 2**24."""
+    def restore(self, undo: _Undo) -> None:
+        """Undo one :meth:`update` (the image's words must hold their values from before it
+        again); updates are undone in reverse order."""
+        layer = undo.layer
+        plan = self._plan[layer] if layer is not None else None
+        if plan is not None and plan is not undo.plan:
+            # planned since the update: its sums hold the change; take it out again (the
+            # difference from the current values, before they go back)
+            rows, cols, delta = self._rows_cols(layer, undo.words, undo.old)
+        flat = self._flat.get(undo.memory)
+        if flat is not None:
+            flat[undo.words] = undo.old
+        else:
+            t = self.tensors[undo.memory].view(-1)
+            idx = torch.as_tensor(undo.words, dtype=torch.long, device=self.device)
+            t[idx] = torch.as_tensor(undo.old, dtype=t.dtype, device=self.device)
+        if undo.differs is not None:
+            self._differs[undo.memory][undo.words] = undo.differs[0]
+            self._ndiff[undo.memory] = undo.differs[1]
+        if layer is None:
+            return
+        touched, added = undo.rows
+        self._absum[layer][touched] -= added
+        if plan is None:
+            return
+        sums, chunk_of = self._chunksum[layer]
+        if plan is undo.plan:                  # the same sums: take back what was added
+            keys, added = undo.chunk
+            sums.reshape(-1)[keys] -= added
+        else:
+            _add_sorted(sums.reshape(-1), rows * sums.shape[1] + chunk_of[cols], delta)
+        if touched.size and int(sums[touched].max()) * self._in_mag[layer] >= EXACT_F32:
+            self._plan[layer] = None
+
+    def _rows_cols(self, layer: str, u: np.ndarray, vals: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Output rows and input channels of the words ``u`` of ``layer``'s weights, and the
+        change of their |codes| from the executor's current values to ``vals``."""
         w = self.tensors[self.net.node(layer).attrs["weight"]]
         per_row = w.numel() // w.shape[0]
         spatial = per_row // w.shape[1]
-        rows, cols = u // per_row, (u % per_row) // spatial
-        colsum = self._colsum[layer]
-        _add_sorted(colsum.reshape(-1), rows * colsum.shape[1] + cols, delta)
-        touched = _add_sorted(self._absum[layer], rows, delta)
+        cur = self._flat[self.net.node(layer).attrs["weight"]][u] if self._flat else \
+            w.view(-1)[torch.as_tensor(u, device=self.device)].cpu().numpy()
+        delta = np.abs(vals).astype(np.int64) - np.abs(cur).astype(np.int64)
+        return u // per_row, (u % per_row) // spatial, delta
+
+    def _retally(self, layer: str, u: np.ndarray, delta: np.ndarray, undo: _Undo) -> None:
+        """Add the |weight code| changes ``delta`` of the words ``u`` to ``layer``'s sums; drop
+        its chunk plan if a touched output's chunk no longer fits below 2**24. ``undo`` records
+        what was added."""
+        w = self.tensors[self.net.node(layer).attrs["weight"]]
+        per_row = w.numel() // w.shape[0]
+        rows = u // per_row
+        undo.layer = layer
+        touched, added = undo.rows = _add_sorted(self._absum[layer], rows, delta)
         if self._plan[layer] is not None:
+            cols = (u % per_row) // (per_row // w.shape[1])
             sums, chunk_of = self._chunksum[layer]
-            _add_sorted(sums.reshape(-1), rows * sums.shape[1] + chunk_of[cols], delta)
+            undo.plan = self._plan[layer]
+            undo.chunk = _add_sorted(sums.reshape(-1), rows * sums.shape[1] + chunk_of[cols],
+                                     delta)
             if int(sums[touched].max()) * self._in_mag[layer] >= EXACT_F32:
                 self._plan[layer] = None
 
@@ -247,10 +326,11 @@ class Executor:
         partial sum below 2**24 (never more than the worst-case plan). A plan stays while it
         fits (:meth:`update`)."""
         if self._plan[name] is None:
-            plan = _chunks_for(self._colsum[name], self._in_mag[name])
+            colsum = _colsum(self.tensors[self.net.node(name).attrs["weight"]])
+            plan = _chunks_for(colsum, self._in_mag[name])
             chunk_of = np.concatenate([np.full(c.stop - c.start, i)
                                        for i, c in enumerate(plan)])
-            sums = np.stack([self._colsum[name][:, c].sum(1) for c in plan], 1)
+            sums = np.stack([colsum[:, c].sum(1) for c in plan], 1)
             self._plan[name], self._chunksum[name] = plan, (sums, chunk_of)
         return self._plan[name]
 

@@ -78,6 +78,12 @@ def decode(words: np.ndarray, fmt: Fixed, protected: bool) -> np.ndarray:
     """Stored words -> integer codes, with the 2-of-3 MSB vote for protected words."""
     words = np.asarray(words, dtype=np.int64)
     n = fmt.bits
+    if not protected and fmt.signed and not fmt.bipolar:
+        # two's complement in three passes: (word mod 2^n, MSB flipped) - 2^(n-1)
+        half = 1 << (n - 1)
+        out = np.bitwise_and(words, (1 << n) - 1)
+        np.bitwise_xor(out, half, out=out)
+        return np.subtract(out, half, out=out)
     low_mask = (1 << (n - 1)) - 1
     if protected:
         a, b, c = (words >> (n + 1)) & 1, (words >> n) & 1, (words >> (n - 1)) & 1

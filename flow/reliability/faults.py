@@ -234,6 +234,8 @@ class SeuSampler:
         self._allowed = np.concatenate(allowed + [np.zeros(0, np.int64)]).astype(np.int64)
         self._allowed_off = np.concatenate([[0], np.cumsum(self._per_word)]).astype(np.int64)
         self.total_bits = int(self._cum[-1])
+        # memories whose allowed bits are 0..k-1 (every bit): position -> bit needs no table
+        self._identity = [bool(np.array_equal(a, np.arange(len(a)))) for a in allowed]
 
     def sample(self, ber: float, rng: np.random.Generator, kind: str = "flip") -> FaultMap:
         """Each target bit is hit independently with probability ``ber`` (flip or stuck-at)."""
@@ -255,12 +257,33 @@ class SeuSampler:
         n = pos.size
         if n and (pos.min() < 0 or pos.max() >= self.total_bits):
             raise FaultMapError(f"fault.position: outside 0..{self.total_bits - 1}")
-        which = np.searchsorted(self._cum, pos, side="right") - 1
-        local = pos - self._cum[which]
-        per = self._per_word[which]
-        words = local // per
-        bitpos = self._allowed[self._allowed_off[which] + local % per]
-        return FaultMap(self.names[which], words, bitpos, np.full(n, kind))
+        ordered = n > 0 and bool((pos[1:] > pos[:-1]).all())
+        if ordered:         # sorted, distinct: each memory's faults are one run
+            ends = np.searchsorted(pos, self._cum[1:], side="left")
+            starts = np.r_[0, ends[:-1]]
+            names = np.repeat(self.names, ends - starts)      # cheaper than names[which]
+            words, bitpos = np.empty(n, np.int64), np.empty(n, np.int64)
+            for i, (a, e) in enumerate(zip(starts.tolist(), ends.tolist())):
+                if e > a:   # one memory: scalar divisor and offsets
+                    per = int(self._per_word[i])
+                    words[a:e], r = np.divmod(pos[a:e] - self._cum[i], per)
+                    allowed = self._allowed[self._allowed_off[i]:self._allowed_off[i + 1]]
+                    bitpos[a:e] = r if self._identity[i] else allowed[r]
+        else:
+            which = np.searchsorted(self._cum, pos, side="right") - 1
+            local = pos - self._cum[which]
+            per = self._per_word[which]
+            words = local // per
+            bitpos = self._allowed[self._allowed_off[which] + local % per]
+            names = self.names[which]
+        fmap = FaultMap(names, words, bitpos, np.full(n, kind))
+        if ordered and kind == "flip":
+            # each memory's flips are a run of distinct (word, bit) pairs in order, as the
+            # Injector's fast path needs
+            object.__setattr__(fmap, "_runs", [(str(self.names[i]), slice(int(a), int(e)))
+                                              for i, (a, e) in enumerate(zip(starts, ends))
+                                              if e > a])
+        return fmap
 
 
 def sample_seu(image: MemoryImage, ber: float, rng: np.random.Generator, *,
@@ -287,31 +310,45 @@ class Injector:
     def __init__(self, image: MemoryImage, executor=None) -> None:
         self.image, self.executor = image, executor
         self._saved: list[tuple[str, np.ndarray, np.ndarray]] = []
+        self._records: list = []       # the executor's undo record of each saved change
 
     def apply(self, fmap: FaultMap) -> None:
         """Apply ``fmap``; faults stack until :meth:`undo`."""
         if len(fmap) == 0:
             return
         kinds = fmap.kind
-        all_flip = bool((kinds == "flip").all())
+        runs = getattr(fmap, "_runs", None)      # a sampler's map: sorted distinct flips
+        all_flip = runs is not None or bool((kinds == "flip").all())
         groups = []
-        for name, sel in _by_memory(fmap.memory):     # check everything before changing anything
+        for name, sel in runs or _by_memory(fmap.memory):   # check all before changing any
             mem = self.image.memory(str(name))
             w, b = fmap.word[sel], fmap.bit[sel]
-            if w.min() < 0 or w.max() >= mem.depth or b.min() < 0 or b.max() >= mem.width:
+            lo, hi = (w[0], w[-1]) if runs is not None else (w.min(), w.max())
+            if lo < 0 or hi >= mem.depth or b.min() < 0 or b.max() >= mem.width:
                 fmap.validate(self.image)
             groups.append((name, mem, sel, w, b))
         for name, mem, sel, w, b in groups:
             mask = np.left_shift(1, b)
-            key = w * 64 + b
-            if all_flip and (key.size < 2 or (key[1:] > key[:-1]).all()):
+            if runs is not None or (all_flip and (w.size < 2 or (
+                    (key := w * 64 + b)[1:] > key[:-1]).all())):
                 # sorted, distinct (word, bit) pairs, as a sampler draws them: the flips of a
                 # word are distinct bits, so their XOR is their sum, one write per word
-                starts = np.flatnonzero(np.r_[True, w[1:] != w[:-1]])
-                uw = w[starts]
-                self._saved.append((mem.name, uw, mem.words[uw].copy()))
-                mem.words[uw] ^= np.add.reduceat(mask, starts)
+                first = np.empty(w.size, bool)     # a word's first flip
+                first[0] = True
+                np.not_equal(w[1:], w[:-1], out=first[1:])
+                if first.all():                     # one flip per word
+                    uw = w
+                    old = mem.words[uw]             # a copy (fancy indexing)
+                    new = old ^ mask
+                else:
+                    starts = np.flatnonzero(first)
+                    uw = w[starts]
+                    old = mem.words[uw]
+                    new = old ^ np.add.reduceat(mask, starts)
+                mem.words[uw] = new
+                self._saved.append((mem.name, uw, old))
             else:
+                new = None
                 uw = _unique(w)
                 self._saved.append((mem.name, uw, mem.words[uw].copy()))
                 k = kinds[sel]
@@ -321,15 +358,22 @@ class Injector:
                     s = k == kind
                     ufunc.at(mem.words, w[s], m[s])
             if self.executor is not None:
-                self.executor.update(mem.name, uw)
+                # an executor that can undo its own update exactly returns a record of it
+                self._records.append(self.executor.update(mem.name, uw) if new is None
+                                     else self.executor.update(mem.name, uw, new))
 
     def undo(self) -> None:
         """Restore every word touched since the last undo (in reverse order)."""
+        restore = getattr(self.executor, "restore", None)
         while self._saved:
             name, uw, old = self._saved.pop()
             self.image.memories[name].words[uw] = old
             if self.executor is not None:
-                self.executor.update(name, uw)
+                record = self._records.pop()
+                if restore is not None and record is not None:
+                    restore(record)
+                else:
+                    self.executor.update(name, uw)
 
     def scores(self, fmap: FaultMap, codes) -> np.ndarray:
         """The executor's class-score codes (int64, numpy) for input ``codes`` with ``fmap``

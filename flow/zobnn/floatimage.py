@@ -158,8 +158,9 @@ class TorchExecutor:
         return int((self.predict(self.quantize_input(x)).cpu() == y.cpu()).sum())
 
     @torch.no_grad()
-    def update(self, name: str, idx: np.ndarray) -> None:
-        """Write the decoded values of words ``idx`` of memory ``name`` into the model."""
+    def update(self, name: str, idx: np.ndarray, stored: np.ndarray | None = None) -> None:
+        """Write the decoded values of words ``idx`` of memory ``name`` into the model
+        (``stored``, the words' stored values, is read from the image here)."""
         idx = np.asarray(idx, dtype=np.int64)
         vals = torch.from_numpy(self.image.values(name, idx).copy()).to(self.device)
         self._flat[name][torch.from_numpy(idx).to(self.device)] = vals
