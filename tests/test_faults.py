@@ -128,3 +128,34 @@ def test_faultmap_validation(mlp_run):
         inj.apply(FaultMap.from_faults([("fc1.weight", 99999999, 0)]))
     with pytest.raises(FaultMapError, match="fault kind 'melt'"):
         FaultMap.from_faults([("fc1.weight", 0, 0, "melt")])
+
+
+# digest of the maps below, the same before and after the sampler's fast path (2026-12-04); it
+# changes only if hetq's sampler or NumPy's binomial / choice streams change
+PINNED_MAPS = "3e542f7e16ec1c75"
+
+
+def test_sampled_maps_are_pinned_and_both_position_paths_agree():
+    """A sampler's map is a function of the seed only, across versions: a pinned digest of maps
+    over memories of several widths, one protected, every bit and a subset of bits. The fast path
+    for sorted positions (per-memory runs) and the general one (unsorted positions) agree."""
+    import hashlib
+
+    from flow.reliability.faults import SeuSampler
+    mems = [Memory(f"l{i}.weight", f"l{i}", "weight", Fixed(n, True, 0), prot, n + 2 * prot,
+                   (d,), np.zeros(d, np.int64))
+            for i, (n, prot, d) in enumerate([(8, False, 3000), (4, True, 500), (6, False, 7)])]
+    image = MemoryImage(mems)
+    digest = hashlib.sha256()
+    for bits in (None, [0, 3, 5]):
+        sampler = SeuSampler(image, bits=bits)
+        for t, ber in enumerate((1e-3, 3e-2, 0.4)):
+            fmap = sampler.sample(ber, trial_rng(11, ber, t))
+            for arr in (fmap.memory, fmap.word, fmap.bit):
+                digest.update(np.ascontiguousarray(arr).tobytes())
+            pos = np.sort(np.random.default_rng(t).choice(sampler.total_bits, 40, replace=False))
+            fast, general = sampler.faults_at(pos), sampler.faults_at(pos[::-1].copy())
+            assert getattr(fast, "_runs", None) and getattr(general, "_runs", None) is None
+            for key in ("memory", "word", "bit"):
+                assert np.array_equal(getattr(fast, key), getattr(general, key)[::-1]), key
+    assert digest.hexdigest()[:16] == PINNED_MAPS
