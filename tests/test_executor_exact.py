@@ -262,18 +262,24 @@ def test_sampled_maps_apply_and_undo_exactly(op, n_in, n_out, k, protected):
     clean_tensors = {n: t.clone() for n, t in ex.tensors.items()}
     clean_absum = ex._absum["l"].copy()
     inj, sampler = Injector(image, ex), SeuSampler(image)
-    splits = []
+    splits, multi = [], []
     for t, ber in enumerate((1e-3, 2e-2, 0.2)):
         first = sampler.sample(ber, trial_rng(9, ber, t))
         second = sampler.sample(ber, trial_rng(9, ber, t + 100))
         assert getattr(first, "_runs", None) and len(first) > 5
+        want = image.memory("l.weight").words.copy()          # the flips, one at a time
+        sel = first.memory == "l.weight"
+        np.bitwise_xor.at(want, first.word[sel], np.left_shift(1, first.bit[sel]))
+        several = np.unique(first.word[sel], return_counts=True)[1].max() > 1
         inj.apply(first)
+        assert np.array_equal(image.memory("l.weight").words, want)
         inj.apply(second)
         fresh = Executor(net, image, "cpu")
         assert np.array_equal(ex.run(xt, quantized=True).numpy(),
                               fresh.run(xt, quantized=True).numpy())
         assert np.array_equal(ex._absum["l"], fresh._absum["l"])
         splits.append(ex.split("l"))
+        multi.append(several)
         inj.undo()
         for name, tensor in ex.tensors.items():
             assert torch.equal(tensor, clean_tensors[name]), name
@@ -281,3 +287,4 @@ def test_sampled_maps_apply_and_undo_exactly(op, n_in, n_out, k, protected):
         assert np.array_equal(ex._absum["l"], _colsum(ex.tensors["l.weight"]).sum(1))
         assert np.array_equal(ex.run(xt, quantized=True).numpy(), clean)
     assert splits[0] is False and splits[-1] is True     # the faults made the layer split
+    assert multi[-1]                                     # and some words took several flips

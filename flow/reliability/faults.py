@@ -340,11 +340,16 @@ class Injector:
                     uw = w
                     old = mem.words[uw]             # a copy (fancy indexing)
                     new = old ^ mask
-                else:
+                else:                               # a few words take several flips
                     starts = np.flatnonzero(first)
                     uw = w[starts]
                     old = mem.words[uw]
-                    new = old ^ np.add.reduceat(mask, starts)
+                    flips = mask[starts]
+                    more = np.flatnonzero(~first)
+                    # distinct bits of one word: their XOR is their sum
+                    np.add.at(flips, np.searchsorted(starts, more, side="right") - 1,
+                              mask[more])
+                    new = old ^ flips
                 mem.words[uw] = new
                 self._saved.append((mem.name, uw, old))
             else:
