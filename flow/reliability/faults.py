@@ -249,7 +249,7 @@ class SeuSampler:
             return FaultMap((), (), (), ())
         pos = (rng.choice(total, size=n, replace=False, shuffle=False) if n < total
                else np.arange(total))
-        return self.faults_at(np.sort(pos), kind)
+        return self._faults(np.sort(pos), kind, True)   # distinct positions, in range
 
     def faults_at(self, pos: np.ndarray, kind: str = "flip") -> FaultMap:
         """The faults at global target-bit positions ``pos`` (0 <= pos < total_bits)."""
@@ -257,7 +257,11 @@ class SeuSampler:
         n = pos.size
         if n and (pos.min() < 0 or pos.max() >= self.total_bits):
             raise FaultMapError(f"fault.position: outside 0..{self.total_bits - 1}")
-        ordered = n > 0 and bool((pos[1:] > pos[:-1]).all())
+        return self._faults(pos, kind, n > 0 and bool((pos[1:] > pos[:-1]).all()))
+
+    def _faults(self, pos: np.ndarray, kind: str, ordered: bool) -> FaultMap:
+        """:meth:`faults_at` on checked positions; ``ordered``: increasing."""
+        n = pos.size
         if ordered:         # sorted, distinct: each memory's faults are one run
             ends = np.searchsorted(pos, self._cum[1:], side="left")
             starts = np.r_[0, ends[:-1]]
@@ -276,7 +280,8 @@ class SeuSampler:
             words = local // per
             bitpos = self._allowed[self._allowed_off[which] + local % per]
             names = self.names[which]
-        fmap = FaultMap(names, words, bitpos, np.full(n, kind))
+        # one kind for all: a read-only broadcast view, not n copies of the string
+        fmap = FaultMap(names, words, bitpos, np.broadcast_to(np.array(kind), (n,)))
         if ordered and kind == "flip":
             # each memory's flips are a run of distinct (word, bit) pairs in order, as the
             # Injector's fast path needs

@@ -59,7 +59,7 @@ def _net_sha(image: MemoryImage) -> str:
     h = hashlib.sha256()
     for m in image.memories.values():
         h.update(f"{m.name}:{m.width}:{m.shape}".encode())
-        h.update(m.words.tobytes())
+        h.update(m.words.astype(np.int64).tobytes())     # as when words were all int64
     return h.hexdigest()
 
 
