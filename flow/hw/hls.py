@@ -61,6 +61,17 @@ def hls_graph(qonnx_path: Path, path: Path, channels_last: bool):
     return m
 
 
+TO_NCHW, TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
+LAYOUT_OPS = ("HetqRPReLU", "HetqRepeat")      # hetq's operations with a data_layout
+
+
+def _perm(node) -> list[int]:
+    """A Transpose node's permutation."""
+    from onnx import helper
+    return list(next((helper.get_attribute_value(a) for a in node.attribute
+                      if a.name == "perm"), []))
+
+
 def global_pools(m) -> int:
     """Rewrite each global average pool of a channels-last graph in place. qonnx leaves
     ``Transpose(NHWC -> NCHW)`` before it, then ``ReduceMean`` over (H, W) (``x.mean((2, 3))``),
@@ -83,7 +94,7 @@ def global_pools(m) -> int:
     count = 0
     for node in list(m.graph.node):
         tr = m.find_producer(node.input[0]) if node.input else None
-        if tr is None or tr.op_type != "Transpose" or list(attr(tr, "perm", [])) != [0, 3, 1, 2]:
+        if tr is None or tr.op_type != "Transpose" or _perm(tr) != TO_NCHW:
             continue
         gone = [node]
         if node.op_type == "ReduceMean":
@@ -112,16 +123,6 @@ def global_pools(m) -> int:
                                                 if i.name == name))
         count += 1
     return count
-
-
-TO_NCHW, TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
-LAYOUT_OPS = ("HetqRPReLU", "HetqRepeat")      # hetq's operations with a data_layout
-
-
-def _perm(node) -> list[int]:
-    from onnx import helper
-    return list(next((helper.get_attribute_value(a) for a in node.attribute
-                      if a.name == "perm"), []))
 
 
 def nhwc_chains(m) -> int:
@@ -155,7 +156,8 @@ def nhwc_chains(m) -> int:
             if tr.op_type != "Transpose" or _perm(tr) != TO_NCHW:
                 continue
             users = m.find_consumers(tr.output[0])
-            if not users or not all(movable(u) for u in users):
+            outputs = {o.name for o in m.graph.output}
+            if not users or tr.output[0] in outputs or not all(movable(u) for u in users):
                 continue
             x = tr.input[0]
             for u in users:
@@ -212,20 +214,14 @@ def bipolar_signs(m) -> int:
     transposes qonnx leaves around it (qonnx moves transposes through ``Quant`` but not through
     ``BipolarQuant``), in place, so that hls4ml sees batch-norm -> sign and merges them into its
     binary threshold layer. Returns the number of signs moved."""
-    from onnx import helper
-
-    def perm(node) -> list[int]:
-        return list(next((helper.get_attribute_value(a) for a in node.attribute
-                          if a.name == "perm"), []))
-
     count = 0
     for node in list(m.graph.node):
         if node.op_type != "BipolarQuant" or m.get_initializer(node.input[0]) is not None:
             continue
         first, users = m.find_producer(node.input[0]), m.find_consumers(node.output[0])
-        if (first is None or first.op_type != "Transpose" or perm(first) != [0, 3, 1, 2]
+        if (first is None or first.op_type != "Transpose" or _perm(first) != TO_NCHW
                 or len(users) != 1 or users[0].op_type != "Transpose"
-                or perm(users[0]) != [0, 2, 3, 1]):
+                or _perm(users[0]) != TO_NHWC):
             continue
         node.input[0], node.output[0] = first.input[0], users[0].output[0]
         m.graph.node.remove(users[0])
