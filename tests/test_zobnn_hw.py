@@ -203,6 +203,16 @@ def test_generated_zobnn_top_lints_clean(net, data, tmp_path_factory):
     assert r.returncode == 0 and "%Warning" not in r.stderr, r.stderr
 
 
+def _msb_copies(image: MemoryImage, memory: str) -> tuple[FaultMap, FaultMap]:
+    """Hand-written maps of a protected memory: one MSB copy flipped in every word, and two."""
+    m = image.memory(memory)
+    words = np.arange(m.depth)
+    a, b = m.msb_bits()[:2]
+    return (FaultMap([m.name] * m.depth, words, [a] * m.depth, ["flip"] * m.depth),
+            FaultMap([m.name] * 2 * m.depth, np.repeat(words, 2), np.tile([a, b], m.depth),
+                     ["flip"] * 2 * m.depth))
+
+
 @pytest.mark.slow
 def test_csim_is_bit_exact_with_zero_padding_and_replays_weight_faults(net, data, tmp_path):
     """hls4ml C-sim of the lowered network (its QONNX graph from flow.zobnn.qonnx): hls4ml's own
@@ -229,12 +239,7 @@ def test_csim_is_bit_exact_with_zero_padding_and_replays_weight_faults(net, data
     sampler = SeuSampler(image, kinds=("weight",))
     inj = Injector(image, ex)
     maps = [sampler.sample(1e-3, trial_rng(5, 1e-3, t)) for t in range(3)]
-    w = image.memory("bconv1.weight")
-    words = np.arange(w.depth)
-    a, b = w.msb_bits()[:2]
-    single = FaultMap([w.name] * w.depth, words, [a] * w.depth, ["flip"] * w.depth)
-    double = FaultMap([w.name] * 2 * w.depth, np.repeat(words, 2), np.tile([a, b], w.depth),
-                      ["flip"] * 2 * w.depth)
+    single, double = _msb_copies(image, "bconv1.weight")
     for fm in [*maps, single, double]:
         prj.replay(fm)
         assert np.array_equal(prj.scores(x), inj.scores(fm, codes))
@@ -397,12 +402,7 @@ def test_binary_resnet_csim_is_bit_exact_and_replays_weight_faults(react, data, 
     inj = Injector(image, ex)
     sampler = SeuSampler(image, kinds=("weight",))
     maps = [sampler.sample(1e-2, trial_rng(5, 1e-2, t)) for t in range(3)]
-    w = image.memory("block1.weight")
-    words = np.arange(w.depth)
-    a, b = w.msb_bits()[:2]
-    single = FaultMap([w.name] * w.depth, words, [a] * w.depth, ["flip"] * w.depth)
-    double = FaultMap([w.name] * 2 * w.depth, np.repeat(words, 2), np.tile([a, b], w.depth),
-                      ["flip"] * 2 * w.depth)
+    single, double = _msb_copies(image, "block1.weight")
     for fm in maps:
         prj.replay(fm)
         got, ref = prj.scores(x), inj.scores(fm, codes)

@@ -43,6 +43,7 @@ out_hi}`` with ``gamma``, ``slope``, ``zeta`` codes and their ``_bits`` and ``_f
 """
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -84,6 +85,47 @@ def _make_pass():
     def info(model) -> dict:
         return model.config.config["HLSConfig"].get("Model", {}).get("Hetq") or {}
 
+    def plan_spec(model, node, same, key: str, what: str) -> dict:
+        """The plan's entry (``Hetq[key]``) for ``node``: the k-th of the model's layers for
+        which ``same`` holds is the plan's k-th entry."""
+        k = [n for n in model.get_layers() if same(n)].index(node)
+        specs = info(model).get(key, [])
+        if k >= len(specs):
+            raise HlsError(f"hls: {what} '{node.name}' has no entry in the plan's {key}")
+        return specs[k]
+
+    def exact_param(node, wname: str, codes, bits: int, frac: int, what: str,
+                    plan_name: str) -> None:
+        """Weight ``wname`` of ``node`` set to the integer ``codes`` at ``frac`` fraction bits, in
+        a signed ``bits``-bit type of its own (hls4ml gives such parameters the shared default
+        type)."""
+        w = node.weights[wname]
+        codes = np.asarray(codes, dtype=np.float64)
+        if w.data.size != codes.size:
+            raise HlsError(f"hls: {what} '{node.name}' has {w.data.size} channels, the plan's "
+                           f"'{plan_name}' has {codes.size}")
+        w.data = (codes * 2.0 ** -frac).reshape(w.data.shape)
+        prec = FixedPrecisionType(bits, bits - frac, signed=True)
+        w.type = NamedType(f"{wname}{node.index}_t", prec)
+        w.update_precision(prec)
+
+    def exact_mean(node, spec: dict, n: int) -> None:
+        """An average over ``n`` values (a power of two) computed exactly: the sum in an
+        accumulator with the mean's fraction bits, so hls4ml's division drops no bit; the mean at
+        the integer network's format (``spec``: its bounds ``lo``, ``hi`` and ``frac``)."""
+        from flow.core.layout import signed_bits
+        lo, hi, frac = spec["lo"], spec["hi"], spec["frac"]
+        acc = signed_bits(lo * n, hi * n)
+        node.types["accum_t"] = NamedType(f"layer{node.index}_accum_t",
+                                          FixedPrecisionType(acc, acc - frac, signed=True))
+        out = signed_bits(lo, hi)
+        node.get_output_variable().type.precision = FixedPrecisionType(out, out - frac,
+                                                                       signed=True)
+        node.set_attr("hetq_layer", spec["name"])
+
+    def is_avgpool(n) -> bool:
+        return isinstance(n, Pooling2D) and n.get_attr("pool_op") == "Average"
+
     class HetqWeightWords(OptimizerPass):
         """See the module docstring."""
 
@@ -92,8 +134,7 @@ def _make_pass():
                     and (isinstance(node, (Dense, Conv2D, GlobalPooling2D))
                          or node.class_name in ("BatchNormalizationQuantizedTanh",
                                                 "BatchNormalization", RPRELU)
-                         or (isinstance(node, Pooling2D)
-                             and node.get_attr("pool_op") == "Average")
+                         or is_avgpool(node)
                          or node.get_attr("hetq_repeat", False)
                          or (node.class_name == "Merge" and node.get_attr("op") == "add"))
                     and bool(info(node.model)))
@@ -122,47 +163,22 @@ def _make_pass():
 
         @staticmethod
         def _pool(model, node) -> None:
-            """A global average pool computed exactly: the sum in an accumulator with the
-            average's fraction bits, so that hls4ml's division by H x W (a power of two, as the
-            front end requires) drops no bit; the result at the integer network's format."""
-            from flow.core.layout import signed_bits
-            pools = [n for n in model.get_layers() if isinstance(n, GlobalPooling2D)]
-            spec = info(model)["pools"][pools.index(node)]
-            lo, hi, frac, n = spec["lo"], spec["hi"], spec["frac"], spec["scale"]
+            """A global average pool over H x W (a power of two, as the front end requires),
+            exact (:func:`exact_mean`)."""
+            spec = plan_spec(model, node, lambda n: isinstance(n, GlobalPooling2D), "pools",
+                             "global pool")
+            n = spec["scale"]
             if node.get_attr("in_height") * node.get_attr("in_width") != n:
                 raise HlsError(f"hls: global pool '{node.name}' averages "
                                f"{node.get_attr('in_height')} x {node.get_attr('in_width')} "
                                f"pixels, the plan's '{spec['name']}' {n}")
-            acc = signed_bits(lo * n, hi * n)
-            node.types["accum_t"] = NamedType(f"layer{node.index}_accum_t",
-                                              FixedPrecisionType(acc, acc - frac, signed=True))
-            out = signed_bits(lo, hi)
-            node.get_output_variable().type.precision = FixedPrecisionType(out, out - frac,
-                                                                           signed=True)
-            node.set_attr("hetq_layer", spec["name"])
+            exact_mean(node, spec, n)
 
         @staticmethod
         def _avgpool(model, node) -> None:
-            """A k x k average pool (a binary ResNet's shortcut) computed exactly: the window
-            sum in an accumulator with the mean's fraction bits (hls4ml divides by k x k, a power
-            of two), the mean at the integer network's format."""
-            from flow.core.layout import signed_bits
-            pools = [n for n in model.get_layers() if isinstance(n, Pooling2D)
-                     and n.get_attr("pool_op") == "Average"]
-            specs = info(model).get("avgpools", [])
-            k = pools.index(node)
-            if k >= len(specs):
-                raise HlsError(f"hls: average pool '{node.name}' has no avgpool in the plan")
-            spec = specs[k]
-            n = node.get_attr("pool_height") * node.get_attr("pool_width")
-            lo, hi, frac = spec["lo"], spec["hi"], spec["frac"]
-            acc = signed_bits(lo * n, hi * n)
-            node.types["accum_t"] = NamedType(f"layer{node.index}_accum_t",
-                                              FixedPrecisionType(acc, acc - frac, signed=True))
-            out = signed_bits(lo, hi)
-            node.get_output_variable().type.precision = FixedPrecisionType(out, out - frac,
-                                                                           signed=True)
-            node.set_attr("hetq_layer", spec["name"])
+            """A k x k average pool (a binary ResNet's shortcut), exact (:func:`exact_mean`)."""
+            spec = plan_spec(model, node, is_avgpool, "avgpools", "average pool")
+            exact_mean(node, spec, node.get_attr("pool_height") * node.get_attr("pool_width"))
 
         @staticmethod
         def _add(node) -> None:
@@ -183,23 +199,10 @@ def _make_pass():
             """RPReLU with the integer network's parameters and exact types: the difference, the
             product and the result (rounded to the stream's codes by the Quant that follows)."""
             from flow.core.layout import signed_bits
-            layers = [n for n in model.get_layers() if n.class_name == RPRELU]
-            specs = info(model).get("rprelus", [])
-            k = layers.index(node)
-            if k >= len(specs):
-                raise HlsError(f"hls: RPReLU '{node.name}' has no rprelu in the plan")
-            spec = specs[k]
+            spec = plan_spec(model, node, lambda n: n.class_name == RPRELU, "rprelus", "RPReLU")
             for wname in ("gamma", "slope", "zeta"):
-                w = node.weights[wname]
-                codes = np.asarray(spec[wname], dtype=np.float64)
-                if w.data.size != codes.size:
-                    raise HlsError(f"hls: RPReLU '{node.name}' has {w.data.size} channels, the "
-                                   f"plan's '{spec['name']}' has {codes.size}")
-                bits, frac = spec[f"{wname}_bits"], spec[f"{wname}_frac"]
-                w.data = (codes * 2.0 ** -frac).reshape(w.data.shape)
-                prec = FixedPrecisionType(bits, bits - frac, signed=True)
-                w.type = NamedType(f"{wname}{node.index}_t", prec)
-                w.update_precision(prec)
+                exact_param(node, wname, spec[wname], spec[f"{wname}_bits"],
+                            spec[f"{wname}_frac"], "RPReLU", spec["name"])
             gamma = np.asarray(spec["gamma"], dtype=np.int64)
             f, p = spec["in_frac"], spec["slope_frac"]
             u_lo, u_hi = spec["in_lo"] - int(gamma.max()), spec["in_hi"] - int(gamma.min())
@@ -218,12 +221,11 @@ def _make_pass():
             node.set_attr("hetq_layer", spec["name"])
 
         def _weights(self, model, node) -> None:
-            layers = [n for n in model.get_layers() if isinstance(n, (Dense, Conv2D))]
-            k = layers.index(node)
-            spec = info(model)["layers"][k]
+            spec = plan_spec(model, node, lambda n: isinstance(n, (Dense, Conv2D)), "layers",
+                             "weight layer")
             w = node.weights["weight"]
             if w.data.size != spec["size"]:
-                raise HlsError(f"hls: layer {k} ('{node.name}') has {w.data.size} weights, the "
+                raise HlsError(f"hls: layer '{node.name}' has {w.data.size} weights, the "
                                f"plan's '{spec['name']}' has {spec['size']}")
             node.set_attr("hetq_layer", spec["name"])
             self._reuse(model, node)
@@ -265,9 +267,9 @@ def _make_pass():
                                          "n_out": n_out, "fully_parallel": used == 1})
 
         def _threshold(self, model, node) -> None:
-            layers = [n for n in model.get_layers()
-                      if n.class_name == "BatchNormalizationQuantizedTanh"]
-            spec = info(model)["thresholds"][layers.index(node)]
+            spec = plan_spec(model, node,
+                             lambda n: n.class_name == "BatchNormalizationQuantizedTanh",
+                             "thresholds", "threshold layer")
             thr = np.asarray(spec["threshold"], dtype=np.float64) * 2.0 ** -spec["frac"]
             t = node.weights["threshold"]
             if t.data.size != thr.size:
@@ -295,26 +297,13 @@ def _make_pass():
             """A batch-norm that feeds no sign: the integer network's per-channel affine
             ``acc * scale + offset`` with exact types, rounded half to even to the requant's
             bits (the executor's requant; it saturates, as hls4ml's result type does)."""
-            layers = [n for n in model.get_layers() if n.class_name == "BatchNormalization"]
-            specs = info(model).get("affines", [])
-            if not specs:                   # no affine in the plan: hls4ml's batch-norm as is
+            if not info(model).get("affines"):   # no affine in the plan: hls4ml's as is
                 return
-            k = layers.index(node)
-            if k >= len(specs):
-                raise HlsError(f"hls: batch-norm '{node.name}' has no affine in the plan")
-            spec = specs[k]
+            spec = plan_spec(model, node, lambda n: n.class_name == "BatchNormalization",
+                             "affines", "batch-norm")
             for wname, key in (("scale", "scale"), ("bias", "offset")):
-                w = node.weights[wname]
-                codes = np.asarray(spec[key], dtype=np.float64)
-                if w.data.size != codes.size:
-                    raise HlsError(f"hls: batch-norm '{node.name}' has {w.data.size} channels, "
-                                   f"the plan's '{spec['name']}' has {codes.size}")
-                bits, frac = spec[f"{key}_bits"], spec[f"{key}_frac"]
-                w.data = (codes * 2.0 ** -frac).reshape(w.data.shape)
-                # its own type: hls4ml gives batch-norm parameters the shared default type
-                prec = FixedPrecisionType(bits, bits - frac, signed=True)
-                w.type = NamedType(f"{wname}{node.index}_t", prec)
-                w.update_precision(prec)
+                exact_param(node, wname, spec[key], spec[f"{key}_bits"], spec[f"{key}_frac"],
+                            "batch-norm", spec["name"])
             out = spec["out_bits"]
             node.get_output_variable().type.precision = FixedPrecisionType(
                 out, out - spec["out_frac"], signed=True, rounding_mode="RND_CONV",
@@ -469,33 +458,31 @@ def _global_pool_layer(node, input_names, input_shapes, graph) -> dict:
 
 RPRELU = "HetqRPReLU"
 REPEAT = "HetqRepeat"
-_LAYERS: dict = {}
 
 
+@functools.cache
 def _rprelu_layer():
     """hls4ml's layer class for hetq's RPReLU (made once: hls4ml keys templates by class)."""
-    if RPRELU not in _LAYERS:
-        from hls4ml.model.attributes import Attribute, TypeAttribute, WeightAttribute
-        from hls4ml.model.layers import Layer
+    from hls4ml.model.attributes import Attribute, TypeAttribute, WeightAttribute
+    from hls4ml.model.layers import Layer
 
-        class HetqRPReLU(Layer):
-            """``y = prelu(x - gamma, slope) + zeta`` per channel (a binary ResNet's RPReLU)."""
+    class HetqRPReLU(Layer):
+        """``y = prelu(x - gamma, slope) + zeta`` per channel (a binary ResNet's RPReLU)."""
 
-            _expected_attributes = [
-                Attribute("n_in"), Attribute("n_chan"),
-                WeightAttribute("gamma"), WeightAttribute("slope"), WeightAttribute("zeta"),
-                TypeAttribute("gamma"), TypeAttribute("slope"), TypeAttribute("zeta"),
-            ]
+        _expected_attributes = [
+            Attribute("n_in"), Attribute("n_chan"),
+            WeightAttribute("gamma"), WeightAttribute("slope"), WeightAttribute("zeta"),
+            TypeAttribute("gamma"), TypeAttribute("slope"), TypeAttribute("zeta"),
+        ]
 
-            def initialize(self) -> None:
-                inp = self.get_input_variable()
-                self.add_output_variable(inp.shape)
-                for name, var in (("gamma", "g"), ("slope", "sl"), ("zeta", "z")):
-                    self.add_weights_variable(name=name, var_name=f"{var}{{index}}",
-                                              data=np.asarray(self.get_attr(f"{name}_data")))
+        def initialize(self) -> None:
+            inp = self.get_input_variable()
+            self.add_output_variable(inp.shape)
+            for name, var in (("gamma", "g"), ("slope", "sl"), ("zeta", "z")):
+                self.add_weights_variable(name=name, var_name=f"{var}{{index}}",
+                                          data=np.asarray(self.get_attr(f"{name}_data")))
 
-        _LAYERS[RPRELU] = HetqRPReLU
-    return _LAYERS[RPRELU]
+    return HetqRPReLU
 
 
 def _rprelu_handler(node, input_names, input_shapes, graph) -> dict:
