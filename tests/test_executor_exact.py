@@ -4,7 +4,8 @@ A layer whose worst-case accumulator (any input code times any weight code of th
 faulty weights included) reaches 2**24 runs as float32 chunks of its fan-in whose partial sums
 stay below 2**24, added exactly in float64. Checked against int64 and float64 references with
 worst-case codes, random codes over the whole range, every weight MSB flipped, and protected
-(MSB-triplicated) words, for dense and conv layers with a bias.
+(MSB-triplicated) words, for dense and conv layers with a bias; the same cases on the int8
+kernels, whose int32 accumulators hold them whole.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from flow.core.executor import EXACT_F32, Executor
 from flow.core.image import MemoryImage
+from flow.core.intkernels import int8_matmul_exact
 from flow.core.ir import IntNetwork, Node, Param
 from flow.core.precision import Fixed
 from flow.reliability.faults import FaultMap, Injector
@@ -288,3 +290,38 @@ def test_sampled_maps_apply_and_undo_exactly(op, n_in, n_out, k, protected):
         assert np.array_equal(ex.run(xt, quantized=True).numpy(), clean)
     assert splits[0] is False and splits[-1] is True     # the faults made the layer split
     assert multi[-1]                                     # and some words took several flips
+
+
+@pytest.mark.skipif(not int8_matmul_exact(), reason="no exact int8 matrix product on this CPU")
+@pytest.mark.parametrize("op, n_in, n_out, k", CASES)
+@pytest.mark.parametrize("kind", ["worst", "random"])
+@pytest.mark.parametrize("protected", [False, True])
+def test_boundary_cases_on_int8_kernels(op, n_in, n_out, k, kind, protected):
+    """The same layers on the int8 kernels: worst-case and random codes far past 2**24, then
+    every weight MSB flipped (every copy of it in a protected word), then one copy only."""
+    rng = np.random.default_rng(4)
+    x, w, b = _codes(op, n_in, n_out, k, rng, kind)
+    net = _net(op, n_in, n_out, w, b, k)
+    image = MemoryImage.build(net, ["l"] if protected else [])
+    ex = Executor(net, image, "cpu", kernels="int8")
+    assert ex.kernel("l") == "int8"
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    ref = _reference(op, x, w, b, k)
+    assert np.abs(ref).max() >= EXACT_F32
+    assert np.array_equal(ex.run(xt, quantized=True).numpy().astype(np.int64), ref)
+    m = image.memory("l.weight")
+    msb = m.msb_bits() if protected else [m.fmt.bits - 1]
+    words = np.repeat(np.arange(m.depth), len(msb))
+    fmap = FaultMap(["l.weight"] * len(words), words, np.tile(msb, m.depth),
+                    ["flip"] * len(words))
+    with Injector(image, ex).injected(fmap):
+        faulty = image.codes("l.weight").reshape(w.shape)
+        assert not np.array_equal(faulty, w)
+        got = ex.run(xt, quantized=True).numpy().astype(np.int64)
+        assert np.array_equal(got, _reference(op, x, faulty, b, k))
+    assert np.array_equal(ex.run(xt, quantized=True).numpy().astype(np.int64), ref)
+    if protected:
+        one = FaultMap(["l.weight"] * m.depth, np.arange(m.depth), [msb[0]] * m.depth,
+                       ["flip"] * m.depth)
+        with Injector(image, ex).injected(one):
+            assert np.array_equal(ex.run(xt, quantized=True).numpy().astype(np.int64), ref)
