@@ -50,15 +50,15 @@ def test_bench_fi_reports_every_tool_and_size(tmp_path):
 @pytest.mark.slow
 def test_bench_clean_names_each_layers_kernel_and_times_the_grid(tmp_path):
     res = bench(str(tmp_path / "clean"), what="clean", repeats=1, epochs=1,
-                sets=["bench.sizes=[{arch: mlp, width: 4}, {arch: cnn, width: 0.5}]"],
+                sets=["bench.sizes=[{arch: mlp, width: 8}, {arch: cnn, width: 0.5}]"],
                 con=Console(progress=False))
     rows = res.to_json()["rows"]
-    assert [r["network"] for r in rows] == ["mlp x4", "cnn x0.5"]
+    assert [r["network"] for r in rows] == ["mlp x8", "cnn x0.5"]
     assert set(rows[0]["kernels"]) == {"fc1", "fc2", "fc3"}
     assert set(rows[1]["kernels"]) == {"conv1", "conv2", "fc1"}
     assert rows[1]["kernels"]["conv1"] == "float32"          # 9 inputs: too small to gain
     if int8_matmul_exact():
-        assert rows[0]["kernels"]["fc2"] == "int8"           # 256 x 256
+        assert rows[0]["kernels"]["fc2"] == "int8"           # 512 x 512
         assert {(g["op"], g["fan_in"], g["outputs"]) for g in res.grid} >= {
             ("dense", 2048, 1024), ("conv", 27, 16)}
         assert all(g["float32_s"] > 0 and g["int8_s"] > 0 for g in res.grid)

@@ -124,10 +124,10 @@ def test_patch_matrix_in_blocks_and_batches_of_any_size(monkeypatch):
 
 
 def _chain(rng, wbits: int = 8, protected: bool = False) -> tuple[IntNetwork, list[str]]:
-    """input 0..255 -> conv 3x3 (48 ch) -> requant -> maxpool -> conv 3x3 (64 ch) -> requant
+    """input 0..255 -> conv 3x3 (64 ch) -> requant -> maxpool -> conv 3x3 (64 ch) -> requant
     -> flatten -> dense 256 -> requant -> dense 10: two layers on int8 under ``auto``."""
     wf = Fixed(wbits, True, 7, narrow=True)
-    shapes = {"c1": (48, 3, 3, 3), "c2": (64, 48, 3, 3), "d1": (256, 64 * 4 * 4),
+    shapes = {"c1": (64, 3, 3, 3), "c2": (64, 64, 3, 3), "d1": (256, 64 * 4 * 4),
               "d2": (10, 256)}
     params = {}
     for name, shape in shapes.items():
@@ -176,8 +176,9 @@ def test_faults_keep_the_int8_weights_in_step(protected):
             assert torch.equal(ta[name].double(), tf[name].double()), name
         assert torch.equal(ea.run(x, quantized=True), ef.run(x, quantized=True).to(
             ea.run(x, quantized=True).dtype))
-        for wname, (w8, _) in ea._w8.items():
-            assert torch.equal(w8, weight_matrix(ea.tensors[wname])), wname
+        for wname, w8 in ea._w8.items():
+            assert torch.equal(w8.matrix, weight_matrix(ea.tensors[wname])), wname
+            assert torch.equal(w8.rowsum, w8.matrix.sum(1, dtype=torch.int32)), wname
 
     same()
     for t, ber in enumerate((1e-3, 1e-2, 1e-2)):
@@ -220,12 +221,14 @@ def test_plan_refuses_what_int8_cannot_hold():
         return _layer_net("dense", x_range, fmt, w, np.zeros(n_out, np.int64), b_bits=b_bits)
 
     net = dense((0, 255))
-    assert plan_int8(net, net.node("l")).offset == 128
-    assert plan_int8(net, net.node("l")).unsigned
+    assert plan_int8(net, net.node("l"), small=True).offset == 128
+    assert plan_int8(net, net.node("l"), small=True).unsigned
     net = dense((-128, 127))
-    assert plan_int8(net, net.node("l")).offset == 0
+    assert plan_int8(net, net.node("l"), small=True).offset == 0
     net = dense((-100, 155))
-    assert plan_int8(net, net.node("l")).offset == 28
+    assert plan_int8(net, net.node("l"), small=True).offset == 28
+    big = dense((0, 255), n_in=512, n_out=256)        # large enough to gain
+    assert plan_int8(big, big.node("l")) is not None
     for net in (dense((0, 256)),                      # 257 input codes
                 dense((0, 255), Fixed(9, True, 0)),   # 9-bit weights
                 dense((0, 255), Fixed(8, False, 0)),  # unsigned 8-bit weights: up to 255

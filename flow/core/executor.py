@@ -38,13 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from flow.core.image import MemoryImage, decode
-from flow.core.intkernels import (
-    Int8Kernel,
-    int8_matmul_exact,
-    matrix_positions,
-    plan_int8,
-    weight_matrix,
-)
+from flow.core.intkernels import Int8Kernel, Int8Weights, int8_matmul_exact, plan_int8
 from flow.core.ir import PARAM_KEYS, IntNetwork, Node
 
 EXACT_F32 = 1 << 24
@@ -213,12 +207,11 @@ class Executor:
         # On CPU, flat numpy views of the same storage: updates skip torch's dispatch.
         self._flat = ({n: t.numpy().reshape(-1) for n, t in self.tensors.items()}
                       if self.device.type == "cpu" else {})
-        # the int8 weight matrix of each int8 layer, with a flat numpy view for updates
-        self._w8: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+        # the int8 weights of each int8 layer, updated beside the float32 ones
+        self._w8: dict[str, Int8Weights] = {}
         for name in self._int8:
             wname = net.node(name).attrs["weight"]
-            w8 = weight_matrix(self.tensors[wname])
-            self._w8[wname] = (w8, w8.numpy().reshape(-1))
+            self._w8[wname] = Int8Weights(self.tensors[wname])
         # the first node reading each memory; the clean activations of remembered batches, and
         # per memory which words differ from the clean values (once a batch is remembered)
         self._reader: dict[str, int] = {}
@@ -282,7 +275,7 @@ class Executor:
             old = flat[u]
             flat[u] = vals
             if memory in self._w8:
-                self._w8[memory][1][matrix_positions(u, self.tensors[memory].shape)] = vals
+                self._w8[memory].set(u, vals, old)
         else:
             t = self.tensors[memory].view(-1)
             idx = torch.as_tensor(u, dtype=torch.long, device=self.device)
@@ -311,10 +304,9 @@ class Executor:
             rows, cols, delta = self._rows_cols(layer, undo.words, undo.old)
         flat = self._flat.get(undo.memory)
         if flat is not None:
-            flat[undo.words] = undo.old
             if undo.memory in self._w8:
-                self._w8[undo.memory][1][matrix_positions(
-                    undo.words, self.tensors[undo.memory].shape)] = undo.old
+                self._w8[undo.memory].set(undo.words, undo.old, flat[undo.words])
+            flat[undo.words] = undo.old
         else:
             t = self.tensors[undo.memory].view(-1)
             idx = torch.as_tensor(undo.words, dtype=torch.long, device=self.device)
@@ -439,7 +431,7 @@ class Executor:
             raise RuntimeError("input handled by run()")
         if op in ("conv", "dense") and node.name in self._int8:
             f32 = dt == torch.float32 or (node.name in self._f32_ok and not self._trace)
-            return self._int8[node.name].run(x, self._w8[a["weight"]][0],
+            return self._int8[node.name].run(x, self._w8[a["weight"]],
                                              self.tensors[a["bias"]] if a.get("bias") else None,
                                              torch.float32 if f32 else torch.float64)
         if op in ("conv", "dense"):

@@ -24,11 +24,13 @@ import torch
 from flow.core.ir import IntNetwork, Node
 
 INT32_LIMIT = 1 << 31
-# where the int8 kernel beat the float32 one on this project's 2-core machine (hetq bench
-# kernels): at least this many outputs (conv, dense), this fan-in and this fan-in x outputs
-MIN_OUTPUTS = {"conv": 32, "dense": 64}
-MIN_FAN_IN = 64
-MIN_WORK = 1 << 14
+# where the int8 kernel beats the float32 one on this project's 2-core machine (the kernel
+# grid of `hetq bench clean`, timed as `hetq bench fi` times: each call after a garbage
+# collection, so with cold caches, where every extra kernel call costs ~0.1 ms): at least this
+# many outputs, this fan-in and this fan-in x outputs
+MIN_OUTPUTS = {"conv": 64, "dense": 64}
+MIN_FAN_IN = {"conv": 288, "dense": 256}
+MIN_WORK = {"conv": 1 << 15, "dense": 1 << 17}
 
 
 @functools.cache
@@ -99,8 +101,8 @@ def plan_int8(net: IntNetwork, node: Node, *, small: bool = False) -> Int8Layer 
     fan_in = int(np.prod(shape[1:]))
     if fan_in < 2:                                # oneDNN misreads a K = 1 operand's strides
         return None
-    if not small and (shape[0] < MIN_OUTPUTS[node.op] or fan_in < MIN_FAN_IN
-                      or fan_in * shape[0] < MIN_WORK):
+    if not small and (shape[0] < MIN_OUTPUTS[node.op] or fan_in < MIN_FAN_IN[node.op]
+                      or fan_in * shape[0] < MIN_WORK[node.op]):
         return None
     x_mag = max(abs(lo - offset), abs(hi - offset))
     bias = a.get("bias")
@@ -134,6 +136,27 @@ def weight_matrix(w: torch.Tensor) -> torch.Tensor:
     if w.dim() == 4:
         w = w.permute(0, 2, 3, 1)
     return w.reshape(w.shape[0], -1).to(torch.int8).contiguous()
+
+
+class Int8Weights:
+    """One layer's int8 :func:`weight_matrix` and each output's sum of weight codes (the
+    offset's correction), kept in step with the executor's weights word by word."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        """``w``: the layer's weight codes (float, PyTorch's layout)."""
+        self.shape = tuple(w.shape)
+        self.matrix = weight_matrix(w)
+        self.rowsum = self.matrix.sum(1, dtype=torch.int32)
+        self._flat = self.matrix.numpy().reshape(-1)
+        self._rows = self.rowsum.numpy()
+
+    def set(self, words: np.ndarray, new: np.ndarray, old: np.ndarray) -> None:
+        """The flat weight indices ``words`` (PyTorch's layout) change from codes ``old`` to
+        ``new``."""
+        self._flat[matrix_positions(words, self.shape)] = new
+        per_row = self._flat.size // self._rows.size
+        self._rows += np.bincount(words // per_row, weights=np.subtract(new, old, dtype=np.float64),
+                                  minlength=self._rows.size).astype(np.int32)
 
 
 def matrix_positions(words: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -179,18 +202,18 @@ class Int8Kernel:
         else:
             dst.copy_(x - off)
 
-    def run(self, x: torch.Tensor, w8: torch.Tensor, bias: torch.Tensor | None,
+    def run(self, x: torch.Tensor, weights: Int8Weights, bias: torch.Tensor | None,
             dtype: torch.dtype) -> torch.Tensor:
         """The exact accumulator (bias included) in ``dtype`` (float32 where every value the
         caller keeps stays below 2**24, else float64): dense (N, O), conv (N, O, Ho, Wo) as a
-        channels-last view. ``x``: input codes (float, any strides); ``w8``: the
-        :func:`weight_matrix`; ``bias``: its codes (any dtype) or None."""
+        channels-last view. ``x``: input codes (float, any strides); ``bias``: its codes (any
+        dtype) or None."""
         lay = self.layer
+        w8 = weights.matrix
         wt = w8.t()
         corr = None
         if lay.offset:                          # offset * each output's sum of weights
-            ones = self._buffer(("ones",), (1, w8.shape[1]), torch.int8, 1)
-            corr = torch._int_mm(ones, wt)[0].mul_(lay.offset)
+            corr = weights.rowsum * lay.offset
         if bias is not None:
             b = bias.to(torch.int32)
             corr = b if corr is None else corr.add_(b)

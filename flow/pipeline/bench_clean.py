@@ -31,8 +31,8 @@ from flow.core.intkernels import (
     MIN_WORK,
     Int8Kernel,
     Int8Layer,
+    Int8Weights,
     int8_matmul_exact,
-    weight_matrix,
 )
 from flow.core.io import write_json
 from flow.core.ir import IntNetwork
@@ -95,7 +95,8 @@ class CleanBenchResult(StepResult):
 
 def _picks_int8(op: str, fan_in: int, outputs: int) -> bool:
     """The executor's size rule (:func:`flow.core.intkernels.plan_int8`)."""
-    return outputs >= MIN_OUTPUTS[op] and fan_in >= MIN_FAN_IN and fan_in * outputs >= MIN_WORK
+    return (outputs >= MIN_OUTPUTS[op] and fan_in >= MIN_FAN_IN[op]
+            and fan_in * outputs >= MIN_WORK[op])
 
 
 def kernel_grid(batch: int, hw: tuple[int, int], repeats: int, seed: int) -> list[dict]:
@@ -115,7 +116,7 @@ def kernel_grid(batch: int, hw: tuple[int, int], repeats: int, seed: int) -> lis
         w = torch.randint(-127, 128, ws, generator=gen).float()
         b = torch.randint(-1000, 1000, (n_out,), generator=gen).float()
         kern = Int8Kernel(Int8Layer(op, 128, True, *((3, 1, 1) if op == "conv" else ())))
-        w8 = weight_matrix(w)
+        w8 = Int8Weights(w)
         flt = ((lambda: torch.nn.functional.conv2d(x, w, b, padding=1)) if op == "conv"
                else (lambda: torch.nn.functional.linear(x, w, b)))
         t_f, t_i = [], []
