@@ -37,12 +37,14 @@ def test_bench_fi_reports_every_tool_and_size(tmp_path):
             assert all(r["trial_seconds"][k] > 0 for k in TOOLS)
             assert all(r["clean_seconds"][k] > 0 for k in CLEAN)
             assert set(r["hetq_speedup"]) == set(TOOLS[1:])
+            assert r["campaign_seconds"] > 0 and r["campaign_vs_clean"] > 0
             # MRFI float32 flips 32 bits per weight, the others the stored bits
             assert r["flips"]["mrfi_float32"] == pytest.approx(
                 r["flips"]["mrfi_int"] * 32 * n["weights"] / n["weight_bits"])
         assert n["bers"][1]["flips"]["hetq"] > n["bers"][0]["flips"]["hetq"]
     text = bench_text(res)
     assert "PyTorchFI" in text and "MRFI int" in text and "MRFI f32" in text
+    assert "campaign trial" in text
     stored = json.loads((tmp_path / "bench" / "bench" / "result.json").read_text())
     assert stored == res
 
