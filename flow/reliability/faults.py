@@ -270,7 +270,12 @@ class SeuSampler:
             for i, (a, e) in enumerate(zip(starts.tolist(), ends.tolist())):
                 if e > a:   # one memory: scalar divisor and offsets
                     per = int(self._per_word[i])
-                    words[a:e], r = np.divmod(pos[a:e] - self._cum[i], per)
+                    local = pos[a:e] - self._cum[i]
+                    if per & (per - 1) == 0:        # a power of two: shift and mask
+                        np.right_shift(local, per.bit_length() - 1, out=words[a:e])
+                        r = np.bitwise_and(local, per - 1, out=local)
+                    else:
+                        words[a:e], r = np.divmod(local, per)
                     allowed = self._allowed[self._allowed_off[i]:self._allowed_off[i + 1]]
                     bitpos[a:e] = r if self._identity[i] else allowed[r]
         else:
