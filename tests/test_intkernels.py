@@ -19,8 +19,11 @@ from flow.core.executor import Executor
 from flow.core.image import MemoryImage
 from flow.core.intkernels import int8_matmul_exact, plan_int8, weight_matrix
 from flow.core.ir import IntNetwork, Node, Param
+from flow.core.multimap import predict_maps
 from flow.core.precision import Fixed
+from flow.reliability import parallel
 from flow.reliability.faults import Injector, SeuSampler, trial_rng
+from flow.reliability.parallel import FaultWorker
 
 needs_int8 = pytest.mark.skipif(not int8_matmul_exact(),
                                 reason="no exact int8 matrix product on this CPU")
@@ -123,17 +126,19 @@ def test_patch_matrix_in_blocks_and_batches_of_any_size(monkeypatch):
         assert np.array_equal(got.numpy().astype(np.int64), _reference("conv", x, w, b, 1, 1))
 
 
-def _chain(rng, wbits: int = 8, protected: bool = False) -> tuple[IntNetwork, list[str]]:
+def _chain(rng, wbits: int = 8, protected: bool = False, mag: int | None = None
+           ) -> tuple[IntNetwork, list[str]]:
     """input 0..255 -> conv 3x3 (64 ch) -> requant -> maxpool -> conv 3x3 (64 ch) -> requant
-    -> flatten -> dense 256 -> requant -> dense 10: two layers on int8 under ``auto``."""
+    -> flatten -> dense 256 -> requant -> dense 10: two layers on int8 under ``auto``; ``mag``:
+    the clean weight codes' largest magnitude (default: the format's)."""
     wf = Fixed(wbits, True, 7, narrow=True)
     shapes = {"c1": (64, 3, 3, 3), "c2": (64, 64, 3, 3), "d1": (256, 64 * 4 * 4),
               "d2": (10, 256)}
     params = {}
     for name, shape in shapes.items():
         params[f"{name}.weight"] = Param(f"{name}.weight", name, "weight", wf,
-                                         rng.integers(-(1 << (wbits - 1)) + 1,
-                                                      1 << (wbits - 1), shape))
+                                         rng.integers(-(mag or (1 << (wbits - 1)) - 1),
+                                                      mag or 1 << (wbits - 1), shape))
         params[f"{name}.bias"] = Param(f"{name}.bias", name, "bias", Fixed(16, True, 15),
                                        rng.integers(-3000, 3000, shape[0]))
 
@@ -176,9 +181,11 @@ def test_faults_keep_the_int8_weights_in_step(protected):
             assert torch.equal(ta[name].double(), tf[name].double()), name
         assert torch.equal(ea.run(x, quantized=True), ef.run(x, quantized=True).to(
             ea.run(x, quantized=True).dtype))
-        for wname, w8 in ea._w8.items():
-            assert torch.equal(w8.matrix, weight_matrix(ea.tensors[wname])), wname
+        for wname, w8 in ea._w8.items():           # the int8 copy, its sums, the float32 view
+            codes = img_a.codes(wname).reshape(w8.shape)
+            assert torch.equal(w8.matrix, weight_matrix(torch.as_tensor(codes))), wname
             assert torch.equal(w8.rowsum, w8.matrix.sum(1, dtype=torch.int32)), wname
+            assert np.array_equal(ea.tensors[wname].numpy().astype(np.int64), codes), wname
 
     same()
     for t, ber in enumerate((1e-3, 1e-2, 1e-2)):
@@ -243,3 +250,28 @@ def test_plan_refuses_what_int8_cannot_hold():
     net.nodes.insert(1, Node("sum", "add", ["input", "input"], 0, 0, 255))
     net.nodes[2].inputs = ["sum"]
     assert plan_int8(net, net.node("l"), small=True) is None
+
+
+@needs_int8
+def test_batched_maps_read_the_int8_layers_faulty_weights(monkeypatch):
+    """A campaign worker classifying several maps in one pass reads each map's faulty weights
+    from the executor (an int8 layer's float32 weights follow its int8 copy when read): the
+    same (flips, correct) as one map at a time, and the clean results after."""
+    rng = np.random.default_rng(5)
+    net, _ = _chain(rng, mag=12)           # small codes: the batched form stays below 2**24
+    image = MemoryImage.build(net, [])
+    ex = Executor(net, image, "cpu")
+    assert ex.kernel("d1") == "int8"
+    x = torch.as_tensor(rng.integers(0, 256, (16, 3, 8, 8)), dtype=torch.float32)
+    y = ex.predict(x)                      # labels: the clean predictions
+    worker = FaultWorker(ex, image, x, y)
+    clean = ex.run(worker.xq, quantized=True)
+    tasks = [(3, 1e-2, t, ("weight",), None, None, "flip") for t in range(6)]
+    one = [worker.trial(*task)[:2] for task in tasks]
+    batched = []
+    monkeypatch.setattr(parallel, "predict_maps", lambda *a, **k: batched.append(
+        predict_maps(*a, **k)) or batched[-1])
+    assert [r[:2] for r in worker.trials(tasks)] == one
+    assert batched and batched[0] is not None                # batched, not one at a time
+    assert worker.clean == 16 and any(c < 16 for _, c in one)
+    assert torch.equal(ex.run(worker.xq.clone(), quantized=True), clean)

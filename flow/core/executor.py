@@ -163,7 +163,8 @@ class Executor:
             raise ValueError(f"kernels: {kernels!r} is not one of {', '.join(KERNELS)}")
         self.net, self.image = net, image
         self.device = torch.device(device) if device is not None else default_device()
-        self.tensors: dict[str, torch.Tensor] = {}
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._stale: set[str] = set()      # int8 layers' weights whose float32 copy lags
         self._dtype: dict[str, torch.dtype] = {}
         self._fr = {n.name: n.frac for n in net.nodes}
         readers: dict[str, int] = {n.name: 0 for n in net.nodes}
@@ -203,15 +204,15 @@ class Executor:
                 if chunks is not None:
                     self._chunks[node.name] = chunks
         for name in image.memories:
-            self.tensors[name] = self._param_tensor(name)
+            self._tensors[name] = self._param_tensor(name)
         # On CPU, flat numpy views of the same storage: updates skip torch's dispatch.
-        self._flat = ({n: t.numpy().reshape(-1) for n, t in self.tensors.items()}
+        self._flat = ({n: t.numpy().reshape(-1) for n, t in self._tensors.items()}
                       if self.device.type == "cpu" else {})
         # the int8 weights of each int8 layer, updated beside the float32 ones
         self._w8: dict[str, Int8Weights] = {}
         for name in self._int8:
             wname = net.node(name).attrs["weight"]
-            self._w8[wname] = Int8Weights(self.tensors[wname])
+            self._w8[wname] = Int8Weights(self._tensors[wname])
         # the first node reading each memory; the clean activations of remembered batches, and
         # per memory which words differ from the clean values (once a batch is remembered)
         self._reader: dict[str, int] = {}
@@ -238,9 +239,19 @@ class Executor:
             self._in_mag[name] = max(abs(src.lo), abs(src.hi))
             self._bias_of[name] = node.attrs.get("bias")
             self._layer_of[node.attrs["weight"]] = name
-            w = self.tensors[node.attrs["weight"]]
+            w = self._tensors[node.attrs["weight"]]
             self._absum[name] = _colsum(w).sum(1)
             self._plan[name] = None
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The decoded parameters by memory name, in PyTorch's layout (weights as float32
+        codes). A fault in an int8 layer updates only its int8 copy; its float32 weights are
+        brought up to date here, when read."""
+        for name in self._stale:
+            self._w8[name].to_float(self._tensors[name])
+        self._stale.clear()
+        return self._tensors
 
     def _param_tensor(self, name: str) -> torch.Tensor:
         p = self.net.params[name]
@@ -271,13 +282,14 @@ class Executor:
                                  m.protected))
         flat = self._flat.get(memory)
         layer = self._layer_of.get(memory)
-        if flat is not None:
+        if memory in self._w8:              # an int8 layer: its float32 copy follows on demand
+            old = self._w8[memory].swap(u, vals)
+            self._stale.add(memory)
+        elif flat is not None:
             old = flat[u]
             flat[u] = vals
-            if memory in self._w8:
-                self._w8[memory].set(u, vals, old)
         else:
-            t = self.tensors[memory].view(-1)
+            t = self._tensors[memory].view(-1)
             idx = torch.as_tensor(u, dtype=torch.long, device=self.device)
             old = t[idx].cpu().numpy()
             t[idx] = torch.as_tensor(vals, dtype=t.dtype, device=self.device)
@@ -303,12 +315,13 @@ class Executor:
             # difference from the current values, before they go back)
             rows, cols, delta = self._rows_cols(layer, undo.words, undo.old)
         flat = self._flat.get(undo.memory)
-        if flat is not None:
-            if undo.memory in self._w8:
-                self._w8[undo.memory].set(undo.words, undo.old, flat[undo.words])
+        if undo.memory in self._w8:
+            self._w8[undo.memory].swap(undo.words, undo.old)
+            self._stale.add(undo.memory)
+        elif flat is not None:
             flat[undo.words] = undo.old
         else:
-            t = self.tensors[undo.memory].view(-1)
+            t = self._tensors[undo.memory].view(-1)
             idx = torch.as_tensor(undo.words, dtype=torch.long, device=self.device)
             t[idx] = torch.as_tensor(undo.old, dtype=t.dtype, device=self.device)
         if undo.differs is not None:
@@ -333,7 +346,7 @@ class Executor:
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Output rows and input channels of the words ``u`` of ``layer``'s weights, and the
         change of their |codes| from the executor's current values to ``vals``."""
-        w = self.tensors[self.net.node(layer).attrs["weight"]]
+        w = self._tensors[self.net.node(layer).attrs["weight"]]
         per_row = w.numel() // w.shape[0]
         spatial = per_row // w.shape[1]
         cur = self._flat[self.net.node(layer).attrs["weight"]][u] if self._flat else \
@@ -345,7 +358,7 @@ class Executor:
         """Add the |weight code| changes ``delta`` of the words ``u`` to ``layer``'s sums; drop
         its chunk plan if a touched output's chunk no longer fits below 2**24. ``undo`` records
         what was added."""
-        w = self.tensors[self.net.node(layer).attrs["weight"]]
+        w = self._tensors[self.net.node(layer).attrs["weight"]]
         per_row = w.numel() // w.shape[0]
         rows = u // per_row
         undo.layer = layer
@@ -364,7 +377,7 @@ class Executor:
         partial sum below 2**24 (never more than the worst-case plan). A plan stays while it
         fits (:meth:`update`)."""
         if self._plan[name] is None:
-            colsum = _colsum(self.tensors[self.net.node(name).attrs["weight"]])
+            colsum = _colsum(self._tensors[self.net.node(name).attrs["weight"]])
             plan = _chunks_for(colsum, self._in_mag[name])
             chunk_of = np.concatenate([np.full(c.stop - c.start, i)
                                        for i, c in enumerate(plan)])
@@ -394,7 +407,7 @@ class Executor:
         if name not in self._absum:
             return False
         bias = self._bias_of[name]
-        b_mag = int(self.tensors[bias].abs().max()) if bias else 0
+        b_mag = int(self._tensors[bias].abs().max()) if bias else 0
         return int(self._absum[name].max()) * self._in_mag[name] + b_mag >= EXACT_F32
 
     def _wide_outputs(self, name: str) -> np.ndarray:
@@ -403,7 +416,7 @@ class Executor:
         bound = self._absum[name] * self._in_mag[name]
         bias = self._bias_of[name]
         if bias:
-            bound = bound + self.tensors[bias].abs().cpu().numpy().astype(np.int64)
+            bound = bound + self._tensors[bias].abs().cpu().numpy().astype(np.int64)
         return np.flatnonzero(bound >= EXACT_F32)
 
     @staticmethod
@@ -432,11 +445,11 @@ class Executor:
         if op in ("conv", "dense") and node.name in self._int8:
             f32 = dt == torch.float32 or (node.name in self._f32_ok and not self._trace)
             return self._int8[node.name].run(x, self._w8[a["weight"]],
-                                             self.tensors[a["bias"]] if a.get("bias") else None,
+                                             self._tensors[a["bias"]] if a.get("bias") else None,
                                              torch.float32 if f32 else torch.float64)
         if op in ("conv", "dense"):
-            w = self.tensors[a["weight"]]
-            b = self.tensors[a["bias"]] if a.get("bias") else None
+            w = self._tensors[a["weight"]]
+            b = self._tensors[a["bias"]] if a.get("bias") else None
             chunks = self._chunks_now(node.name) if self.split(node.name) else None
             if chunks is None and dt == torch.float64 and node.name not in self._chunks:
                 # inputs beyond float32 (no chunk plan): a float64 kernel, rare
@@ -490,19 +503,19 @@ class Executor:
             return y
         if op == "threshold":
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            thr = self.tensors[a["threshold"]].view(shape)
-            d = self.tensors[a["direction"]].view(shape)
+            thr = self._tensors[a["threshold"]].view(shape)
+            d = self._tensors[a["direction"]].view(shape)
             pos = torch.where(d > 0, x >= thr, x <= thr)
             return pos.to(torch.float32) * 2 - 1
         if op == "affine":
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            m = self.tensors[a["scale"]].view(shape)
-            return x.to(dt) * m + self.tensors[a["offset"]].view(shape)
+            m = self._tensors[a["scale"]].view(shape)
+            return x.to(dt) * m + self._tensors[a["offset"]].view(shape)
         if op == "rprelu":
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            u = x.to(dt) - self.tensors[a["shift"]].view(shape)
-            y = torch.where(u >= 0, u * 2.0 ** a["p"], u * self.tensors[a["slope"]].view(shape))
-            return y.add_(self.tensors[a["offset"]].view(shape))
+            u = x.to(dt) - self._tensors[a["shift"]].view(shape)
+            y = torch.where(u >= 0, u * 2.0 ** a["p"], u * self._tensors[a["slope"]].view(shape))
+            return y.add_(self._tensors[a["offset"]].view(shape))
         if op == "avgpool":
             k = a["k"]
             n, c, h, w = x.shape

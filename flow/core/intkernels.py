@@ -150,13 +150,24 @@ class Int8Weights:
         self._flat = self.matrix.numpy().reshape(-1)
         self._rows = self.rowsum.numpy()
 
-    def set(self, words: np.ndarray, new: np.ndarray, old: np.ndarray) -> None:
-        """The flat weight indices ``words`` (PyTorch's layout) change from codes ``old`` to
-        ``new``."""
-        self._flat[matrix_positions(words, self.shape)] = new
+    def swap(self, words: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """Set the weights at flat indices ``words`` (PyTorch's layout, increasing) to the codes
+        ``new``; returns their previous codes (int8)."""
+        pos = matrix_positions(words, self.shape)
+        old = self._flat[pos]
+        self._flat[pos] = new
         per_row = self._flat.size // self._rows.size
         self._rows += np.bincount(words // per_row, weights=np.subtract(new, old, dtype=np.float64),
                                   minlength=self._rows.size).astype(np.int32)
+        return old
+
+    def to_float(self, w: torch.Tensor) -> None:
+        """Write the int8 weights into ``w`` (float codes, PyTorch's layout)."""
+        m = self.matrix
+        if len(self.shape) == 4:
+            o, c, kh, kw = self.shape
+            m = m.view(o, kh, kw, c).permute(0, 3, 1, 2)
+        w.copy_(m.view(self.shape))
 
 
 def matrix_positions(words: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

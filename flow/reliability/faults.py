@@ -137,6 +137,27 @@ class FaultMap:
                                     f"(width {mem.width})")
 
 
+class _SampledMap(FaultMap):
+    """A sampler's map of flips at sorted, distinct positions: the Injector applies it by its
+    per-memory runs, and the array of memory names (a string per fault) is made only when read."""
+
+    def __init__(self, names: np.ndarray, counts: np.ndarray, word: np.ndarray, bit: np.ndarray,
+                 kind: np.ndarray, runs: list[tuple[str, slice]]) -> None:
+        for key, value in (("word", word), ("bit", bit), ("kind", kind), ("_runs", runs),
+                           ("_names", (names, counts))):
+            object.__setattr__(self, key, value)
+
+    @property
+    def memory(self) -> np.ndarray:  # type: ignore[override]
+        """The memory name of every fault."""
+        if "_memory" not in self.__dict__:
+            object.__setattr__(self, "_memory", np.repeat(*self._names))
+        return self.__dict__["_memory"]
+
+    def __len__(self) -> int:
+        return len(self.word)
+
+
 def trial_rng(seed: int, ber: float, trial: int) -> np.random.Generator:
     """The random stream of one campaign trial: a function of (seed, BER, trial index) only."""
     ber_key = struct.unpack("<Q", struct.pack("<d", float(ber)))[0]
@@ -265,7 +286,6 @@ class SeuSampler:
         if ordered:         # sorted, distinct: each memory's faults are one run
             ends = np.searchsorted(pos, self._cum[1:], side="left")
             starts = np.r_[0, ends[:-1]]
-            names = np.repeat(self.names, ends - starts)      # cheaper than names[which]
             words, bitpos = np.empty(n, np.int64), np.empty(n, np.int64)
             for i, (a, e) in enumerate(zip(starts.tolist(), ends.tolist())):
                 if e > a:   # one memory: scalar divisor and offsets
@@ -278,6 +298,14 @@ class SeuSampler:
                         words[a:e], r = np.divmod(local, per)
                     allowed = self._allowed[self._allowed_off[i]:self._allowed_off[i + 1]]
                     bitpos[a:e] = r if self._identity[i] else allowed[r]
+            if kind == "flip":
+                # each memory's flips are a run of distinct (word, bit) pairs in order, as the
+                # Injector's fast path needs; the names are made only if read
+                runs = [(str(self.names[i]), slice(int(a), int(e)))
+                        for i, (a, e) in enumerate(zip(starts, ends)) if e > a]
+                return _SampledMap(self.names, ends - starts, words, bitpos,
+                                   np.broadcast_to(np.array(kind), (n,)), runs)
+            names = np.repeat(self.names, ends - starts)      # cheaper than names[which]
         else:
             which = np.searchsorted(self._cum, pos, side="right") - 1
             local = pos - self._cum[which]
@@ -286,14 +314,7 @@ class SeuSampler:
             bitpos = self._allowed[self._allowed_off[which] + local % per]
             names = self.names[which]
         # one kind for all: a read-only broadcast view, not n copies of the string
-        fmap = FaultMap(names, words, bitpos, np.broadcast_to(np.array(kind), (n,)))
-        if ordered and kind == "flip":
-            # each memory's flips are a run of distinct (word, bit) pairs in order, as the
-            # Injector's fast path needs
-            object.__setattr__(fmap, "_runs", [(str(self.names[i]), slice(int(a), int(e)))
-                                              for i, (a, e) in enumerate(zip(starts, ends))
-                                              if e > a])
-        return fmap
+        return FaultMap(names, words, bitpos, np.broadcast_to(np.array(kind), (n,)))
 
 
 def sample_seu(image: MemoryImage, ber: float, rng: np.random.Generator, *,
