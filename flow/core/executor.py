@@ -9,8 +9,8 @@ integer and PyTorch's fast convolution and matrix kernels can be used, on CPU or
 On CPU, a conv or dense layer whose weight and input codes fit 8 bits and that is large enough to
 gain runs on an exact int8 x int8 -> int32 matrix product instead (:mod:`flow.core.intkernels`;
 AMX or VNNI where the CPU has them): 2 to 3 times faster than float32 on the 100k- and 1M-weight
-digits networks. The executor keeps an int8 copy of those layers' weights beside the float32
-tensor and updates both on every fault.
+digits networks. A fault in such a layer updates its int8 weights; their float32 copy in
+:attr:`Executor.tensors` is brought up to date when read.
 
 On float32 kernels, a layer whose worst-case accumulator (any input code times any weight code
 the format can hold, so faulty weights included) reaches 2**24 is checked on its current weights
@@ -208,7 +208,8 @@ class Executor:
         # On CPU, flat numpy views of the same storage: updates skip torch's dispatch.
         self._flat = ({n: t.numpy().reshape(-1) for n, t in self._tensors.items()}
                       if self.device.type == "cpu" else {})
-        # the int8 weights of each int8 layer, updated beside the float32 ones
+        # the int8 weights of each int8 layer: faults update these; the float32 ones follow
+        # when read (:attr:`tensors`)
         self._w8: dict[str, Int8Weights] = {}
         for name in self._int8:
             wname = net.node(name).attrs["weight"]

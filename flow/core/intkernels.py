@@ -5,9 +5,10 @@ weights included) and whose input codes span at most 256 values runs as one int8
 matrix product (``torch._int_mm``, oneDNN's integer GEMM; AMX or VNNI where the CPU has them):
 the products and every partial sum are exact integers, so no fan-in chunking is needed below
 2**31. Inputs outside [-128, 127] (unsigned 8-bit activations) are shifted by an offset into
-int8; the product then lacks ``offset * sum(weights)`` per output, which the same GEMM computes
-from an extra input row of ones. A convolution is an im2col matrix product over the input in
-channels-last order, the weight matrix laid out as (output, kernel row, kernel column, channel).
+int8; the product then lacks ``offset * sum(weights)`` per output, which :class:`Int8Weights`
+keeps word by word beside its int8 copy of the weights. A convolution is an im2col matrix
+product over the input in channels-last order, the weight matrix laid out as (output, kernel
+row, kernel column, channel), built in blocks of :data:`BLOCK_BYTES`.
 
 :func:`int8_matmul_exact` checks once per process that the kernel is exact on worst-case codes
 (oneDNN's int8 kernels on CPUs without VNNI may scale weights to avoid int16 saturation): where
@@ -132,7 +133,7 @@ def _clamped(net: IntNetwork, node: Node) -> bool:
 
 def weight_matrix(w: torch.Tensor) -> torch.Tensor:
     """Weight codes (float, dense (O, K) or conv (O, C, k, k)) as the int8 (O, K) matrix of
-    :func:`run_int8`: a conv's columns in (kernel row, kernel column, channel) order."""
+    :meth:`Int8Kernel.run`: a conv's columns in (kernel row, kernel column, channel) order."""
     if w.dim() == 4:
         w = w.permute(0, 2, 3, 1)
     return w.reshape(w.shape[0], -1).to(torch.int8).contiguous()
