@@ -398,7 +398,7 @@ class Executor:
             return "int8"
         if self.split(name):
             return "float32 split"
-        wide = max(abs(self.net.node(name).lo), abs(self.net.node(name).hi)) >= EXACT_F32
+        wide = self._dtype[name] == torch.float64
         return "float64" if wide and name not in self._chunks else "float32"
 
     def split(self, name: str) -> bool:

@@ -77,8 +77,7 @@ def plan_int8(net: IntNetwork, node: Node, *, small: bool = False) -> Int8Layer 
     of more than 8 bits, inputs that are not clamped to their range or span more than 256 codes
     (the padding's zero included), a fan-in of one, or a worst-case accumulator (input offset,
     correction and bias included) that reaches 2**31. Unless ``small``, also None for a layer
-    too small for the int8 kernel to be faster (:data:`MIN_OUTPUTS`, :data:`MIN_FAN_IN`,
-    :data:`MIN_WORK`)."""
+    too small for the int8 kernel to be faster (:func:`gains`)."""
     if node.op not in ("conv", "dense"):
         return None
     a = node.attrs
@@ -102,8 +101,7 @@ def plan_int8(net: IntNetwork, node: Node, *, small: bool = False) -> Int8Layer 
     fan_in = int(np.prod(shape[1:]))
     if fan_in < 2:                                # oneDNN misreads a K = 1 operand's strides
         return None
-    if not small and (shape[0] < MIN_OUTPUTS[node.op] or fan_in < MIN_FAN_IN[node.op]
-                      or fan_in * shape[0] < MIN_WORK[node.op]):
+    if not small and not gains(node.op, fan_in, shape[0]):
         return None
     x_mag = max(abs(lo - offset), abs(hi - offset))
     bias = a.get("bias")
@@ -120,6 +118,14 @@ def plan_int8(net: IntNetwork, node: Node, *, small: bool = False) -> Int8Layer 
         return Int8Layer("conv", offset, unsigned, int(shape[2]), int(a["stride"]),
                          int(a["pad"]))
     return Int8Layer("dense", offset, unsigned)
+
+
+def gains(op: str, fan_in: int, outputs: int) -> bool:
+    """The size rule: whether a ``conv`` or ``dense`` layer of this fan-in and output count is
+    large enough for the int8 kernel to beat float32 (:data:`MIN_OUTPUTS`, :data:`MIN_FAN_IN`,
+    :data:`MIN_WORK`)."""
+    return (outputs >= MIN_OUTPUTS[op] and fan_in >= MIN_FAN_IN[op]
+            and fan_in * outputs >= MIN_WORK[op])
 
 
 def _clamped(net: IntNetwork, node: Node) -> bool:

@@ -12,7 +12,7 @@ or ``float64`` (:mod:`flow.core.executor`). One thread, as a campaign worker run
 A second table times one layer alone on random codes, float32 kernel against int8 kernel, over a
 grid of dense (fan-in x outputs) and 3x3 conv (channels x outputs, on the data's image size)
 shapes with the test set's batch: the evidence for the size rule that decides which layers the
-executor runs on int8 (:data:`flow.core.intkernels.MIN_OUTPUTS`, ``MIN_FAN_IN``, ``MIN_WORK``).
+executor runs on int8 (:func:`flow.core.intkernels.gains`).
 """
 from __future__ import annotations
 
@@ -26,12 +26,10 @@ from flow.core.config import BenchSize, RunConfig
 from flow.core.executor import Executor
 from flow.core.image import MemoryImage
 from flow.core.intkernels import (
-    MIN_FAN_IN,
-    MIN_OUTPUTS,
-    MIN_WORK,
     Int8Kernel,
     Int8Layer,
     Int8Weights,
+    gains,
     int8_matmul_exact,
 )
 from flow.core.io import write_json
@@ -93,12 +91,6 @@ class CleanBenchResult(StepResult):
         return "\n".join(lines)
 
 
-def _picks_int8(op: str, fan_in: int, outputs: int) -> bool:
-    """The executor's size rule (:func:`flow.core.intkernels.plan_int8`)."""
-    return (outputs >= MIN_OUTPUTS[op] and fan_in >= MIN_FAN_IN[op]
-            and fan_in * outputs >= MIN_WORK[op])
-
-
 def kernel_grid(batch: int, hw: tuple[int, int], repeats: int, seed: int) -> list[dict]:
     """Float32 / int8 kernel time of one dense or 3x3 conv layer (random 8-bit codes, unsigned
     inputs, a bias) over a grid of shapes, medians of ``repeats`` runs in turn; [] where this
@@ -130,7 +122,7 @@ def kernel_grid(batch: int, hw: tuple[int, int], repeats: int, seed: int) -> lis
         rows.append({"op": op, "fan_in": fan_in, "outputs": n_out,
                      "float32_s": statistics.median(t_f), "int8_s": statistics.median(t_i),
                      "speedup": statistics.median(t_f) / statistics.median(t_i),
-                     "int8": _picks_int8(op, fan_in, n_out)})
+                     "int8": gains(op, fan_in, n_out)})
     return rows
 
 
