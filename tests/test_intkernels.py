@@ -9,6 +9,8 @@ copy is checked against the decoded weights word for word.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +24,7 @@ from flow.core.ir import IntNetwork, Node, Param
 from flow.core.multimap import predict_maps
 from flow.core.precision import Fixed
 from flow.reliability import parallel
-from flow.reliability.faults import Injector, SeuSampler, trial_rng
+from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
 from flow.reliability.parallel import FaultWorker
 
 needs_int8 = pytest.mark.skipif(not int8_matmul_exact(),
@@ -275,3 +277,58 @@ def test_batched_maps_read_the_int8_layers_faulty_weights(monkeypatch):
     assert batched and batched[0] is not None                # batched, not one at a time
     assert worker.clean == 16 and any(c < 16 for _, c in one)
     assert torch.equal(ex.run(worker.xq.clone(), quantized=True), clean)
+
+
+@needs_int8
+def test_a_brevitas_network_runs_its_large_layers_on_int8_with_hand_written_faults():
+    """A Brevitas module written here (5-bit and 6-bit convs, a stride-2 conv, 8- and 7-bit
+    activations, a 7-bit 384 -> 360 dense layer), exported to QONNX and lowered as any user's:
+    under ``auto`` its two large layers run on int8 (one after unsigned 8-bit inputs, shifted;
+    one after 7-bit inputs, not shifted) and equal the float32 kernels, clean and under a fault
+    map written by hand."""
+    import importlib.util
+
+    from flow.nn.lower import lower_graph
+    from flow.nn.qonnx_graph import export_module
+    spec = importlib.util.spec_from_file_location("user_nets_int8",
+                                                  Path(__file__).with_name("user_nets.py"))
+    un = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(un)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.quant_in = un._in(8)
+            self.c1, self.r1 = un._conv(1, 40, 3, bits=5, padding=1), un._relu(8)
+            self.c2, self.r2 = un._conv(40, 96, 3, bits=6, stride=2, padding=1), un._relu(7)
+            self.pool = torch.nn.MaxPool2d(2)
+            self.f1, self.r3 = un._linear(384, 360, bits=7), un._relu(6)
+            self.f2 = un._linear(360, 10)
+
+        def forward(self, x):
+            y = self.pool(self.r2(self.c2(self.r1(self.c1(self.quant_in(x))))))
+            return self.f2(self.r3(self.f1(y.flatten(1))))
+
+    torch.manual_seed(3)
+    net = lower_graph(export_module(Net(), (1, 8, 8)), "user")
+    layers = [n.name for n in net.nodes if n.op in ("conv", "dense")]
+    ia, jf = MemoryImage.build(net, []), MemoryImage.build(net, [])
+    ea, ef = Executor(net, ia, "cpu"), Executor(net, jf, "cpu", kernels="float")
+    assert [ea.kernel(n) for n in layers] == ["float32", "int8", "int8", "float32"]
+    assert [ea._int8[n].layer.offset for n in layers[1:3]] == [128, 0]
+    x = torch.rand(23, 1, 8, 8)
+    clean = ea.run(x)
+    assert torch.equal(clean, ef.run(x).to(clean.dtype))
+    c2, f1 = (net.node(n).attrs["weight"] for n in layers[1:3])
+    m1, m2 = ia.memory(c2), ia.memory(f1)
+    rows = ([(c2, w, b) for w in (0, 7, 359, m1.depth - 1) for b in range(m1.width)]
+            + [(f1, w, m2.width - 1) for w in range(0, m2.depth, 7)])
+    fmap = FaultMap.from_faults(rows)
+    for img, ex in ((ia, ea), (jf, ef)):
+        Injector(img, ex).apply(fmap)
+    faulty = ea.run(x)
+    assert not torch.equal(faulty, clean)
+    assert torch.equal(faulty, ef.run(x).to(faulty.dtype))
+    for name in (c2, f1):
+        assert np.array_equal(ea.tensors[name].numpy().ravel().astype(np.int64),
+                              ia.codes(name).ravel())
