@@ -24,8 +24,10 @@ added in float64 (exact to 2**53). The sums of |weight codes| follow every fault
 The executor keeps one decoded tensor per memory. Fault injection changes stored words in the
 image and calls :meth:`Executor.update` with the touched words, so no copy of the model is made.
 :meth:`Executor.remember` keeps the clean activations of a batch (a campaign's test set): a
-later run of that batch starts at the first node whose parameters differ from the clean ones,
-so a trial whose faults sit in late layers recomputes only those.
+later run of that batch starts at the first node whose parameters differ from the clean ones
+and recomputes only what the faults change (:mod:`flow.core.delta`): the faulty rows of a layer
+whose input is clean, the changed channels through requant, max-pool and flatten, a dense
+layer's changed input features added to its clean accumulator.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flow.core import delta
 from flow.core.image import MemoryImage, decode
 from flow.core.intkernels import Int8Kernel, Int8Weights, int8_matmul_exact, plan_int8
 from flow.core.ir import PARAM_KEYS, IntNetwork, Node
@@ -217,15 +220,18 @@ class Executor:
         # the first node reading each memory; the clean activations of remembered batches, and
         # per memory which words differ from the clean values (once a batch is remembered)
         self._reader: dict[str, int] = {}
+        self._params_of: dict[str, list[str]] = {}
         for i, node in enumerate(net.nodes):
-            for key in PARAM_KEYS:
-                mem = node.attrs.get(key)
-                if isinstance(mem, str) and mem in image.memories:
-                    self._reader.setdefault(mem, i)
+            self._params_of[node.name] = [m for key in PARAM_KEYS
+                                          if isinstance(m := node.attrs.get(key), str)
+                                          and m in image.memories]
+            for mem in self._params_of[node.name]:
+                self._reader.setdefault(mem, i)
         self._memo: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self._clean: dict[str, np.ndarray] = {}
         self._differs: dict[str, np.ndarray] = {}
         self._ndiff: dict[str, int] = {}
+        self._touched: dict[str, list[np.ndarray]] = {}   # words updated since remembered
         # per wide layer: sums of |weight codes| per output, the input's bound, and the fan-in
         # chunks at the current weights (None: to be planned) with their sums per output
         self._plan: dict[str, list[slice] | None] = {}
@@ -301,6 +307,7 @@ class Executor:
             before = int(differs[u].sum())
             differs[u] = vals != self._clean[memory][u]
             self._ndiff[memory] += int(differs[u].sum()) - before
+            self._touched[memory].append(u)
         if layer is not None:
             self._retally(layer, u, np.abs(vals).astype(np.int64)
                           - np.abs(old).astype(np.int64), undo)
@@ -328,6 +335,7 @@ class Executor:
         if undo.differs is not None:
             self._differs[undo.memory][undo.words] = undo.differs[0]
             self._ndiff[undo.memory] = undo.differs[1]
+            self._touched[undo.memory].pop()
         if layer is None:
             return
         touched, added = undo.rows
@@ -561,10 +569,22 @@ class Executor:
                 self._clean[name] = t.detach().cpu().numpy().reshape(-1).copy()
                 self._differs[name] = np.zeros(t.numel(), bool)
                 self._ndiff[name] = 0
+                self._touched[name] = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i:i + batch_size]
             vals = self.run(xb, trace=True, quantized=quantized)
             self._memo[self._key(xb, quantized)] = (xb, vals)   # xb kept: its storage stays ours
+
+    def _dirty_words(self, memory: str) -> np.ndarray | None:
+        """Sorted distinct words of ``memory`` updated since the batch was remembered, while
+        some of its words differ from the clean values (else None)."""
+        if not self._ndiff.get(memory):
+            return None
+        touched = self._touched[memory]
+        if len(touched) == 1:
+            return touched[0]
+        s = np.sort(np.concatenate(touched))
+        return s[np.concatenate(([True], s[1:] != s[:-1]))]
 
     def _first_dirty(self) -> int | None:
         """Index of the first node that reads a memory with words off their clean values."""
@@ -583,26 +603,22 @@ class Executor:
             start = self._first_dirty()
             if start is None:
                 return vals[self.net.output].clone()
-            return self._forward(dict(vals), start, reuse=True)[self.net.output]
+            with _exact_cuda() if self.device.type == "cuda" else contextlib.nullcontext():
+                return delta.forward(self, vals, start)
         with _exact_cuda() if self.device.type == "cuda" else contextlib.nullcontext():
             xq = x.to(self.device, torch.float32) if quantized else self.quantize_input(x)
-            vals = self._forward({"input": xq}, 1, reuse=False, trace=trace)
+            vals = self._forward({"input": xq}, trace=trace)
         return vals if trace else vals[self.net.output]
 
-    def _forward(self, vals: dict[str, torch.Tensor], start: int, *, reuse: bool,
-                 trace: bool = False) -> dict[str, torch.Tensor]:
-        """Run nodes ``start``.. on ``vals`` (which holds every earlier node's codes). With
-        ``reuse`` the earlier codes are remembered clean activations: never overwritten."""
-        kept = {n.name for n in self.net.nodes[:start]} if reuse else set()
+    def _forward(self, vals: dict[str, torch.Tensor], *, trace: bool = False
+                 ) -> dict[str, torch.Tensor]:
+        """Run every node after the input on ``vals`` (which holds the input codes)."""
         self._trace = trace                        # a trace keeps every accumulator exact
         try:
             with _exact_cuda() if self.device.type == "cuda" else contextlib.nullcontext():
-                for i in range(start, len(self.net.nodes)):
-                    node = self.net.nodes[i]
-                    inplace = not trace and self._sole[node.name] and node.inputs[0] not in kept
+                for node in self.net.nodes[1:]:
+                    inplace = not trace and self._sole[node.name]
                     vals[node.name] = self._node(node, vals, inplace)
-                    if node.op == "flatten" and node.inputs[0] in kept:
-                        kept.add(node.name)        # a view of a remembered tensor
         finally:
             self._trace = False
         return vals

@@ -209,7 +209,7 @@ class Int8Kernel:
             self._work[key] = buf
         return buf
 
-    def _to_int8(self, dst: torch.Tensor, x: torch.Tensor) -> None:
+    def to_int8(self, dst: torch.Tensor, x: torch.Tensor) -> None:
         """``dst`` (int8) = input codes ``x`` (float) minus the offset."""
         off = self.layer.offset
         if off == 0:
@@ -220,27 +220,43 @@ class Int8Kernel:
         else:
             dst.copy_(x - off)
 
+    def column_products(self, xs: torch.Tensor, weights: Int8Weights, cols: torch.Tensor
+                        ) -> torch.Tensor:
+        """A dense layer's products over the input features ``cols`` only: (xs - offset) times
+        the weights' columns ``cols``, exact int32 (N, O); ``xs``: (N, len(cols)) input codes
+        (float). The offset's correction is left out: it cancels in a difference of two such
+        products over the same columns."""
+        a = torch.empty(tuple(xs.shape), dtype=torch.int8)
+        self.to_int8(a, xs)
+        wc = weights.matrix.index_select(1, cols)
+        if cols.numel() < 2:                    # oneDNN misreads a K = 1 operand's strides
+            return (a.to(torch.int64) @ wc.t().to(torch.int64)).to(torch.int32)
+        return torch._int_mm(a, wc.t())
+
     def run(self, x: torch.Tensor, weights: Int8Weights, bias: torch.Tensor | None,
-            dtype: torch.dtype) -> torch.Tensor:
+            dtype: torch.dtype, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The exact accumulator (bias included) in ``dtype`` (float32 where every value the
         caller keeps stays below 2**24, else float64): dense (N, O), conv (N, O, Ho, Wo) as a
         channels-last view. ``x``: input codes (float, any strides); ``bias``: its codes (any
-        dtype) or None."""
+        dtype) or None; ``rows``: only these outputs (sorted indices), in that order."""
         lay = self.layer
-        w8 = weights.matrix
+        w8, rowsum = weights.matrix, weights.rowsum
+        if rows is not None:
+            w8, rowsum = w8.index_select(0, rows), rowsum.index_select(0, rows)
+            bias = None if bias is None else bias.index_select(0, rows)
         wt = w8.t()
         corr = None
         if lay.offset:                          # offset * each output's sum of weights
-            corr = weights.rowsum * lay.offset
+            corr = rowsum * lay.offset
         if bias is not None:
             b = bias.to(torch.int32)
             corr = b if corr is None else corr.add_(b)
         if lay.op == "dense":
             x = x.reshape(x.shape[0], -1)
             a = self._buffer(("a",), tuple(x.shape), torch.int8)
-            self._to_int8(a, x)
-            g = torch._int_mm(a, wt, out=self._buffer(("g",), (x.shape[0], w8.shape[0]),
-                                                      torch.int32))
+            self.to_int8(a, x)
+            g = torch._int_mm(a, wt, out=self._buffer(("g", rows is None),
+                                                      (x.shape[0], w8.shape[0]), torch.int32))
             if corr is not None:
                 g.add_(corr)
             return g.to(dtype)
@@ -256,14 +272,14 @@ class Int8Kernel:
             # the padded input: the border holds the shifted zero, written once
             xp = self._buffer(("xp", nb), (nb, h + 2 * p, w + 2 * p, c), torch.int8,
                               -lay.offset)
-            self._to_int8(xp[:, p:p + h, p:p + w, :], xn[i:i + nb])
+            self.to_int8(xp[:, p:p + h, p:p + w, :], xn[i:i + nb])
             st = xp.stride()
             window = xp.as_strided((nb, ho, wo, k, k, c),
                                    (st[0], s * st[1], s * st[2], st[1], st[2], 1))
             cols = self._buffer(("cols", nb), (nb * ho * wo, k * k * c), torch.int8)
             cols.view(nb, ho, wo, k, k, c).copy_(window)
-            g = torch._int_mm(cols, wt, out=self._buffer(("g", nb), (nb * ho * wo, w8.shape[0]),
-                                                         torch.int32))
+            g = torch._int_mm(cols, wt, out=self._buffer(("g", nb, rows is None),
+                                                         (nb * ho * wo, w8.shape[0]), torch.int32))
             if corr is not None:
                 g.add_(corr)
             out[i:i + nb].view(-1, w8.shape[0]).copy_(g)

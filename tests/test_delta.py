@@ -1,0 +1,204 @@
+"""Re-evaluation of a remembered batch from what a fault map changed (flow.core.delta).
+
+A remembered executor recomputes only the faulty rows of a layer whose input is clean, passes
+the changed channels through requant, max-pool and flatten, and adds a dense layer's changed
+input features to its clean accumulator. Every result is compared with an executor that
+remembers nothing (a full forward pass, float32 kernels), on networks written here and users'
+Brevitas networks, under fault maps written by hand (single MSBs, every bit of a few words,
+biases only, most rows of a layer, stuck-at bits, stacked maps, TMR words) and sampled ones;
+the paths each map is meant to take are checked to be taken.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import lowered_network
+
+from flow.core import delta
+from flow.core.executor import Executor
+from flow.core.image import MemoryImage
+from flow.core.intkernels import int8_matmul_exact
+from flow.core.ir import IntNetwork, Node, Param
+from flow.core.precision import Fixed
+from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
+
+NETS = Path(__file__).with_name("user_nets.py")
+KERNELS = ["float", pytest.param("int8", marks=pytest.mark.skipif(
+    not int8_matmul_exact(), reason="no exact int8 matrix product on this CPU"))]
+
+
+def _net(rng: np.random.Generator, wide: bool = False) -> IntNetwork:
+    """input 0..255 (3x8x8) -> conv 3x3 pad 1 (24 ch) -> requant -> max-pool 2 -> conv 3x3 pad 0
+    (40 ch) -> requant -> flatten (160) -> dense 96 -> requant -> dense 10. ``wide``: the first
+    dense layer has 512 outputs of code 255 (zero weights, bias 600), the last one weights -128
+    or 127 by row: accumulators within 2**16 of 2**24."""
+    w8 = Fixed(8, True, 7)
+    d1_out = 512 if wide else 96
+    shapes = {"c1": (24, 3, 3, 3), "c2": (40, 24, 3, 3), "d1": (d1_out, 160),
+              "d2": (10, d1_out)}
+    params = {}
+    for name, shape in shapes.items():
+        codes = rng.integers(-128, 128, shape)
+        bias = rng.integers(-3000, 3000, shape[0])
+        if wide and name == "d1":
+            codes, bias = np.zeros(shape, np.int64), np.full(shape[0], 600)
+        if wide and name == "d2":
+            codes = np.where(rng.random((shape[0], 1)) < 0.5, -128, 127).repeat(shape[1], 1)
+        params[f"{name}.weight"] = Param(f"{name}.weight", name, "weight", w8, codes)
+        params[f"{name}.bias"] = Param(f"{name}.bias", name, "bias", Fixed(16, True, 15),
+                                       bias)
+
+    def mac(name, src, op, **a):
+        return Node(name, op, [src], 15, -(1 << 24) + 1, (1 << 24) - 1,
+                    {"weight": f"{name}.weight", "bias": f"{name}.bias", **a})
+
+    def rq(name, src, frac=6):
+        return Node(name, "requant", [src], frac, 0, 255)
+
+    nodes = [Node("input", "input", [], 8, 0, 255, {"bits": 8, "signed": False}),
+             mac("c1", "input", "conv", stride=1, pad=1, k=3), rq("r1", "c1"),
+             Node("p1", "maxpool", ["r1"], 6, 0, 255, {"k": 2}),
+             mac("c2", "p1", "conv", stride=1, pad=0, k=3), rq("r2", "c2"),
+             Node("f", "flatten", ["r2"], 6, 0, 255),
+             mac("d1", "f", "dense"), rq("r3", "d1", 14 if wide else 6),
+             mac("d2", "r3", "dense")]
+    return IntNetwork("delta", nodes, params, (3, 8, 8), 10)
+
+
+class _Spy:
+    """Records which form each node took: (node, 'part' | 'whole'), and the dense deltas."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.steps: Counter = Counter()
+        self.deltas = 0
+        step, dense = delta._step, delta._dense_delta
+
+        def spy_step(ex, node, memo, parts):
+            part = step(ex, node, memo, parts)
+            self.steps[(node.name, "whole" if part.cols is None else "part")] += 1
+            return part
+
+        def spy_dense(*a):
+            self.deltas += 1
+            return dense(*a)
+        monkeypatch.setattr(delta, "_step", spy_step)
+        monkeypatch.setattr(delta, "_dense_delta", spy_dense)
+
+
+def _pair(net: IntNetwork, protected: list[str], kernels: str, x: torch.Tensor):
+    """An image, a remembering executor on ``kernels`` and a fresh float32 one over it."""
+    image = MemoryImage.build(net, protected)
+    ex, fresh = Executor(net, image, "cpu", kernels=kernels), Executor(net, image, "cpu",
+                                                                       kernels="float")
+    ex.remember(x, quantized=True)
+    return image, ex, fresh
+
+
+def _same(image, ex, fresh, x, fmaps) -> torch.Tensor:
+    """Apply ``fmaps`` (stacked) to the remembering executor and to the fresh one in turn; their
+    scores must be equal. Returns the scores; both are clean again after."""
+    inj, inj_fresh = Injector(image, ex), Injector(image, fresh)
+    for m in fmaps:
+        inj.apply(m)
+    got = ex.run(x, quantized=True)
+    inj.undo()
+    for m in fmaps:
+        inj_fresh.apply(m)
+    ref = fresh.run(x, quantized=True)
+    inj_fresh.undo()
+    assert torch.equal(got.double(), ref.double())
+    assert ex._first_dirty() is None and not any(ex._touched.values())
+    return got
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("protected", [False, True], ids=["plain", "tmr"])
+def test_hand_written_maps_equal_a_full_forward(monkeypatch, kernels, protected):
+    rng = np.random.default_rng(4)
+    net = _net(rng)
+    x = torch.as_tensor(rng.integers(0, 256, (37, 3, 8, 8)), dtype=torch.float32)
+    image, ex, fresh = _pair(net, ["c2", "d1"] if protected else [], kernels, x)
+    spy = _Spy(monkeypatch)
+    mem = {n: image.memory(f"{n}.weight") for n in ("c1", "c2", "d1", "d2")}
+    top = {n: m.width - 1 for n, m in mem.items()}
+    clean = fresh.run(x, quantized=True)
+    maps = {
+        # the two top bits of one word per layer (two MSB copies of a TMR word): one faulty
+        # row, its channel passed on to the end
+        **{f"msb {n}": [FaultMap.from_faults([(f"{n}.weight", 5, top[n]),
+                                              (f"{n}.weight", 5, top[n] - 1)])] for n in mem},
+        # every bit of three words of one conv row, and two words of the dense layer after
+        "rows and delta": [FaultMap.from_faults(
+            [("c2.weight", w, b) for w in (0, 1, 215) for b in range(mem["c2"].width)]
+            + [("d1.weight", 3, 0), ("d1.weight", 161, top["d1"])])],
+        "biases": [FaultMap.from_faults([("c1.bias", 2, 15), ("d1.bias", 7, 14),
+                                         ("d2.bias", 0, 15)])],
+        # most rows of the first dense layer: it runs whole
+        "most rows": [FaultMap.from_faults([("d1.weight", 160 * r + 9, top["d1"])
+                                            for r in range(0, 96, 2)])],
+        "stuck and flips": [FaultMap.from_faults(
+            [("c1.weight", 17, top["c1"], "stuck1"), ("c1.weight", 17, 0),
+             ("d2.weight", 40, top["d2"], "stuck0"), ("d2.weight", 41, 1, "stuck1")])],
+        # two maps stacked: the second touches words of the first again
+        "stacked": [FaultMap.from_faults([("c2.weight", 99, top["c2"]), ("d1.weight", 8, 3)]),
+                    FaultMap.from_faults([("c2.weight", 99, top["c2"]),
+                                          ("c2.weight", 100, 2), ("d2.weight", 1, 0)])],
+    }
+    changed = 0
+    for name, fmaps in maps.items():
+        changed += not torch.equal(_same(image, ex, fresh, x, fmaps).double(), clean.double())
+    assert changed >= len(maps) // 2                 # the maps do change scores
+    # the forms the maps were written for were taken
+    for form in (("c1", "part"), ("r1", "part"), ("p1", "part"), ("c2", "whole"),
+                 ("c2", "part"), ("r2", "part"), ("f", "part"), ("d1", "whole"),
+                 ("d1", "part"), ("d2", "part"), ("d2", "whole")):
+        assert spy.steps[form], form
+    assert spy.deltas > 0
+    assert torch.equal(ex.run(x, quantized=True).double(), clean.double())
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_worst_case_codes_near_float32s_limit(monkeypatch, kernels):
+    """The last layer's accumulators lie within 2**16 of 2**24 (fan-in 512 of codes 255 times
+    -128 or 127): its clean accumulator minus the old products plus the new ones stays exact
+    when the layer before changes a few features, and when its own weights flip."""
+    rng = np.random.default_rng(8)
+    net = _net(rng, wide=True)
+    x = torch.full((6, 3, 8, 8), 255.0)
+    image, ex, fresh = _pair(net, [], kernels, x)
+    assert ex._dtype["d2"] == torch.float32
+    acc = fresh.run(x, quantized=True, trace=True)
+    assert acc["r3"].max() == 255 and acc["d2"].abs().max() > (1 << 24) - (1 << 17)
+    spy = _Spy(monkeypatch)
+    clean = ex.run(x, quantized=True)
+    for rows in ([0], [7, 300], list(range(0, 512, 40))):
+        # bias 600 -> 88: those features fall from 255 to 44; a weight MSB of the last layer
+        fmap = FaultMap.from_faults([("d1.bias", r, 9) for r in rows]
+                                    + [("d2.weight", 512 * 3 + 11, 6)])
+        assert not torch.equal(_same(image, ex, fresh, x, [fmap]), clean)
+    assert spy.deltas == 3
+
+
+@pytest.mark.parametrize("arch", ["dense_64_37_23_10", "residual_gap", "binary_mlp",
+                                  "odd_cnn"])
+def test_sampled_maps_on_users_networks(arch):
+    """Users' Brevitas networks (an odd MLP, a residual network whose add reads a changed and a
+    clean input, a binary MLP whose thresholds run whole, an odd CNN), sampled maps at 1e-3 and
+    1e-2 over weights and biases, 6 trials each."""
+    net, image, data = lowered_network(f"{NETS}:{arch}", "delta")
+    fresh = Executor(net, image, "cpu", kernels="float")
+    ex = Executor(net, image, "cpu")
+    x = ex.quantize_input(data.test.x[:150])
+    ex.remember(x, quantized=True)
+    sampler = SeuSampler(image, kinds=("weight", "bias"))
+    flips = 0
+    for ber in (1e-3, 1e-2):
+        for t in range(6):
+            fmap = sampler.sample(ber, trial_rng(3, ber, t))
+            flips += len(fmap)
+            _same(image, ex, fresh, x, [fmap])
+    assert flips > 0
