@@ -70,9 +70,13 @@ def _net(rng: np.random.Generator, wide: bool = False) -> IntNetwork:
 
 
 class _Spy:
-    """Records which form each node took: (node, 'part' | 'whole'), and the dense deltas."""
+    """Records which form each node took: (node, 'part' | 'whole'), and the dense deltas. With
+    ``free_calls`` PyTorch calls cost nothing in the choice of form, so the small networks here
+    take every form a map allows (by default they would run whole)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, free_calls: bool = True) -> None:
+        if free_calls:
+            monkeypatch.setattr(delta, "CALL_COST", 0)
         self.steps: Counter = Counter()
         self.deltas = 0
         step, dense = delta._step, delta._dense_delta
@@ -183,9 +187,36 @@ def test_worst_case_codes_near_float32s_limit(monkeypatch, kernels):
     assert spy.deltas == 3
 
 
+def test_small_layers_run_whole_large_ones_recompute_their_faulty_rows(monkeypatch):
+    """The cost rule: one faulty row of the small test network's first conv (1.5M MACs) is not
+    worth three extra PyTorch calls, so it runs whole; one faulty row of a 512 -> 512 dense layer
+    over 256 inputs (67M MACs) is recomputed alone."""
+    rng = np.random.default_rng(2)
+    net = _net(rng)
+    x = torch.as_tensor(rng.integers(0, 256, (37, 3, 8, 8)), dtype=torch.float32)
+    image, ex, fresh = _pair(net, [], "float", x)
+    spy = _Spy(monkeypatch, free_calls=False)
+    _same(image, ex, fresh, x, [FaultMap.from_faults([("c1.weight", 0, 7)])])
+    assert spy.steps == Counter({(n, "whole"): 1 for n in ("c1", "r1", "p1", "c2", "r2", "f",
+                                                           "d1", "r3", "d2")})
+    params = {"d.weight": Param("d.weight", "d", "weight", Fixed(8, True, 7),
+                                rng.integers(-128, 128, (512, 512))),
+              "d.bias": Param("d.bias", "d", "bias", Fixed(16, True, 15),
+                              rng.integers(-3000, 3000, 512))}
+    net2 = IntNetwork("dense", [
+        Node("input", "input", [], 8, 0, 255, {"bits": 8, "signed": False}),
+        Node("f", "flatten", ["input"], 8, 0, 255),
+        Node("d", "dense", ["f"], 15, -(1 << 24) + 1, (1 << 24) - 1,
+             {"weight": "d.weight", "bias": "d.bias"})], params, (8, 8, 8), 512)
+    x2 = torch.as_tensor(rng.integers(0, 256, (256, 8, 8, 8)), dtype=torch.float32)
+    image2, ex2, fresh2 = _pair(net2, [], "float", x2)
+    _same(image2, ex2, fresh2, x2, [FaultMap.from_faults([("d.weight", 5, 7)])])
+    assert spy.steps[("d", "part")] == 1
+
+
 @pytest.mark.parametrize("arch", ["dense_64_37_23_10", "residual_gap", "binary_mlp",
                                   "odd_cnn"])
-def test_sampled_maps_on_users_networks(arch):
+def test_sampled_maps_on_users_networks(monkeypatch, arch):
     """Users' Brevitas networks (an odd MLP, a residual network whose add reads a changed and a
     clean input, a binary MLP whose thresholds run whole, an odd CNN), sampled maps at 1e-3 and
     1e-2 over weights and biases, 6 trials each."""
@@ -194,6 +225,7 @@ def test_sampled_maps_on_users_networks(arch):
     ex = Executor(net, image, "cpu")
     x = ex.quantize_input(data.test.x[:150])
     ex.remember(x, quantized=True)
+    monkeypatch.setattr(delta, "CALL_COST", 0)            # every form a map allows
     sampler = SeuSampler(image, kinds=("weight", "bias"))
     flips = 0
     for ber in (1e-3, 1e-2):

@@ -33,11 +33,12 @@ from flow.core.ir import Node
 if TYPE_CHECKING:                                   # pragma: no cover
     from flow.core.executor import Executor
 
-# a layer recomputes only its faulty rows while they are at most this share of its outputs
-ROWS_SHARE = 0.5
-# a dense layer takes the changed-input path while its work (two products over the changed
-# features, plus the faulty rows) is at most this share of the whole layer's
-DELTA_SHARE = 0.6
+# Each form of a layer is costed in multiply-accumulates, plus CALL_COST for each PyTorch call
+# it makes beyond one (on this project's 2-core machine a call costs about as much as 4M float32
+# MACs of a small layer: a few tens of microseconds), an int8 MAC as 1/INT8_SPEEDUP of a float32
+# one; the cheapest form runs. Small layers therefore run whole.
+CALL_COST = 1 << 22
+INT8_SPEEDUP = 3
 
 
 @dataclass
@@ -120,24 +121,34 @@ def _dense_delta(ex: Executor, node: Node, acc: torch.Tensor, new: torch.Tensor,
 
 def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part]
            ) -> Part | None:
-    """A conv or dense ``node`` from its changed part, or None to run it whole."""
+    """A conv or dense ``node`` from its changed part, or None to run it whole (when that is
+    the cheapest form, see :data:`CALL_COST`)."""
     if not _exact_kernel(ex, node):
         return None
     src = node.inputs[0]
     p = parts.get(src)
-    outputs = ex.net.params[node.attrs["weight"]].codes.shape[0]
-    r = _faulty_rows(ex, node)
-    rows = torch.as_tensor(r, device=ex.device)
-    if p is None:                           # clean input: only the faulty rows change
-        if r.size > ROWS_SHARE * outputs:
-            return None
-        return Part(rows, _rows(ex, node, memo[src], rows))
-    if node.op != "dense" or p.cols is None or ex._dtype[node.name] != torch.float32:
+    if p is not None and (node.op != "dense" or p.cols is None
+                          or ex._dtype[node.name] != torch.float32):
         return None                         # (a float64 accumulator costs more than it saves)
-    fan_in = memo[src].shape[1]
-    if 2 * p.cols.numel() * outputs + fan_in * r.size > DELTA_SHARE * fan_in * outputs:
+    acc = memo[node.name]
+    n, outputs = acc.shape[0], acc.shape[1]
+    speed = INT8_SPEEDUP if node.name in ex._int8 else 1
+    per_row = n * ex.net.params[node.attrs["weight"]].codes[0].size * acc[0, 0].numel() / speed
+    whole = per_row * outputs + (2 * CALL_COST if p is not None else 0)
+    if whole <= 3 * CALL_COST:              # too small for any other form to gain
         return None
-    acc = memo[node.name].clone()
+    r = _faulty_rows(ex, node)
+    if p is None:                           # clean input: only the faulty rows change
+        if per_row * r.size + 3 * CALL_COST >= whole:
+            return None
+        rows = torch.as_tensor(r, device=ex.device)
+        return Part(rows, _rows(ex, node, memo[src], rows))
+    cost = (2 * p.cols.numel() * n * outputs / speed + per_row * r.size
+            + (6 + 5 * bool(r.size)) * CALL_COST)
+    if cost >= whole:
+        return None
+    rows = torch.as_tensor(r, device=ex.device)
+    acc = acc.clone()
     _dense_delta(ex, node, acc, p.vals, memo[src].index_select(1, p.cols), p.cols)
     if r.size:
         acc.index_copy_(1, rows, _rows(ex, node, _whole(memo, parts, src), rows).to(acc.dtype))
@@ -173,9 +184,10 @@ def forward(ex: Executor, memo: dict[str, torch.Tensor], start: int) -> torch.Te
     """The class-score codes of a remembered batch (``memo``: its clean codes by node) under
     the executor's current parameters, whose first faulty reader is node ``start``."""
     parts: dict[str, Part] = {}
+    dirty = {m for m, count in ex._ndiff.items() if count}
     for node in ex.net.nodes[start:]:
-        if not any(i in parts for i in node.inputs) and not any(
-                ex._ndiff.get(m) for m in ex._params_of[node.name]):
+        if not any(i in parts for i in node.inputs) and dirty.isdisjoint(
+                ex._params_of[node.name]):
             continue                                # reads nothing that changed
         parts[node.name] = _step(ex, node, memo, parts)
     out = ex.net.output
