@@ -303,10 +303,11 @@ class Executor:
         undo = _Undo(memory, u, old)
         if memory in self._clean:              # which words now differ from the clean values
             differs = self._differs[memory]
-            undo.differs = (differs[u], self._ndiff[memory])
-            before = int(differs[u].sum())
-            differs[u] = vals != self._clean[memory][u]
-            self._ndiff[memory] += int(differs[u].sum()) - before
+            was = differs[u]                            # a copy (fancy indexing)
+            now = vals != self._clean[memory][u]
+            undo.differs = (was, self._ndiff[memory])
+            differs[u] = now
+            self._ndiff[memory] += int(np.count_nonzero(now)) - int(np.count_nonzero(was))
             self._touched[memory].append(u)
         if layer is not None:
             self._retally(layer, u, np.abs(vals).astype(np.int64)
