@@ -90,13 +90,16 @@ def _exact_kernel(ex: Executor, node: Node) -> bool:
                                      and node.name not in ex._chunks)
 
 
-def _rows(ex: Executor, node: Node, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _rows(ex: Executor, node: Node, x: torch.Tensor, rows: torch.Tensor, clean: bool = False
+          ) -> torch.Tensor:
     """The accumulator of the outputs ``rows`` of ``node`` (bias included) on input ``x``, in
-    the layer's exact dtype."""
+    the layer's exact dtype. ``clean``: ``x`` is a remembered clean activation (an int8 conv
+    keeps its patch matrix from one trial to the next)."""
     a = node.attrs
     b = ex._tensors[a["bias"]] if a.get("bias") else None
     if node.name in ex._int8:
-        return ex._int8[node.name].run(x, ex._w8[a["weight"]], b, ex._dtype[node.name], rows)
+        return ex._int8[node.name].run(x, ex._w8[a["weight"]], b, ex._dtype[node.name], rows,
+                                       keep=clean)
     w = ex._tensors[a["weight"]].index_select(0, rows)
     b = None if b is None else b.index_select(0, rows).to(torch.float32)
     x = x if x.dtype == torch.float32 else x.to(torch.float32)
@@ -142,7 +145,7 @@ def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[
         if per_row * r.size + 3 * CALL_COST >= whole:
             return None
         rows = torch.as_tensor(r, device=ex.device)
-        return Part(rows, _rows(ex, node, memo[src], rows))
+        return Part(rows, _rows(ex, node, memo[src], rows, clean=True))
     cost = (2 * p.cols.numel() * n * outputs / speed + per_row * r.size
             + (6 + 5 * bool(r.size)) * CALL_COST)
     if cost >= whole:

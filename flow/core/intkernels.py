@@ -189,6 +189,7 @@ def matrix_positions(words: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 BLOCK_BYTES = 32 << 20          # a conv's patch matrix is built this many bytes at a time
+KEEP_BYTES = 64 << 20           # the largest patch matrix of a remembered input kept whole
 
 
 class Int8Kernel:
@@ -199,6 +200,9 @@ class Int8Kernel:
     def __init__(self, layer: Int8Layer) -> None:
         self.layer = layer
         self._work: dict[tuple, torch.Tensor] = {}
+        # the patch matrix of one unchanging input (a remembered clean activation): the input
+        # itself (held, so its storage is not reused), its version, the int8 matrix
+        self._kept: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     def _buffer(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype,
                 fill: int | None = None) -> torch.Tensor:
@@ -233,12 +237,28 @@ class Int8Kernel:
             return (a.to(torch.int64) @ wc.t().to(torch.int64)).to(torch.int32)
         return torch._int_mm(a, wc.t())
 
+    def _patches(self, xn: torch.Tensor, xp: torch.Tensor, cols: torch.Tensor) -> None:
+        """Write the patch matrix of the channels-last input codes ``xn`` (nb, h, w, c) into
+        ``cols`` (int8), through ``xp``: the padded int8 input, its border already holding the
+        shifted zero."""
+        k, s, p = self.layer.k, self.layer.stride, self.layer.pad
+        nb, h, w, c = xn.shape
+        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        self.to_int8(xp[:, p:p + h, p:p + w, :], xn)
+        st = xp.stride()
+        window = xp.as_strided((nb, ho, wo, k, k, c),
+                               (st[0], s * st[1], s * st[2], st[1], st[2], 1))
+        cols.view(nb, ho, wo, k, k, c).copy_(window)
+
     def run(self, x: torch.Tensor, weights: Int8Weights, bias: torch.Tensor | None,
-            dtype: torch.dtype, rows: torch.Tensor | None = None) -> torch.Tensor:
+            dtype: torch.dtype, rows: torch.Tensor | None = None, keep: bool = False
+            ) -> torch.Tensor:
         """The exact accumulator (bias included) in ``dtype`` (float32 where every value the
         caller keeps stays below 2**24, else float64): dense (N, O), conv (N, O, Ho, Wo) as a
         channels-last view. ``x``: input codes (float, any strides); ``bias``: its codes (any
-        dtype) or None; ``rows``: only these outputs (sorted indices), in that order."""
+        dtype) or None; ``rows``: only these outputs (sorted indices), in that order;
+        ``keep``: ``x`` will not change (a remembered activation): a conv keeps its patch matrix
+        (up to :data:`KEEP_BYTES`) for the next call on the same tensor."""
         lay = self.layer
         w8, rowsum = weights.matrix, weights.rowsum
         if rows is not None:
@@ -265,19 +285,27 @@ class Int8Kernel:
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         out = torch.empty((n, ho, wo, w8.shape[0]), dtype=dtype)
         per_image = ho * wo * k * k * c
-        block = max(1, min(n, BLOCK_BYTES // per_image))
         xn = x.permute(0, 2, 3, 1)              # channels last (a view for NHWC storage)
+        if keep and n * per_image <= KEEP_BYTES:
+            kept = self._kept
+            if kept is None or kept[0] is not x or kept[1] != x._version:
+                cols = torch.empty((n * ho * wo, k * k * c), dtype=torch.int8)
+                self._patches(xn, torch.full((n, h + 2 * p, w + 2 * p, c), -lay.offset,
+                                             dtype=torch.int8), cols)
+                self._kept = kept = (x, x._version, cols)
+            g = torch._int_mm(kept[2], wt)
+            if corr is not None:
+                g.add_(corr)
+            out.view(-1, w8.shape[0]).copy_(g)
+            return out.permute(0, 3, 1, 2)
+        block = max(1, min(n, BLOCK_BYTES // per_image))
         for i in range(0, n, block):
             nb = min(block, n - i)
             # the padded input: the border holds the shifted zero, written once
             xp = self._buffer(("xp", nb), (nb, h + 2 * p, w + 2 * p, c), torch.int8,
                               -lay.offset)
-            self.to_int8(xp[:, p:p + h, p:p + w, :], xn[i:i + nb])
-            st = xp.stride()
-            window = xp.as_strided((nb, ho, wo, k, k, c),
-                                   (st[0], s * st[1], s * st[2], st[1], st[2], 1))
             cols = self._buffer(("cols", nb), (nb * ho * wo, k * k * c), torch.int8)
-            cols.view(nb, ho, wo, k, k, c).copy_(window)
+            self._patches(xn[i:i + nb], xp, cols)
             g = torch._int_mm(cols, wt, out=self._buffer(("g", nb, rows is None),
                                                          (nb * ho * wo, w8.shape[0]), torch.int32))
             if corr is not None:
