@@ -130,9 +130,11 @@ def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[
         return None
     src = node.inputs[0]
     p = parts.get(src)
+    # a changed input: only a dense layer on float32 accumulators adds the change (on float64
+    # ones the extra passes cost more than the products they save)
     if p is not None and (node.op != "dense" or p.cols is None
                           or ex._dtype[node.name] != torch.float32):
-        return None                         # (a float64 accumulator costs more than it saves)
+        return None
     acc = memo[node.name]
     n, outputs = acc.shape[0], acc.shape[1]
     speed = INT8_SPEEDUP if node.name in ex._int8 else 1
