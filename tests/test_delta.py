@@ -122,6 +122,8 @@ def _same(image, ex, fresh, x, fmaps) -> torch.Tensor:
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("protected", [False, True], ids=["plain", "tmr"])
 def test_hand_written_maps_equal_a_full_forward(monkeypatch, kernels, protected):
+    """Maps written for each form (one row per layer, a conv row and the dense delta after it,
+    biases, most rows of a layer, stuck-at bits, stacked maps) equal a full forward pass."""
     rng = np.random.default_rng(4)
     net = _net(rng)
     x = torch.as_tensor(rng.integers(0, 256, (37, 3, 8, 8)), dtype=torch.float32)
