@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flow.core.arrays import unique_ints
 from flow.core.ir import Node
 
 if TYPE_CHECKING:                                   # pragma: no cover
@@ -72,15 +73,7 @@ def _faulty_rows(ex: Executor, node: Node) -> np.ndarray:
         rows.append(words // (w.size // w.shape[0]))
     if a.get("bias") and (words := ex._dirty_words(a["bias"])) is not None:
         rows.append(words)
-    if not rows:
-        return np.zeros(0, np.int64)
-    r = np.concatenate(rows) if len(rows) > 1 else rows[0]
-    r = np.sort(r) if len(rows) > 1 else r
-    keep = np.empty(r.size, bool)
-    if r.size:
-        keep[0] = True
-        np.not_equal(r[1:], r[:-1], out=keep[1:])
-    return r[keep]
+    return unique_ints(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
 
 
 def _exact_kernel(ex: Executor, node: Node) -> bool:

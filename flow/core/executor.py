@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from flow.core import delta
+from flow.core.arrays import unique_ints
 from flow.core.image import MemoryImage, decode
 from flow.core.intkernels import Int8Kernel, Int8Weights, int8_matmul_exact, plan_int8
 from flow.core.ir import PARAM_KEYS, IntNetwork, Node
@@ -582,10 +583,7 @@ class Executor:
         if not self._ndiff.get(memory):
             return None
         touched = self._touched[memory]
-        if len(touched) == 1:
-            return touched[0]
-        s = np.sort(np.concatenate(touched))
-        return s[np.concatenate(([True], s[1:] != s[:-1]))]
+        return touched[0] if len(touched) == 1 else unique_ints(np.concatenate(touched))
 
     def _first_dirty(self) -> int | None:
         """Index of the first node that reads a memory with words off their clean values."""

@@ -17,6 +17,7 @@ it is not, or where ``torch._int_mm`` is missing, the executor keeps its float32
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -250,6 +251,32 @@ class Int8Kernel:
                                (st[0], s * st[1], s * st[2], st[1], st[2], 1))
         cols.view(nb, ho, wo, k, k, c).copy_(window)
 
+    def _patch_blocks(self, x: torch.Tensor, ho: int, wo: int, keep: bool
+                      ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(first image, images, patch matrix) of the input codes ``x`` (N, C, H, W) block by
+        block (:data:`BLOCK_BYTES`, in reused work buffers); with ``keep``, one block: the whole
+        matrix, kept for this tensor while it does not change."""
+        n, c, h, w = x.shape
+        k, p, off = self.layer.k, self.layer.pad, self.layer.offset
+        xn = x.permute(0, 2, 3, 1)              # channels last (a view for NHWC storage)
+        if keep:
+            kept = self._kept
+            if kept is None or kept[0] is not x or kept[1] != x._version:
+                cols = torch.empty((n * ho * wo, k * k * c), dtype=torch.int8)
+                self._patches(xn, torch.full((n, h + 2 * p, w + 2 * p, c), -off,
+                                             dtype=torch.int8), cols)
+                kept = self._kept = (x, x._version, cols)
+            yield 0, n, kept[2]
+            return
+        block = max(1, min(n, BLOCK_BYTES // (ho * wo * k * k * c)))
+        for i in range(0, n, block):
+            nb = min(block, n - i)
+            # the padded input: the border holds the shifted zero, written once
+            xp = self._buffer(("xp", nb), (nb, h + 2 * p, w + 2 * p, c), torch.int8, -off)
+            cols = self._buffer(("cols", nb), (nb * ho * wo, k * k * c), torch.int8)
+            self._patches(xn[i:i + nb], xp, cols)
+            yield i, nb, cols
+
     def run(self, x: torch.Tensor, weights: Int8Weights, bias: torch.Tensor | None,
             dtype: torch.dtype, rows: torch.Tensor | None = None, keep: bool = False
             ) -> torch.Tensor:
@@ -285,27 +312,7 @@ class Int8Kernel:
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         out = torch.empty((n, ho, wo, w8.shape[0]), dtype=dtype)
         per_image = ho * wo * k * k * c
-        xn = x.permute(0, 2, 3, 1)              # channels last (a view for NHWC storage)
-        if keep and n * per_image <= KEEP_BYTES:
-            kept = self._kept
-            if kept is None or kept[0] is not x or kept[1] != x._version:
-                cols = torch.empty((n * ho * wo, k * k * c), dtype=torch.int8)
-                self._patches(xn, torch.full((n, h + 2 * p, w + 2 * p, c), -lay.offset,
-                                             dtype=torch.int8), cols)
-                self._kept = kept = (x, x._version, cols)
-            g = torch._int_mm(kept[2], wt)
-            if corr is not None:
-                g.add_(corr)
-            out.view(-1, w8.shape[0]).copy_(g)
-            return out.permute(0, 3, 1, 2)
-        block = max(1, min(n, BLOCK_BYTES // per_image))
-        for i in range(0, n, block):
-            nb = min(block, n - i)
-            # the padded input: the border holds the shifted zero, written once
-            xp = self._buffer(("xp", nb), (nb, h + 2 * p, w + 2 * p, c), torch.int8,
-                              -lay.offset)
-            cols = self._buffer(("cols", nb), (nb * ho * wo, k * k * c), torch.int8)
-            self._patches(xn[i:i + nb], xp, cols)
+        for i, nb, cols in self._patch_blocks(x, ho, wo, keep and n * per_image <= KEEP_BYTES):
             g = torch._int_mm(cols, wt, out=self._buffer(("g", nb, rows is None),
                                                          (nb * ho * wo, w8.shape[0]), torch.int32))
             if corr is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flow.core.arrays import unique_ints
 from flow.core.errors import ConfigError, FaultMapError
 from flow.core.image import WEIGHT_KINDS, MemoryImage
 from flow.core.kinds import FAULT_MODELS
@@ -162,13 +163,6 @@ def trial_rng(seed: int, ber: float, trial: int) -> np.random.Generator:
     """The random stream of one campaign trial: a function of (seed, BER, trial index) only."""
     ber_key = struct.unpack("<Q", struct.pack("<d", float(ber)))[0]
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ber_key, trial)))
-
-
-def _unique(a: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of an int array (sort-based: numpy 2.4's hash-based np.unique is
-    about 10x slower on the few-hundred-element arrays of a trial)."""
-    s = np.sort(a)
-    return s[np.concatenate(([True], s[1:] != s[:-1]))] if s.size else s
 
 
 def _by_memory(names: np.ndarray) -> list[tuple[str, slice | np.ndarray]]:
@@ -385,7 +379,7 @@ class Injector:
                 self._saved.append((mem.name, uw, old))
             else:
                 new = None
-                uw = _unique(w)
+                uw = unique_ints(w)
                 self._saved.append((mem.name, uw, mem.words[uw].copy()))
                 k = kinds[sel]
                 for kind, ufunc, m in (("flip", np.bitwise_xor, mask),
