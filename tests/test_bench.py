@@ -27,6 +27,7 @@ from flow.pipeline.session import open_session
 def test_bench_fi_reports_every_tool_and_size(tmp_path):
     res = bench(str(tmp_path / "bench"), repeats=1, epochs=1,
                 sets=["bench.trials=2", "bench.bers=[1e-3, 1e-2]", "bench.images=64",
+                      "bench.batch_maps=3",
                       "bench.sizes=[{arch: mlp, width: 0.5}, {arch: cnn, width: 0.5}]"],
                 con=Console(progress=False)).to_json()
     assert [n["network"] for n in res["networks"]] == ["mlp x0.5", "cnn x0.5"]
@@ -38,13 +39,14 @@ def test_bench_fi_reports_every_tool_and_size(tmp_path):
             assert all(r["clean_seconds"][k] > 0 for k in CLEAN)
             assert set(r["hetq_speedup"]) == set(TOOLS[1:])
             assert r["campaign_seconds"] > 0 and r["campaign_vs_clean"] > 0
+            assert r["batched_seconds"] > 0 and r["batched_vs_clean"] > 0
             # MRFI float32 flips 32 bits per weight, the others the stored bits
             assert r["flips"]["mrfi_float32"] == pytest.approx(
                 r["flips"]["mrfi_int"] * 32 * n["weights"] / n["weight_bits"])
         assert n["bers"][1]["flips"]["hetq"] > n["bers"][0]["flips"]["hetq"]
     text = bench_text(res)
     assert "PyTorchFI" in text and "MRFI int" in text and "MRFI f32" in text
-    assert "campaign trial" in text
+    assert "campaign trial" in text and "3 maps per forward pass" in text
     stored = json.loads((tmp_path / "bench" / "bench" / "result.json").read_text())
     assert stored == res
 

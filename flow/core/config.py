@@ -170,8 +170,9 @@ class BenchSize(_Strict):
 
 class BenchConfig(_Strict):
     """``hetq bench fi`` and ``hetq bench clean``: the networks (about 10k, 100k and 1M weights
-    by default) and their training epochs; ``fi``: BERs, test images, trials per repeat and
-    repeats of the interleaved timing; ``clean``: timed runs per network."""
+    by default) and their training epochs; ``fi``: BERs, test images, trials per repeat,
+    repeats of the interleaved timing and maps per pass of the batched campaign trial;
+    ``clean``: timed runs per network."""
 
     sizes: list[BenchSize] = Field(default_factory=lambda: [
         BenchSize(arch="cnn", width=1), BenchSize(arch="cnn", width=4),
@@ -182,6 +183,7 @@ class BenchConfig(_Strict):
     images: Int | None = Field(default=None, ge=1)
     repeats: Int = Field(default=2, ge=1)
     trials: Int = Field(default=5, ge=1)
+    batch_maps: Int = Field(default=16, ge=1)
     clean_repeats: Int = Field(default=15, ge=1)
 
     @field_validator("bers")

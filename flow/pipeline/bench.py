@@ -19,8 +19,10 @@ golden run), so that injection cost (trial minus the tool's own clean inference)
 speed are reported apart. hetq's campaign trial is timed as well: the same maps through a
 campaign's worker (:class:`~flow.reliability.parallel.FaultWorker`), which remembers the test
 set's clean activations and recomputes from the first faulty layer; it is reported as a multiple
-of hetq's clean inference. Every call is timed in turn, trial by trial, ``bench.repeats`` x
-``bench.trials`` times, on one thread; figures are medians.
+of hetq's clean inference, and so is the batched campaign trial: ``bench.batch_maps`` maps
+classified in one forward pass (:meth:`FaultWorker.trials`), its time per map. Every call is
+timed in turn, trial by trial, ``bench.repeats`` x ``bench.trials`` times, the batched call once
+per repeat, on one thread; figures are medians.
 """
 from __future__ import annotations
 
@@ -86,8 +88,9 @@ def _network(cfg: RunConfig, size: BenchSize, images: int | None) -> dict:
             "weights": int(sum(p.codes.size for p in net.params.values() if p.kind == "weight"))}
 
 
-def _time_ber(n: dict, ber: float, repeats: int, trials: int) -> dict:
-    """Median seconds of every tool's trial and clean inference at ``ber``, timed in turn."""
+def _time_ber(n: dict, ber: float, repeats: int, trials: int, batch: int) -> dict:
+    """Median seconds of every tool's trial and clean inference at ``ber``, timed in turn, and
+    of hetq's batched campaign trial per map (``batch`` maps a pass; 1: not timed)."""
     x, ex, xq, twin = n["x"], n["ex"], n["xq"], n["twin"]
     mrfi_i = mrfi_model(n["net"], twin, ber, integer=True)
     mrfi_f = mrfi_model(n["net"], twin, ber, integer=False)
@@ -118,11 +121,17 @@ def _time_ber(n: dict, ber: float, repeats: int, trials: int) -> dict:
         ("clean", "mrfi_float32"): golden(mrfi_f),
     }
     times: dict[tuple[str, str], list[float]] = {k: [] for k in calls}
+    batched: list[float] = []
     with torch.no_grad():
-        for _ in range(repeats):
+        for rep in range(repeats):
             for t in range(trials):        # in turn: a slow spell of the machine hits all alike
                 for k, fn in calls.items():
                     times[k].append(timed(fn, t))
+            if batch > 1:                  # maps of their own: trial indices after the others
+                first = repeats * trials + rep * batch
+                tasks = [(n["seed"], ber, first + j, WEIGHT_KINDS, None, None, "flip")
+                         for j in range(batch)]
+                batched.append(timed(n["worker"].trials, tasks) / batch)
     med = {k: statistics.median(v) for k, v in times.items()}
     trial = {tool: med[("trial", tool)] for tool in TOOLS}
     clean = {tool: med[("clean", tool)] for tool in CLEAN}
@@ -135,7 +144,9 @@ def _time_ber(n: dict, ber: float, repeats: int, trials: int) -> dict:
             "injection_seconds": {k: trial[k] - own[k] for k in TOOLS},
             "hetq_speedup": {k: trial[k] / trial["hetq"] for k in TOOLS if k != "hetq"},
             "campaign_seconds": med[("campaign", "hetq")],
-            "campaign_vs_clean": clean["hetq"] / med[("campaign", "hetq")]}
+            "campaign_vs_clean": clean["hetq"] / med[("campaign", "hetq")],
+            "batched_seconds": statistics.median(batched) if batched else None,
+            "batched_vs_clean": clean["hetq"] / statistics.median(batched) if batched else None}
 
 
 @dataclass
@@ -146,6 +157,7 @@ class BenchResult(StepResult):
     test_images: int
     repeats: int
     trials_per_repeat: int
+    batch_maps: int
     threads: int
     networks: list[dict]
 
@@ -170,7 +182,7 @@ def run(ctx: StepContext) -> BenchResult:
             images = len(n["x"])
             rows = []
             for ber in b.bers:
-                rows.append(_time_ber(n, ber, b.repeats, b.trials))
+                rows.append(_time_ber(n, ber, b.repeats, b.trials, b.batch_maps))
                 bar.update(1)
             nets.append({"network": f"{size.arch} x{size.width:g}", "arch": size.arch,
                          "width": size.width, "weights": n["weights"],
@@ -180,7 +192,8 @@ def run(ctx: StepContext) -> BenchResult:
         logging.disable(logging.NOTSET)
         torch.set_num_threads(threads)
     res = BenchResult(data=cfg.data.name, test_images=images, repeats=b.repeats,
-                      trials_per_repeat=b.trials, threads=1, networks=nets)
+                      trials_per_repeat=b.trials, batch_maps=b.batch_maps, threads=1,
+                      networks=nets)
     write_json(ctx.out / "result.json", res.to_json())
     return res
 
@@ -207,4 +220,7 @@ def bench_text(res: dict) -> str:
         lines.append("  hetq's campaign trial (clean activations remembered), trials per second "
                      "as a multiple of its clean inferences: " + ", ".join(
                          f"{r['ber']:.0e} {r['campaign_vs_clean']:.2f}x" for r in n["bers"]))
+        if res.get("batch_maps", 1) > 1:
+            lines.append(f"  the same, {res['batch_maps']} maps per forward pass: " + ", ".join(
+                f"{r['ber']:.0e} {r['batched_vs_clean']:.2f}x" for r in n["bers"]))
     return "\n".join(lines)
