@@ -426,8 +426,9 @@ def test_rtl_folder_is_a_standalone_cocotb_project(flow_run, tmp_path):
 
 
 def test_rtl_campaign_on_ray_equals_the_local_one(flow_run, tmp_path):
-    """`hetq sim --executor ray`: two Ray actors, each building its own model from the project's
-    files, give the local simulators' trials, trial by trial (a copy of the run for each)."""
+    """`hetq sim --executor ray`: two Ray actors give the local simulators' trials, trial by
+    trial (a copy of the run for each). On a local Ray instance they run on the driver's node
+    and share the driver's built model (their logs are in its build folder)."""
     import sqlite3
 
     import ray  # a test dependency (pyproject extra "test")
@@ -451,3 +452,28 @@ def test_rtl_campaign_on_ray_equals_the_local_one(flow_run, tmp_path):
             return db.execute("select ber, trial, n_faults, correct from trials where "
                               "campaign = ? order by ber, trial", (local["campaign"],)).fetchall()
     assert trials(runs["ray"]) == trials(runs["local"]) and len(trials(runs["local"])) == 4
+    assert list((runs["ray"] / "rtl" / "sim_build").glob("sim_ray_*.log"))
+
+
+def test_ray_actor_on_another_node_builds_its_own_copy(flow_run):
+    """A Ray actor off the driver's node (its body, without Ray and without the driver's model)
+    writes the project's files into a folder of its own, builds them and gives the executor's
+    predictions, clean and under an SEU map."""
+    from flow.hw.rtl_ray import RtlActor, project_files
+    from flow.pipeline.rtl_step import _test_codes
+    from flow.pipeline.session import open_session
+    from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
+
+    s = open_session(flow_run["run"], "cpu")
+    hwc, _, _ = _test_codes(s, 16)
+    maps = [FaultMap((), (), (), ()), SeuSampler(s.image).sample(1e-2, trial_rng(5, 1e-2, 0))]
+    assert len(maps[1]) > 0
+    actor = RtlActor(project_files(flow_run["run"] / "rtl"), n_max=16)
+    try:
+        assert actor.built_own()
+        res = actor.run(hwc, [{"id": k, "flips": actor.sim.flips(m)} for k, m in enumerate(maps)])
+    finally:
+        actor.close()
+    codes = s.executor.quantize_input(s.data.test.x[:16])
+    inj = Injector(s.image, s.executor)
+    assert [r["preds"] for r in res] == [inj.scores(m, codes).argmax(1).tolist() for m in maps]

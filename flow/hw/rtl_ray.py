@@ -1,10 +1,12 @@
 """RTL campaigns on Ray: each actor receives the project's files, builds its own Verilator model
 in a folder of its node, and runs parts of the campaign (RTL flips per trial) on the images.
+An actor on the driver's own node uses the driver's built model instead (as local simulators
+share it), so a local Ray instance compiles the model once, not once per actor.
 
 The driver samples the fault maps and translates them into RTL flips, as for local simulators,
-so a trial's flips, and therefore its predictions, do not depend on where it runs. Nothing is
-shared through the file system: a cluster's nodes need hetq installed (for the testbench), not
-the run directory.
+so a trial's flips, and therefore its predictions, do not depend on where it runs. Other nodes
+share nothing with the driver through the file system: a cluster's nodes need hetq installed
+(for the testbench), not the run directory.
 """
 from __future__ import annotations
 
@@ -28,35 +30,62 @@ def project_files(project: Path) -> dict[str, bytes]:
 
 
 class RtlActor:
-    """Ray actor body: its own copy of the project, built once, running parts of a campaign."""
+    """Ray actor body: a built model of the project, running parts of a campaign.
 
-    def __init__(self, files: dict[str, bytes], n_max: int) -> None:
+    ``files``: the project's files (:func:`project_files`), copied and built in a temporary
+    folder. ``shared``: (node id, project folder, build folder) of the driver's built model,
+    used in place of the copy when this actor runs on that node."""
+
+    def __init__(self, files: dict[str, bytes], n_max: int,
+                 shared: tuple[str, str, str] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="hetq_rtl_"))
-        for rel, data in files.items():
-            (self.dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            (self.dir / rel).write_bytes(data)
-        self.sim = RtlSim(self.dir, build_dir=self.dir / "sim_build", n_max=n_max)
+        if shared is not None and _node_id() == shared[0]:
+            self.sim = RtlSim(Path(shared[1]), build_dir=Path(shared[2]), n_max=n_max)
+        else:
+            for rel, data in files.items():
+                (self.dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                (self.dir / rel).write_bytes(data)
+            self.sim = RtlSim(self.dir, build_dir=self.dir / "sim_build", n_max=n_max)
+        self.log = f"sim_ray_{self.dir.name}"         # a build folder may be shared: logs not
         with verilator_env():
-            self.sim.build()
+            self.sim.build()                          # the driver's model: nothing to do
 
     def run(self, hwc: np.ndarray, batch: list[dict]) -> list[dict]:
         """The trials of ``batch`` (id, flips, n_faults) on the images: preds and seconds."""
-        res = self.sim.run(hwc, batch, self.dir / "work", log="sim_ray")
+        res = self.sim.run(hwc, batch, self.dir / "work", log=self.log)
         return [{"preds": r.preds.tolist(), "wall_s": r.wall_s} for r in res]
+
+    def built_own(self) -> bool:
+        """Whether this actor built its own copy of the project (else it uses the driver's)."""
+        return self.sim.project == self.dir.resolve()
 
     def close(self) -> None:
         """Remove the actor's copy of the project."""
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class RaySimulators:
-    """``n`` Ray actors, each with its own built model of ``project``."""
+def _node_id() -> str:
+    """The Ray node this process runs on."""
+    import ray
+    return ray.get_runtime_context().get_node_id()
 
-    def __init__(self, project: Path, n_max: int, n: int, address: str | None = None) -> None:
+
+class RaySimulators:
+    """``n`` Ray actors with built models of ``project``: their own copies, or, on the driver's
+    node, the driver's model in ``build_dir`` when given (built by the driver already)."""
+
+    def __init__(self, project: Path, n_max: int, n: int, address: str | None = None,
+                 build_dir: Path | None = None) -> None:
         self.ray = ray = ray_connected(address)
         files = ray.put(project_files(project))
+        shared = (None if build_dir is None else
+                  (_node_id(), str(Path(project).resolve()), str(Path(build_dir).resolve())))
         actor = ray.remote(num_cpus=1)(RtlActor)
-        self.actors = [actor.remote(files, n_max) for _ in range(n)]
+        self.actors = [actor.remote(files, n_max, shared) for _ in range(n)]
+
+    def own_builds(self) -> int:
+        """How many actors built their own copy of the project."""
+        return sum(self.ray.get([a.built_own.remote() for a in self.actors]))
 
     def each(self, hwc: np.ndarray, parts: Sequence[list[dict]]
              ) -> Iterator[tuple[dict, dict]]:

@@ -361,12 +361,13 @@ def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
 def _on_ray(run: RunDir, sim: RtlSim, n_max: int, workers: int, address: str | None,
             hwc: np.ndarray, sampler: SeuSampler, seed: int, todo: list[tuple[float, int]],
             size: int) -> Iterator[tuple[dict, list[int], float]]:
-    """The trials of ``todo`` on ``workers`` Ray actors, each with its own built model: the
-    maps are drawn and translated to RTL flips here, in parts of ``size`` trials."""
+    """The trials of ``todo`` on ``workers`` Ray actors, each with a built model (its own, or
+    ``sim``'s on this node): the maps are drawn and translated to RTL flips here, in parts of
+    ``size`` trials."""
     from flow.hw.rtl_ray import RaySimulators
     tasks = [_task(sim, sampler, seed, b, t) for b, t in todo]
     parts = [tasks[i:i + size] for i in range(0, len(tasks), size)]
-    sims = RaySimulators(run / "rtl", n_max, workers, address)
+    sims = RaySimulators(run / "rtl", n_max, workers, address, build_dir=sim.build_dir)
     try:
         for task, r in sims.each(hwc, parts):
             yield task, r["preds"], r["wall_s"]
