@@ -83,10 +83,6 @@ class RaySimulators:
         actor = ray.remote(num_cpus=1)(RtlActor)
         self.actors = [actor.remote(files, n_max, shared) for _ in range(n)]
 
-    def own_builds(self) -> int:
-        """How many actors built their own copy of the project."""
-        return sum(self.ray.get([a.built_own.remote() for a in self.actors]))
-
     def each(self, hwc: np.ndarray, parts: Sequence[list[dict]]
              ) -> Iterator[tuple[dict, dict]]:
         """(trial, result) for every trial of ``parts``, each part on a free actor, as parts
