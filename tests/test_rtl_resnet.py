@@ -36,7 +36,7 @@ PROTECTED = ["layer2.0.conv1", "layer3.0.shortcut"]
 CFG = {"seed": 0, "data": {"name": "digits32"},
        "model": {"arch": "resnet18", "width": 0.125, "default_weight_bits": 4, "act_bits": 8,
                  "protected": PROTECTED},
-       "train": {"epochs": 6, "lr": 0.001, "batch_size": 16},
+       "train": {"epochs": 3, "lr": 0.001, "batch_size": 16},
        "rtl": {"target_cycles": 8192}}
 
 
