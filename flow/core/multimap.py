@@ -11,10 +11,11 @@ convolution per map; per-map biases, thresholds and affine parameters broadcast;
 map touches runs once on the k copies with the clean parameters. Maps without faults take the
 clean predictions.
 
-Measured on this 2-core CPU (docs/results.md), batching does not beat one map at a time with
-layer-local re-evaluation on the digits networks, so campaigns default to one map per pass
-(``campaign.batch_maps``). The batched form stays available and exact; its speed on a GPU has
-not been measured here.
+Measured on this 2-core CPU (``hetq bench fi``, docs/results.md), one map at a time with
+layer-local re-evaluation is faster on most networks and BERs (16 maps a pass won only on the
+10k-weight CNN at BER 1e-3 and 1e-2 and on the 84k-weight MLP at 1e-5 to 1e-3), so campaigns
+default to one map per pass (``campaign.batch_maps``). The batched form stays available and
+exact; its speed on a GPU has not been measured here.
 
 Every sum is the same integer sum as one map at a time, so the scores are equal bit for bit,
 under the executor's rule: a layer whose per-map weights could push a partial sum to 2**24
