@@ -133,6 +133,7 @@ def _time_ber(n: dict, ber: float, repeats: int, trials: int, batch: int) -> dic
                          for j in range(batch)]
                 batched.append(timed(n["worker"].trials, tasks) / batch)
     med = {k: statistics.median(v) for k, v in times.items()}
+    per_map = statistics.median(batched) if batched else None
     trial = {tool: med[("trial", tool)] for tool in TOOLS}
     clean = {tool: med[("clean", tool)] for tool in CLEAN}
     own = {"hetq": clean["hetq"], "pytorchfi": clean["float_twin"],
@@ -145,8 +146,8 @@ def _time_ber(n: dict, ber: float, repeats: int, trials: int, batch: int) -> dic
             "hetq_speedup": {k: trial[k] / trial["hetq"] for k in TOOLS if k != "hetq"},
             "campaign_seconds": med[("campaign", "hetq")],
             "campaign_vs_clean": clean["hetq"] / med[("campaign", "hetq")],
-            "batched_seconds": statistics.median(batched) if batched else None,
-            "batched_vs_clean": clean["hetq"] / statistics.median(batched) if batched else None}
+            "batched_seconds": per_map,
+            "batched_vs_clean": clean["hetq"] / per_map if per_map else None}
 
 
 @dataclass
