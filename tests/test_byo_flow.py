@@ -184,6 +184,16 @@ def test_residual_gap_through_every_level(tmp_path, capsys):
     check_hardware(res, ["conv_b"])
     assert {s["module"] for s in res["rtl"]["stages"]} >= {"stream_fork", "frame_fifo",
                                                            "residual_add", "sum_pool"}
+    # what a Ray actor off the driver's node receives (hetq sim --executor ray) is the whole
+    # project: written out, the same sources, manifest and memory files
+    from flow.hw.rtl_ray import project_files, write_files
+    from flow.hw.rtlgen import RtlManifest, project_hash
+    copy = tmp_path / "actor_copy"
+    write_files(project_files(run / "rtl"), copy)
+    assert project_hash(copy) == project_hash(run / "rtl")
+    assert RtlManifest.load(copy).obj == RtlManifest.load(run / "rtl").obj
+    mems = sorted(p.name for p in (run / "rtl" / "mem").iterdir())
+    assert mems and mems == sorted(p.name for p in (copy / "mem").iterdir())
 
 
 def _digits_npz(path: Path) -> tuple[Path, object]:

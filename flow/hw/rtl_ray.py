@@ -29,6 +29,13 @@ def project_files(project: Path) -> dict[str, bytes]:
     return {str(p.relative_to(project)): p.read_bytes() for p in paths}
 
 
+def write_files(files: dict[str, bytes], folder: Path) -> None:
+    """Write :func:`project_files` into ``folder`` (a project a remote build can use)."""
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+
+
 class RtlActor:
     """Ray actor body: a built model of the project, running parts of a campaign.
 
@@ -42,9 +49,7 @@ class RtlActor:
         if shared is not None and _node_id() == shared[0]:
             self.sim = RtlSim(Path(shared[1]), build_dir=Path(shared[2]), n_max=n_max)
         else:
-            for rel, data in files.items():
-                (self.dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                (self.dir / rel).write_bytes(data)
+            write_files(files, self.dir)
             self.sim = RtlSim(self.dir, build_dir=self.dir / "sim_build", n_max=n_max)
         self.log = f"sim_ray_{self.dir.name}"         # a build folder may be shared: logs not
         with verilator_env():
