@@ -3,6 +3,7 @@ used as their users use them: PyTorchFI flips one bit of a weight's fixed-point 
 MRFI re-injects at every forward and leaves the weights alone in its golden run."""
 from __future__ import annotations
 
+import gc
 import json
 import random
 
@@ -15,9 +16,11 @@ from flow.pipeline.bench import CLEAN, TOOLS, bench_text
 from flow.pipeline.bench_peers import (
     FloatTwin,
     flip_fixed_point,
+    frozen_heap,
     mrfi_model,
     pytorchfi_trial,
     seed_peers,
+    timed,
 )
 from flow.pipeline.commands import Console, bench
 from flow.pipeline.session import open_session
@@ -67,6 +70,40 @@ def test_bench_clean_names_each_layers_kernel_and_times_the_grid(tmp_path):
             ("dense", 2048, 1024), ("conv", 27, 16)}
         assert all(g["float32_s"] > 0 and g["int8_s"] > 0 for g in res.grid)
         assert "picks int8" in res.summary()
+
+
+class _Cycle:
+    """An object in a reference cycle: only the garbage collector frees it."""
+
+    freed = 0
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        _Cycle.freed += 1
+
+
+def test_frozen_heap_keeps_old_objects_out_of_timed_collections_and_frees_new_garbage():
+    _Cycle.freed = 0
+    old = _Cycle()
+    del old                          # garbage before the block
+    gc.disable()
+    try:
+        with frozen_heap():
+            assert _Cycle.freed == 1                # the block starts with a full collection
+            kept = _Cycle()
+            assert gc.get_freeze_count() > 0
+            timed(lambda: [_Cycle() for _ in range(3)])   # three cycles made in the call
+            assert _Cycle.freed == 1                # not collected during the timed call
+            timed(lambda: None)                      # ... but by the next call's collection
+            assert _Cycle.freed == 4
+        assert gc.get_freeze_count() == 0            # everything is collectable again
+        del kept
+        gc.collect()
+        assert _Cycle.freed == 5
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("bits,frac", [(8, 6), (4, 2), (2, 1)])

@@ -22,7 +22,9 @@ set's clean activations and recomputes from the first faulty layer; it is report
 of hetq's clean inference, and so is the batched campaign trial: ``bench.batch_maps`` maps
 classified in one forward pass (:meth:`FaultWorker.trials`), its time per map. Every call is
 timed in turn, trial by trial, ``bench.repeats`` x ``bench.trials`` times, the batched call once
-per repeat, on one thread; figures are medians.
+per repeat, on one thread; the objects alive before the timing are left out of the garbage
+collection before each call (:func:`~flow.pipeline.bench_peers.frozen_heap`). Figures are
+medians.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from flow.core.io import write_json
 from flow.pipeline.bench_clean import train_size
 from flow.pipeline.bench_peers import (
     FloatTwin,
+    frozen_heap,
     mrfi_model,
     pytorchfi_trial,
     seed_peers,
@@ -122,7 +125,7 @@ def _time_ber(n: dict, ber: float, repeats: int, trials: int, batch: int) -> dic
     }
     times: dict[tuple[str, str], list[float]] = {k: [] for k in calls}
     batched: list[float] = []
-    with torch.no_grad():
+    with torch.no_grad(), frozen_heap():
         for rep in range(repeats):
             for t in range(trials):        # in turn: a slow spell of the machine hits all alike
                 for k, fn in calls.items():

@@ -38,7 +38,7 @@ from flow.nn.data import Dataset
 from flow.nn.lower import lower_graph
 from flow.nn.qonnx_graph import export_module
 from flow.nn.train import train
-from flow.pipeline.bench_peers import FloatTwin, timed
+from flow.pipeline.bench_peers import FloatTwin, frozen_heap, timed
 from flow.pipeline.runner import StepContext, StepResult
 from flow.pipeline.session import load_data
 
@@ -112,7 +112,7 @@ def kernel_grid(batch: int, hw: tuple[int, int], repeats: int, seed: int) -> lis
         flt = ((lambda: torch.nn.functional.conv2d(x, w, b, padding=1)) if op == "conv"
                else (lambda: torch.nn.functional.linear(x, w, b)))
         t_f, t_i = [], []
-        with torch.no_grad():
+        with torch.no_grad(), frozen_heap():
             flt()
             kern.run(x, w8, b, torch.float32)
             for _ in range(repeats):
@@ -142,7 +142,7 @@ def run(ctx: StepContext) -> CleanBenchResult:
             x = data.test.x
             xq = ex.quantize_input(x)
             t_ex, t_twin = [], []
-            with torch.no_grad():
+            with torch.no_grad(), frozen_heap():
                 ex.run(xq, quantized=True)
                 twin(x)
                 for _ in range(b.clean_repeats):          # in turn: a slow spell hits both
