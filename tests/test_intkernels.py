@@ -165,6 +165,44 @@ def test_a_kept_patch_matrix_follows_its_input(monkeypatch):
     assert kern._kept is None
 
 
+@needs_int8
+def test_a_kept_dense_input_follows_its_input(monkeypatch):
+    """A dense layer's int8 input kept for an unchanging input (remembered activations, as a
+    trial recomputes a few faulty outputs) is reused, rebuilt when the input changes in place
+    or another input comes, and not kept past KEEP_BYTES; every result equals the reference."""
+    rng = np.random.default_rng(10)
+    fmt = Fixed(8, True, 0)
+    w = _codes(rng, fmt, (40, 6, 3, 3))
+    b = rng.integers(-1000, 1000, 40)
+    net = _layer_net("dense", (0, 255), fmt, w.reshape(40, -1), b, hw=(3, 3))
+    ex = Executor(net, MemoryImage.build(net, []), "cpu", kernels="int8")
+    kern, w8 = ex._int8["l"], ex._w8["l.weight"]
+    rows = torch.tensor([1, 2, 39])
+    bias = torch.as_tensor(b, dtype=torch.float32)
+
+    def check(x: torch.Tensor) -> None:
+        got = kern.run(x, w8, bias, torch.float32, rows, keep=True)
+        ref = _reference("dense", x.numpy().astype(np.int64).reshape(len(x), -1),
+                         w.reshape(40, -1), b, 1, 0)[:, rows.numpy()]
+        assert np.array_equal(got.numpy().astype(np.int64), ref)
+
+    x = torch.as_tensor(rng.integers(0, 256, (7, 6, 3, 3)), dtype=torch.float32)  # unflattened
+    check(x)
+    kept = kern._kept[2]
+    check(x)
+    assert kern._kept[2] is kept                       # reused
+    x[3] = 255.0                                        # changed in place: rebuilt
+    check(x)
+    assert kern._kept[2] is not kept
+    other = x.clone()
+    check(other)
+    assert kern._kept[0] is other
+    monkeypatch.setattr(intkernels, "KEEP_BYTES", 10)   # too large to keep
+    kern._kept = None
+    check(x)
+    assert kern._kept is None
+
+
 def _chain(rng, wbits: int = 8, protected: bool = False, mag: int | None = None
            ) -> tuple[IntNetwork, list[str]]:
     """input 0..255 -> conv 3x3 (64 ch) -> requant -> maxpool -> conv 3x3 (64 ch) -> requant

@@ -105,14 +105,17 @@ def _dense_delta(ex: Executor, node: Node, acc: torch.Tensor, new: torch.Tensor,
                  old: torch.Tensor, cols: torch.Tensor) -> None:
     """``acc`` (the clean accumulator, a copy) += (new - old) W'[:, cols]^T, exactly: the old
     products are taken out first (what is left sums codes in range), then the new ones added."""
-    n = new.shape[0]
-    both = torch.cat([new, old])
     if node.name in ex._int8:
-        p = ex._int8[node.name].column_products(both, ex._w8[node.attrs["weight"]], cols)
-    else:
-        w = ex._tensors[node.attrs["weight"]].index_select(1, cols)
-        p = F.linear(both if both.dtype == torch.float32 else both.to(torch.float32), w)
-    acc.sub_(p[n:].to(acc.dtype)).add_(p[:n].to(acc.dtype))
+        n = new.shape[0]
+        p = ex._int8[node.name].column_products(torch.cat([new, old]),
+                                                 ex._w8[node.attrs["weight"]], cols)
+        acc.sub_(p[n:].to(acc.dtype)).add_(p[:n].to(acc.dtype))
+        return
+    # float32: each product accumulated into acc by the GEMM itself (no product tensor);
+    # every intermediate is the accumulator of some input mixing old and new codes
+    wt = ex._tensors[node.attrs["weight"]].index_select(1, cols).t()
+    acc.addmm_(old if old.dtype == torch.float32 else old.to(torch.float32), wt, alpha=-1)
+    acc.addmm_(new if new.dtype == torch.float32 else new.to(torch.float32), wt)
 
 
 def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part]

@@ -201,8 +201,9 @@ class Int8Kernel:
     def __init__(self, layer: Int8Layer) -> None:
         self.layer = layer
         self._work: dict[tuple, torch.Tensor] = {}
-        # the patch matrix of one unchanging input (a remembered clean activation): the input
-        # itself (held, so its storage is not reused), its version, the int8 matrix
+        # the patch matrix (conv) or int8 copy (dense) of one unchanging input (a remembered
+        # clean activation): the input itself (held, so its storage is not reused), its
+        # version, the int8 matrix
         self._kept: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     def _buffer(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype,
@@ -251,6 +252,22 @@ class Int8Kernel:
                                (st[0], s * st[1], s * st[2], st[1], st[2], 1))
         cols.view(nb, ho, wo, k, k, c).copy_(window)
 
+    def _dense_input(self, x: torch.Tensor, keep: bool) -> torch.Tensor:
+        """A dense layer's input codes ``x`` as int8 minus the offset (N, features), in a work
+        buffer; with ``keep``, kept for this tensor while it does not change (a campaign's
+        trials recompute a few outputs on the same remembered input)."""
+        if keep:
+            kept = self._kept
+            if kept is None or kept[0] is not x or kept[1] != x._version:
+                a = torch.empty((x.shape[0], x[0].numel()), dtype=torch.int8)
+                self.to_int8(a, x.reshape(x.shape[0], -1))
+                kept = self._kept = (x, x._version, a)
+            return kept[2]
+        x = x.reshape(x.shape[0], -1)
+        a = self._buffer(("a",), tuple(x.shape), torch.int8)
+        self.to_int8(a, x)
+        return a
+
     def _patch_blocks(self, x: torch.Tensor, ho: int, wo: int, keep: bool
                       ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(first image, images, patch matrix) of the input codes ``x`` (N, C, H, W) block by
@@ -284,8 +301,9 @@ class Int8Kernel:
         caller keeps stays below 2**24, else float64): dense (N, O), conv (N, O, Ho, Wo) as a
         channels-last view. ``x``: input codes (float, any strides); ``bias``: its codes (any
         dtype) or None; ``rows``: only these outputs (sorted indices), in that order;
-        ``keep``: ``x`` will not change (a remembered activation): a conv keeps its patch matrix
-        (up to :data:`KEEP_BYTES`) for the next call on the same tensor."""
+        ``keep``: ``x`` will not change (a remembered activation): a conv keeps its patch matrix,
+        a dense layer its int8 input (up to :data:`KEEP_BYTES`), for the next call on the same
+        tensor."""
         lay = self.layer
         w8, rowsum = weights.matrix, weights.rowsum
         if rows is not None:
@@ -299,9 +317,7 @@ class Int8Kernel:
             b = bias.to(torch.int32)
             corr = b if corr is None else corr.add_(b)
         if lay.op == "dense":
-            x = x.reshape(x.shape[0], -1)
-            a = self._buffer(("a",), tuple(x.shape), torch.int8)
-            self.to_int8(a, x)
+            a = self._dense_input(x, keep and x.numel() <= KEEP_BYTES)
             g = torch._int_mm(a, wt, out=self._buffer(("g", rows is None),
                                                       (x.shape[0], w8.shape[0]), torch.int32))
             if corr is not None:
