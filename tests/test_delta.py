@@ -194,7 +194,7 @@ def test_worst_case_codes_near_float32s_limit(monkeypatch, kernels):
 def test_small_layers_run_whole_large_ones_recompute_their_faulty_rows(monkeypatch):
     """The cost rule: one faulty row of the small test network's first conv (1.5M MACs) is not
     worth three extra PyTorch calls, so it runs whole; one faulty row of a 512 -> 512 dense layer
-    over 256 inputs (67M MACs) is recomputed alone."""
+    over 256 inputs (67M MACs) is recomputed alone, and so are 128 (a quarter), not 129."""
     rng = np.random.default_rng(2)
     net = _net(rng)
     x = torch.as_tensor(rng.integers(0, 256, (37, 3, 8, 8)), dtype=torch.float32)
@@ -216,6 +216,12 @@ def test_small_layers_run_whole_large_ones_recompute_their_faulty_rows(monkeypat
     image2, ex2, fresh2 = _pair(net2, [], "float", x2)
     _same(image2, ex2, fresh2, x2, [FaultMap.from_faults([("d.weight", 5, 7)])])
     assert spy.steps[("d", "part")] == 1
+    # a quarter of the outputs faulty (DENSE_PART_MAX): still alone; one row more: whole
+    for rows, form in ((128, "part"), (129, "whole")):
+        spy.steps.clear()
+        _same(image2, ex2, fresh2, x2, [FaultMap.from_faults(
+            [("d.weight", 512 * r + 3, 7) for r in range(rows)])])
+        assert spy.steps == Counter({("d", form): 1})
 
 
 @pytest.mark.parametrize("arch", ["dense_64_37_23_10", "residual_gap", "binary_mlp",
