@@ -12,8 +12,8 @@ map touches runs once on the k copies with the clean parameters. Maps without fa
 clean predictions.
 
 Measured on this 2-core CPU (``hetq bench fi``, docs/results.md), one map at a time with
-layer-local re-evaluation is faster on most networks and BERs (16 maps a pass won only on the
-10k-weight CNN at BER 1e-3 and 1e-2 and on the 84k-weight MLP at 1e-5 to 1e-3), so campaigns
+layer-local re-evaluation is as fast or faster on every network and BER of the benchmark, on
+the digits and on mnist5k (16 maps a pass tied only on mnist5k's CNN at BER 1e-3), so campaigns
 default to one map per pass (``campaign.batch_maps``). The batched form stays available and
 exact; its speed on a GPU has not been measured here.
 
