@@ -129,15 +129,22 @@ def test_patch_matrix_in_blocks_and_batches_of_any_size(monkeypatch):
 
 
 @needs_int8
-def test_a_kept_patch_matrix_follows_its_input(monkeypatch):
-    """A conv's patch matrix kept for an unchanging input (remembered activations) is reused
-    for selected outputs, rebuilt when the input changes in place or another input comes, and
-    not kept past KEEP_BYTES; every result equals the reference."""
+@pytest.mark.parametrize("op", ["conv", "dense"])
+def test_a_kept_input_follows_its_input(monkeypatch, op):
+    """A conv's patch matrix, or a dense layer's int8 input, kept for an unchanging input
+    (remembered activations: a trial recomputes a few faulty outputs on them) is reused for
+    selected outputs, rebuilt when the input changes in place or another input comes, and not
+    kept past KEEP_BYTES; every result equals the reference."""
     rng = np.random.default_rng(9)
     fmt = Fixed(8, True, 0)
     w = _codes(rng, fmt, (30, 11, 3, 3))
     b = rng.integers(-1000, 1000, 30)
-    net = _layer_net("conv", (-100, 155), fmt, w, b, k=3, stride=2, pad=1, hw=(7, 9))
+    if op == "conv":
+        net = _layer_net("conv", (-100, 155), fmt, w, b, k=3, stride=2, pad=1, hw=(7, 9))
+        ref_w, stride, pad, hw = w, 2, 1, (7, 9)
+    else:                                   # an unflattened input: the layer flattens it
+        net = _layer_net("dense", (-100, 155), fmt, w.reshape(30, -1), b, hw=(3, 3))
+        ref_w, stride, pad, hw = w.reshape(30, -1), 1, 0, (3, 3)
     ex = Executor(net, MemoryImage.build(net, []), "cpu", kernels="int8")
     kern, w8 = ex._int8["l"], ex._w8["l.weight"]
     rows = torch.tensor([0, 3, 4, 29])
@@ -145,53 +152,15 @@ def test_a_kept_patch_matrix_follows_its_input(monkeypatch):
 
     def check(x: torch.Tensor) -> None:
         got = kern.run(x, w8, bias, torch.float64, rows, keep=True)
-        ref = _reference("conv", x.numpy().astype(np.int64), w, b, 2, 1)[:, rows.numpy()]
+        ref = _reference(op, x.numpy().astype(np.int64), ref_w, b, stride, pad)[:, rows.numpy()]
         assert np.array_equal(got.numpy().astype(np.int64), ref)
 
-    x = torch.as_tensor(rng.integers(-100, 156, (5, 11, 7, 9)), dtype=torch.float32)
+    x = torch.as_tensor(rng.integers(-100, 156, (5, 11, *hw)), dtype=torch.float32)
     check(x)
     kept = kern._kept[2]
     check(x)
     assert kern._kept[2] is kept                       # reused
     x[2] = 155.0                                        # changed in place: rebuilt
-    check(x)
-    assert kern._kept[2] is not kept
-    other = x.clone()
-    check(other)
-    assert kern._kept[0] is other
-    monkeypatch.setattr(intkernels, "KEEP_BYTES", 10)   # too large to keep: built in blocks
-    kern._kept = None
-    check(x)
-    assert kern._kept is None
-
-
-@needs_int8
-def test_a_kept_dense_input_follows_its_input(monkeypatch):
-    """A dense layer's int8 input kept for an unchanging input (remembered activations, as a
-    trial recomputes a few faulty outputs) is reused, rebuilt when the input changes in place
-    or another input comes, and not kept past KEEP_BYTES; every result equals the reference."""
-    rng = np.random.default_rng(10)
-    fmt = Fixed(8, True, 0)
-    w = _codes(rng, fmt, (40, 6, 3, 3))
-    b = rng.integers(-1000, 1000, 40)
-    net = _layer_net("dense", (0, 255), fmt, w.reshape(40, -1), b, hw=(3, 3))
-    ex = Executor(net, MemoryImage.build(net, []), "cpu", kernels="int8")
-    kern, w8 = ex._int8["l"], ex._w8["l.weight"]
-    rows = torch.tensor([1, 2, 39])
-    bias = torch.as_tensor(b, dtype=torch.float32)
-
-    def check(x: torch.Tensor) -> None:
-        got = kern.run(x, w8, bias, torch.float32, rows, keep=True)
-        ref = _reference("dense", x.numpy().astype(np.int64).reshape(len(x), -1),
-                         w.reshape(40, -1), b, 1, 0)[:, rows.numpy()]
-        assert np.array_equal(got.numpy().astype(np.int64), ref)
-
-    x = torch.as_tensor(rng.integers(0, 256, (7, 6, 3, 3)), dtype=torch.float32)  # unflattened
-    check(x)
-    kept = kern._kept[2]
-    check(x)
-    assert kern._kept[2] is kept                       # reused
-    x[3] = 255.0                                        # changed in place: rebuilt
     check(x)
     assert kern._kept[2] is not kept
     other = x.clone()
