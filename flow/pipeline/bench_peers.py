@@ -80,13 +80,16 @@ def frozen_heap() -> Iterator[None]:
     the process (about 180,000 with PyTorch, the peers and the networks loaded), evicts the
     CPU caches and makes the next call's first microseconds several times slower than in a
     campaign, which never collects between trials (``np.ones(10)`` right after one: 61 us,
-    against 1 us with the heap frozen)."""
+    against 1 us with the heap frozen). Afterwards everything is collectable again, unless
+    the process had frozen objects of its own before (then nothing is unfrozen)."""
+    frozen_before = gc.get_freeze_count()
     gc.collect()
     gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not frozen_before:
+            gc.unfreeze()
 
 
 def timed(fn: Callable, *args) -> float:
