@@ -24,7 +24,8 @@ from flow.core.executor import Executor
 from flow.core.image import MemoryImage
 from flow.core.ir import IntNetwork
 from flow.core.multimap import MapParams, predict_maps
-from flow.reliability.faults import Injector, SeuSampler, trial_rng
+from flow.reliability.faults import Injector, SeuSampler
+from flow.reliability.streams import TrialStreams
 
 EXECUTORS = ("local", "ray")
 
@@ -42,6 +43,7 @@ class FaultWorker:
         self.clean_pred = executor.predict(self.xq, quantized=True)
         self.clean = int((self.clean_pred == self.y).sum())
         self._samplers: dict[tuple, SeuSampler] = {}
+        self._streams = TrialStreams()     # each trial's trial_rng stream, one generator
 
     @classmethod
     def build(cls, net: IntNetwork, protected: Sequence[str], x: torch.Tensor, y: torch.Tensor,
@@ -61,7 +63,7 @@ class FaultWorker:
               bits: tuple | None, fault: str) -> tuple[int, int, float]:
         """One campaign trial: (flips, correct images, seconds)."""
         t0 = time.perf_counter()
-        fmap = self.sampler(kinds, layers, bits).sample(ber, trial_rng(seed, ber, t), fault)
+        fmap = self.sampler(kinds, layers, bits).sample(ber, self._streams.rng(seed, ber, t), fault)
         with self.inj.injected(fmap):
             correct = int((self.ex.predict(self.xq, quantized=True) == self.y).sum())
         return len(fmap), correct, time.perf_counter() - t0
@@ -76,7 +78,8 @@ class FaultWorker:
         t0 = time.perf_counter()
         sizes, params = [], []
         for seed, ber, t, kinds, layers, bits, fault in tasks:
-            fmap = self.sampler(kinds, layers, bits).sample(ber, trial_rng(seed, ber, t), fault)
+            rng = self._streams.rng(seed, ber, t)
+            fmap = self.sampler(kinds, layers, bits).sample(ber, rng, fault)
             sizes.append(len(fmap))
             with self.inj.injected(fmap):
                 touched = {str(m): fmap.word[fmap.memory == m] for m in np.unique(fmap.memory)}
