@@ -159,10 +159,14 @@ class _SampledMap(FaultMap):
         return len(self.word)
 
 
+def ber_key(ber: float) -> int:
+    """The BER's IEEE-754 bits as an integer: its part of a trial's spawn key."""
+    return struct.unpack("<Q", struct.pack("<d", float(ber)))[0]
+
+
 def trial_rng(seed: int, ber: float, trial: int) -> np.random.Generator:
     """The random stream of one campaign trial: a function of (seed, BER, trial index) only."""
-    ber_key = struct.unpack("<Q", struct.pack("<d", float(ber)))[0]
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ber_key, trial)))
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ber_key(ber), trial)))
 
 
 def _by_memory(names: np.ndarray) -> list[tuple[str, slice | np.ndarray]]:

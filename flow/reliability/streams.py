@@ -16,11 +16,9 @@ the installed NumPy ever differs.
 """
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 
-from flow.reliability.faults import trial_rng
+from flow.reliability.faults import ber_key, trial_rng
 
 _M32 = 0xFFFFFFFF
 _M128 = (1 << 128) - 1
@@ -58,11 +56,6 @@ def _mix(pool: list[int], word: int, h: int) -> int:
     return h
 
 
-def _ber_key(ber: float) -> int:
-    """The BER's bits as :func:`~flow.reliability.faults.trial_rng` puts them in the spawn key."""
-    return struct.unpack("<Q", struct.pack("<d", float(ber)))[0]
-
-
 class TrialStreams:
     """One generator, re-seeded for each trial as :func:`~flow.reliability.faults.trial_rng`
     seeds a new one. The generator :meth:`rng` returns is the same object each time: draw a
@@ -77,13 +70,13 @@ class TrialStreams:
         self._exact = (self.rng(*probe).bit_generator.state
                        == trial_rng(*probe).bit_generator.state)
 
-    def _pool(self, seed: int, ber_key: int) -> tuple[list[int], int]:
+    def _pool(self, seed: int, ber_bits: int) -> tuple[list[int], int]:
         """The entropy pool and hash constant after the seed's and the BER's words."""
-        key = (seed, ber_key)
+        key = (seed, ber_bits)
         if key not in self._prefix:
             run = _words(seed)
             # a spawn key follows: the seed's words are padded with zeros to the pool size
-            entropy = run + [0] * max(0, _POOL - len(run)) + _words(ber_key)
+            entropy = run + [0] * max(0, _POOL - len(run)) + _words(ber_bits)
             h, pool = _INIT_A, []
             for i in range(_POOL):
                 v, h = _hash(entropy[i], h, _MULT_A)
@@ -104,7 +97,7 @@ class TrialStreams:
         ``trial_rng(seed, ber, trial)`` starts in (seed and trial: non-negative integers)."""
         if not self._exact:
             return trial_rng(seed, ber, trial)
-        pool, h = self._pool(int(seed), _ber_key(ber))
+        pool, h = self._pool(int(seed), ber_key(ber))
         pool = list(pool)
         for word in _words(int(trial)):
             h = _mix(pool, word, h)
