@@ -47,12 +47,17 @@ def _hash(v: int, h: int, mult: int) -> tuple[int, int]:
     return v ^ (v >> 16), h
 
 
+def _blend(x: int, v: int) -> int:
+    """A pool word ``x`` with the hashed value ``v`` mixed in."""
+    r = (_MIX_L * x - _MIX_R * v) & _M32
+    return r ^ (r >> 16)
+
+
 def _mix(pool: list[int], word: int, h: int) -> int:
     """Mix ``word`` into every word of ``pool`` (in place); returns the next hash constant."""
     for d in range(_POOL):
         v, h = _hash(word, h, _MULT_A)
-        r = (_MIX_L * pool[d] - _MIX_R * v) & _M32
-        pool[d] = r ^ (r >> 16)
+        pool[d] = _blend(pool[d], v)
     return h
 
 
@@ -85,8 +90,7 @@ class TrialStreams:
                 for d in range(_POOL):
                     if s != d:
                         v, h = _hash(pool[s], h, _MULT_A)
-                        r = (_MIX_L * pool[d] - _MIX_R * v) & _M32
-                        pool[d] = r ^ (r >> 16)
+                        pool[d] = _blend(pool[d], v)
             for word in entropy[_POOL:]:
                 h = _mix(pool, word, h)
             self._prefix[key] = (pool, h)
