@@ -79,18 +79,26 @@ class _Spy:
             monkeypatch.setattr(delta, "CALL_COST", 0)
         self.steps: Counter = Counter()
         self.deltas = 0
-        step, dense = delta._step, delta._dense_delta
+        self.single: list[bool] = []            # each dense delta: one product of differences
+        self.sparse: Counter = Counter()        # weight-change products: (node, rows or all)
+        step, dense, weights = delta._step, delta._dense_delta, delta._weight_delta
 
-        def spy_step(ex, node, memo, parts):
-            part = step(ex, node, memo, parts)
+        def spy_step(ex, node, memo, parts, side):
+            part = step(ex, node, memo, parts, side)
             self.steps[(node.name, "whole" if part.cols is None else "part")] += 1
             return part
 
         def spy_dense(*a):
             self.deltas += 1
+            self.single.append(a[-1])
             return dense(*a)
+
+        def spy_weights(ex, node, memo, side, ch, rows, dtype):
+            self.sparse[(node.name, "all" if rows is None else "rows")] += 1
+            return weights(ex, node, memo, side, ch, rows, dtype)
         monkeypatch.setattr(delta, "_step", spy_step)
         monkeypatch.setattr(delta, "_dense_delta", spy_dense)
+        monkeypatch.setattr(delta, "_weight_delta", spy_weights)
 
 
 def _pair(net: IntNetwork, protected: list[str], kernels: str, x: torch.Tensor):
@@ -164,6 +172,10 @@ def test_hand_written_maps_equal_a_full_forward(monkeypatch, kernels, protected)
                  ("d1", "part"), ("d2", "part"), ("d2", "whole")):
         assert spy.steps[form], form
     assert spy.deltas > 0
+    # d1's changed weights as products added to its clean accumulator: a few rows alone, and
+    # all rows (most rows faulty, or before its input's change is added)
+    assert spy.sparse[("d1", "rows")] and spy.sparse[("d1", "all")]
+    assert any(spy.single)             # features' changes as one product of differences
     if kernels == "int8":                 # c2's rows on its clean input: a kept patch matrix
         assert ex._int8["c2"]._kept[0] is ex._memo[ex._key(x, True)][1]["p1"]
     assert torch.equal(ex.run(x, quantized=True).double(), clean.double())
@@ -171,9 +183,13 @@ def test_hand_written_maps_equal_a_full_forward(monkeypatch, kernels, protected)
 
 @pytest.mark.parametrize("kernels", KERNELS)
 def test_worst_case_codes_near_float32s_limit(monkeypatch, kernels):
-    """The last layer's accumulators lie within 2**16 of 2**24 (fan-in 512 of codes 255 times
+    """The last layer's accumulators lie within 2**17 of 2**24 (fan-in 512 of codes 255 times
     -128 or 127): its clean accumulator minus the old products plus the new ones stays exact
-    when the layer before changes a few features, and when its own weights flip."""
+    when the layer before changes a few features, and when its own weights flip. One weight
+    flip (bit 6) is added as a product to the clean accumulator (it moves it by 64 x 255); the
+    MSBs of eight words of one row could move it past 2**24, so that row is recomputed; the
+    features' change is never one product of differences (that could pass 2**24), always the
+    old products out, then the new ones in."""
     rng = np.random.default_rng(8)
     net = _net(rng, wide=True)
     x = torch.full((6, 3, 8, 8), 255.0)
@@ -184,20 +200,25 @@ def test_worst_case_codes_near_float32s_limit(monkeypatch, kernels):
     spy = _Spy(monkeypatch)
     clean = ex.run(x, quantized=True)
     for rows in ([0], [7, 300], list(range(0, 512, 40))):
-        # bias 600 -> 88: those features fall from 255 to 44; a weight MSB of the last layer
+        # bias 600 -> 88: those features fall from 255 to 44; a weight bit of the last layer
         fmap = FaultMap.from_faults([("d1.bias", r, 9) for r in rows]
                                     + [("d2.weight", 512 * 3 + 11, 6)])
         assert not torch.equal(_same(image, ex, fresh, x, [fmap]), clean)
-    assert spy.deltas == 3
+    assert spy.sparse[("d2", "all")] == 3
+    fmap = FaultMap.from_faults([("d1.bias", 5, 9)]
+                                + [("d2.weight", 512 * 3 + w, 7) for w in range(0, 512, 64)])
+    assert not torch.equal(_same(image, ex, fresh, x, [fmap]), clean)
+    assert spy.sparse[("d2", "all")] == 3 and spy.deltas == 4 and not any(spy.single)
 
 
 def test_small_layers_run_whole_large_ones_recompute_their_faulty_rows(monkeypatch):
-    """The cost rule: one faulty row of the small test network's first conv (1.5M MACs) is not
-    worth three extra PyTorch calls, so it runs whole; one faulty row of a 512 -> 512 dense layer
-    over 256 inputs (67M MACs) is recomputed alone, and so are 128 (a quarter), not 129."""
+    """The cost rule: one faulty row of the small test network's first conv over 15 images
+    (0.6M MACs) is not worth three extra PyTorch calls, so it runs whole; one faulty row of a
+    512 -> 512 dense layer over 256 inputs (67M MACs) is recomputed alone, and so are 128 (a
+    quarter), not 129."""
     rng = np.random.default_rng(2)
     net = _net(rng)
-    x = torch.as_tensor(rng.integers(0, 256, (37, 3, 8, 8)), dtype=torch.float32)
+    x = torch.as_tensor(rng.integers(0, 256, (15, 3, 8, 8)), dtype=torch.float32)
     image, ex, fresh = _pair(net, [], "float", x)
     spy = _Spy(monkeypatch, free_calls=False)
     _same(image, ex, fresh, x, [FaultMap.from_faults([("c1.weight", 0, 7)])])

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flow.core import intkernels
+from flow.core import delta, intkernels
 from flow.core.executor import Executor
 from flow.core.image import MemoryImage
 from flow.core.intkernels import int8_matmul_exact, plan_int8, weight_matrix
@@ -109,6 +109,14 @@ def test_odd_layers_equal_the_reference(case, codes):
     flt = Executor(net, MemoryImage.build(net, []), "cpu", kernels="float")
     assert flt.kernel("l") != "int8"
     assert np.array_equal(flt.run(xt, quantized=True).numpy().astype(np.int64), ref)
+    if op == "dense":
+        # the input stored column by column (as delta's sparse form leaves it): the transposed
+        # product, its result the transpose of a contiguous one
+        cols = xt.flatten(1).t().contiguous().t()
+        b_t = ex._tensors["l.bias"] if bias else None
+        got = ex._int8["l"].run(cols, ex._w8["l.weight"], b_t, torch.float64)
+        assert np.array_equal(got.numpy().astype(np.int64), ref)
+        assert n == 1 or got.stride() == (1, n)
 
 
 @needs_int8
@@ -264,6 +272,43 @@ def test_accumulators_past_float32_reach_the_requant_exactly():
     for name in ta:
         assert torch.equal(ta[name].double(), tf[name].double()), name
     assert torch.equal(ea.run(x, quantized=True).double(), tf["d2"].double())
+
+
+@needs_int8
+@pytest.mark.parametrize("weights", ["random", "all 127"])
+def test_a_wide_int8_layer_adds_its_changed_inputs_in_float32_only_while_exact(monkeypatch,
+                                                                              weights):
+    """d1 (1024 -> 256) runs on int8 with float64 accumulators (its worst case passes 2**24).
+    Flips in c2's rows change d1's input features (16 per row): d1 adds their change to a
+    float32 copy of its clean accumulator only while the clean peak plus what the changed
+    features can move it stays below 2**24, and runs whole otherwise. With random weights both
+    maps below (7 rows, 1 row) take float32; with every weight 127 against inputs of 255 (clean
+    peak about 10.1M) the 7 rows' 112 features could pass 2**24 (whole), one row's 16 cannot.
+    Every result equals a full forward pass on float32 kernels."""
+    rng = np.random.default_rng(13)
+    net, _ = _chain(rng)
+    x = torch.as_tensor(rng.integers(0, 256, (9, 3, 8, 8)), dtype=torch.float32)
+    if weights == "all 127":
+        net.params["d1.weight"].codes[...] = 127
+        x[...] = 255
+    img, img_f = MemoryImage.build(net, []), MemoryImage.build(net, [])
+    ea, ef = Executor(net, img, "cpu"), Executor(net, img_f, "cpu", kernels="float")
+    assert ea.kernel("d1") == "int8" and ea._dtype["d1"] == torch.float64
+    ea.remember(x, quantized=True)
+    clean = ea.run(x, quantized=True, trace=True)
+    peak = float(clean["d1"].abs().max())
+    assert peak < 1 << 24 and (peak > 1e7) == (weights == "all 127")
+    monkeypatch.setattr(delta, "CALL_COST", 0)
+    calls = []
+    dense_delta = delta._dense_delta
+    monkeypatch.setattr(delta, "_dense_delta", lambda *a: calls.append(a[-1]) or dense_delta(*a))
+    # the MSB of one weight in each of 7 of c2's rows, then in one row only
+    for fmap in (FaultMap.from_faults([("c2.weight", 576 * r + 5, 7) for r in range(0, 64, 9)]),
+                 FaultMap.from_faults([("c2.weight", 576 * 3 + 100, 7)])):
+        with Injector(img, ea).injected(fmap), Injector(img_f, ef).injected(fmap):
+            got, ref = ea.run(x, quantized=True), ef.run(x, quantized=True)
+        assert torch.equal(got.double(), ref.double())
+    assert calls == ([True] if weights == "all 127" else [True, True])
 
 
 def test_plan_refuses_what_int8_cannot_hold():

@@ -10,10 +10,21 @@ channels), and a node that reads nothing changed keeps its clean codes:
 - a conv or dense layer whose input is clean recomputes only its outputs whose weights or bias
   differ from the clean ones (those rows of its weights, with the layer's own exact kernel; a
   dense layer while they are at most a quarter of its outputs, :data:`DENSE_PART_MAX`);
+- a dense layer whose input is clean may instead add each changed weight's product with its
+  input feature to its clean accumulator, ``x_j (w'_j - w_j)`` (a sparse product over the
+  transposed input, :data:`SPARSE_MAC`; on any kernel, split and float64 ones included): a
+  few changed words per row cost a few axpys, not the row's whole fan-in. Its result is stored
+  column by column (the transpose of a contiguous (outputs, N) tensor); a requant works on it
+  in storage order and an int8 dense layer reading it takes the transposed product;
 - a dense layer whose input changed in the features ``C`` adds ``(x' - x)[:, C] W'[:, C]^T`` to
-  its clean accumulator, as ``- x[:, C] W'[:, C]^T + x'[:, C] W'[:, C]^T`` (each term an exact
-  product, every intermediate a partial sum of codes the formats hold, so as exact as the full
-  layer), then recomputes its faulty rows on the new input;
+  the accumulator of its clean input at its current weights (the clean one with its faulty
+  rows recomputed on the new input afterwards, or with its weight changes' products added
+  first), in float32: as one product of the differences while the clean peak plus what it can
+  move stays below 2**24, else as ``- x[:, C] W'[:, C]^T + x'[:, C] W'[:, C]^T`` (every
+  intermediate the accumulator of an input mixing old and new codes, so as exact as the full
+  layer). An int8 layer whose worst case passes 2**24 (float64 accumulators) takes this form
+  only in the first case; ``W'[:, C]`` comes from a transposed copy of the clean weights plus
+  the changed words in those columns;
 - a requant, a max-pool and a flatten pass the changed channels on;
 - any other node, and a layer where the changed part costs more than the whole, runs whole
   (:meth:`Executor._node`) on its inputs made whole.
@@ -22,6 +33,7 @@ The results are the codes a full forward pass computes, bit for bit.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,16 +48,24 @@ if TYPE_CHECKING:                                   # pragma: no cover
     from flow.core.executor import Executor
 
 # Each form of a layer is costed in multiply-accumulates, plus CALL_COST for each PyTorch call
-# it makes beyond one (on this project's 2-core machine a call costs about as much as 4M float32
-# MACs of a small layer: a few tens of microseconds), an int8 MAC as 1/INT8_SPEEDUP of a float32
-# one; the cheapest form runs. Small layers therefore run whole.
-CALL_COST = 1 << 22
+# it makes beyond one (on this project's 2-core machine, timed as a campaign runs, with the heap
+# frozen, a call costs about as much as 256k float32 MACs of a small layer: a few microseconds;
+# 1<<18 against 1<<22, 1<<20 and 1<<16 in trial / clean ratios of the bench networks: best or
+# within noise everywhere), an int8 MAC as 1/INT8_SPEEDUP of a float32 one; the cheapest form
+# runs. Small layers therefore run whole.
+CALL_COST = 1 << 18
 INT8_SPEEDUP = 3
 # A dense layer on a clean input recomputes its faulty rows only while they are at most this
 # share of its outputs: beyond it, the changed features' index operations downstream (a partial
 # requant, the next layer's input made whole) cost more than the rows saved (mnist5k's 1.9M
 # weight MLP at BER 1e-4, about 470 of fc1's 1024 rows faulty: trial 0.80x -> 0.98x of clean).
 DENSE_PART_MAX = 0.25
+# A dense layer's changed weights on its clean input: each change adds x_j (w'_j - w_j) to its
+# output's clean accumulator, one scaled row of the transposed input (torch.sparse.addmm, an
+# axpy per change), costed as this many float32 MACs per image (measured: 516 changes of a
+# 256 -> 256 layer over 359 images 67 us against 310 us whole; 6,370 of a 784 -> 1024 one over
+# 1,000 images 1.2 ms against 9.4 ms).
+SPARSE_MAC = 16
 
 
 @dataclass
@@ -55,6 +75,18 @@ class Part:
 
     cols: torch.Tensor | None
     vals: torch.Tensor
+
+
+@dataclass
+class _Change:
+    """The words of a dense layer's weights and bias whose codes differ from the clean ones."""
+
+    rows: np.ndarray        # the outputs they touch, sorted, distinct
+    wrow: np.ndarray        # each changed weight's output and input feature (increasing)
+    wcol: np.ndarray
+    dw: np.ndarray          # its code now minus its clean code (float64)
+    brow: np.ndarray        # each changed bias's output, its change
+    db: np.ndarray
 
 
 def _whole(memo: dict[str, torch.Tensor], parts: dict[str, Part], name: str) -> torch.Tensor:
@@ -107,69 +139,227 @@ def _rows(ex: Executor, node: Node, x: torch.Tensor, rows: torch.Tensor, clean: 
     return F.linear(x, w, b)
 
 
-def _dense_delta(ex: Executor, node: Node, acc: torch.Tensor, new: torch.Tensor,
-                 old: torch.Tensor, cols: torch.Tensor) -> None:
-    """``acc`` (the clean accumulator, a copy) += (new - old) W'[:, cols]^T, exactly: the old
-    products are taken out first (what is left sums codes in range), then the new ones added."""
-    if node.name in ex._int8:
-        n = new.shape[0]
-        p = ex._int8[node.name].column_products(torch.cat([new, old]),
-                                                 ex._w8[node.attrs["weight"]], cols)
-        acc.sub_(p[n:].to(acc.dtype)).add_(p[:n].to(acc.dtype))
-        return
-    # float32: each product accumulated into acc by the GEMM itself (no product tensor);
-    # every intermediate is the accumulator of some input mixing old and new codes
-    wt = ex._tensors[node.attrs["weight"]].index_select(1, cols).t()
-    acc.addmm_(old if old.dtype == torch.float32 else old.to(torch.float32), wt, alpha=-1)
-    acc.addmm_(new if new.dtype == torch.float32 else new.to(torch.float32), wt)
+@dataclass
+class _Info:
+    """What choosing a form of one conv or dense layer needs (made once per remembered batch)."""
+
+    n: int                  # images
+    outputs: int
+    per_row: float          # float32 MACs of one output over the batch (int8: a third)
+    exact: bool             # one exact kernel (:func:`_exact_kernel`)
+    in_mag: int             # bound of the input codes
+    w_mag: int              # bound of the weight codes
+    peak: float             # largest |clean accumulator| over the batch
 
 
-def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part]
-           ) -> Part | None:
+def _info(ex: Executor, node: Node, memo: dict[str, torch.Tensor], side: dict) -> _Info:
+    """The :class:`_Info` of ``node``."""
+    key = ("info", node.name)
+    if key not in side:
+        acc, w = memo[node.name], ex.net.params[node.attrs["weight"]]
+        src = ex.net.node(node.inputs[0])
+        speed = INT8_SPEEDUP if node.name in ex._int8 else 1
+        side[key] = _Info(acc.shape[0], acc.shape[1],
+                          acc.shape[0] * w.codes[0].size * acc[0, 0].numel() / speed,
+                          _exact_kernel(ex, node), max(abs(src.lo), abs(src.hi)),
+                          max(abs(w.fmt.min()), abs(w.fmt.max())), float(acc.abs().max()))
+    return side[key]
+
+
+def _changes(ex: Executor, node: Node) -> _Change | None:
+    """The weight and bias words of a dense ``node`` whose codes differ from the clean ones
+    now, read from host memory (None on another device)."""
+    if not ex._flat:
+        return None
+    a, empty = node.attrs, np.zeros(0, np.int64)
+    wn = a["weight"]
+    wrow, wcol, dw = empty, empty, np.zeros(0)
+    if (words := ex._dirty_words(wn)) is not None:
+        now = ex._w8[wn]._flat if wn in ex._w8 else ex._flat[wn]   # dense: the same positions
+        d = now[words].astype(np.float64) - ex._clean[wn][words]
+        keep = d != 0
+        dw = d[keep]
+        wrow, wcol = np.divmod(words[keep], ex.net.params[wn].codes[0].size)
+    brow, db = empty, np.zeros(0)
+    if a.get("bias") and (words := ex._dirty_words(a["bias"])) is not None:
+        d = ex._flat[a["bias"]][words].astype(np.float64) - ex._clean[a["bias"]][words]
+        keep = d != 0
+        brow, db = words[keep], d[keep]
+    return _Change(unique_ints(np.concatenate([wrow, brow])), wrow, wcol, dw, brow, db)
+
+
+def _moved(ch: _Change, in_mag: int) -> float:
+    """How far the changed weights and bias can move one output's accumulator, partial sum by
+    partial sum: the largest sum of an output's |weight code changes| times the input's bound,
+    plus the largest |bias change|."""
+    rows = float(np.bincount(ch.wrow, np.abs(ch.dw)).max()) * in_mag if ch.dw.size else 0.0
+    return rows + (float(np.abs(ch.db).max()) if ch.db.size else 0.0)
+
+
+def _transposed(memo: dict[str, torch.Tensor], side: dict, name: str, dtype: torch.dtype
+                ) -> torch.Tensor:
+    """The remembered codes of ``name`` as a contiguous (features, N) tensor of ``dtype``,
+    made once per remembered batch (``side``)."""
+    key = (name, dtype)
+    if key not in side:
+        t = memo[name]
+        side[key] = t.reshape(t.shape[0], -1).t().to(dtype).contiguous()
+    return side[key]
+
+
+def _sparse_dtype(ex: Executor, node: Node, memo: dict[str, torch.Tensor], side: dict,
+                  ch: _Change) -> torch.dtype | None:
+    """The dtype in which the weight-change products of a dense ``node`` keep every partial
+    sum an exact integer, whatever order the sparse product adds them in: float32 while the
+    largest |clean accumulator| plus :func:`_moved` stays below 2**24; else float64 if the
+    accumulator is float64; else None."""
+    info = _info(ex, node, memo, side)
+    if info.peak + _moved(ch, info.in_mag) < 1 << 24:
+        return torch.float32
+    return torch.float64 if memo[node.name].dtype == torch.float64 else None
+
+
+def _weight_delta(ex: Executor, node: Node, memo: dict[str, torch.Tensor], side: dict,
+                  ch: _Change, rows: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The accumulator of a dense ``node`` on its clean input with its current weights and
+    bias, transposed, in ``dtype`` (:func:`_sparse_dtype`): the outputs ``ch.rows`` (``rows``,
+    that tensor) or, with ``rows`` None, all of them, as (outputs, N). Each changed weight adds
+    ``x_j (w'_j - w_j)`` to its output's clean accumulator (``torch.sparse.addmm``, one scaled
+    row of the transposed input per change), then each changed bias its change."""
+    acct = _transposed(memo, side, node.name, dtype)
+    xt = _transposed(memo, side, node.inputs[0], dtype)
+    if rows is None:
+        base, wrow, brow = acct, ch.wrow, ch.brow
+    else:
+        base = acct.index_select(0, rows)
+        wrow, brow = np.searchsorted(ch.rows, ch.wrow), np.searchsorted(ch.rows, ch.brow)
+    s = torch.sparse_coo_tensor(torch.from_numpy(np.stack([wrow, ch.wcol])),
+                                torch.from_numpy(ch.dw).to(dtype),
+                                (base.shape[0], xt.shape[0]), is_coalesced=True,
+                                check_invariants=False)
+    out = torch.sparse.addmm(base, s, xt)             # a new tensor: base stays clean
+    if ch.db.size:
+        db = np.zeros(base.shape[0])
+        db[brow] = ch.db
+        out.add_(torch.from_numpy(db).to(dtype)[:, None])
+    return out
+
+
+def _weight_columns(ex: Executor, node: Node, side: dict, ch: _Change | None,
+                    cols: torch.Tensor) -> torch.Tensor:
+    """``W'[:, cols]^T`` of a dense ``node`` in float32, (len(cols), outputs): rows of a
+    transposed copy of the clean weights (made once per remembered batch: gathering columns
+    across the weight matrix costs more than the products) plus the changed words in those
+    columns; without ``ch`` (not on the host), the current weights' columns."""
+    w = node.attrs["weight"]
+    if ch is None:
+        if node.name in ex._int8:
+            return ex._w8[w].matrix.index_select(1, cols).t().to(torch.float32)
+        return ex._tensors[w].index_select(1, cols).t()
+    key = ("wt", node.name)
+    if key not in side:
+        clean = ex._clean[w].reshape(ex.net.params[w].codes.shape[0], -1)
+        side[key] = torch.from_numpy(np.ascontiguousarray(clean.T, dtype=np.float32))
+    wt = side[key].index_select(0, cols)
+    if ch.dw.size:
+        where = np.full(side[key].shape[0], -1)         # each input feature's row of wt
+        where[cols.numpy()] = np.arange(cols.numel())
+        pos = where[ch.wcol]
+        hit = np.flatnonzero(pos >= 0)
+        if hit.size:
+            wt.index_put_((torch.from_numpy(pos[hit]), torch.from_numpy(ch.wrow[hit])),
+                          torch.from_numpy(ch.dw[hit]).to(torch.float32), accumulate=True)
+    return wt
+
+
+def _dense_delta(acc: torch.Tensor, new: torch.Tensor, old: torch.Tensor, wt: torch.Tensor,
+                 single: bool) -> None:
+    """``acc`` (float32, a copy) += (new - old) ``wt``, exactly, by the GEMM itself into
+    ``acc`` (no product tensor). ``single``: one product of the differences (every partial sum
+    is in range, :func:`_layer` checked); else the old products are taken out first, then the
+    new ones added: every intermediate is the accumulator of an input mixing old and new codes,
+    within the layer's worst case."""
+    new = new if new.dtype == torch.float32 else new.to(torch.float32)
+    old = old if old.dtype == torch.float32 else old.to(torch.float32)
+    if single:
+        acc.addmm_(new - old, wt)
+    else:
+        acc.addmm_(old, wt, alpha=-1).addmm_(new, wt)
+
+
+def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part],
+           side: dict) -> Part | None:
     """A conv or dense ``node`` from its changed part, or None to run it whole (when that is
     the cheapest form, see :data:`CALL_COST`)."""
-    if not _exact_kernel(ex, node):
-        return None
     src = node.inputs[0]
     p = parts.get(src)
-    # a changed input: only a dense layer on float32 accumulators adds the change (on float64
-    # ones the extra passes cost more than the products they save)
-    if p is not None and (node.op != "dense" or p.cols is None
-                          or ex._dtype[node.name] != torch.float32):
+    dense = node.op == "dense"
+    if p is not None and not (dense and p.cols is not None):
         return None
-    acc = memo[node.name]
-    n, outputs = acc.shape[0], acc.shape[1]
-    speed = INT8_SPEEDUP if node.name in ex._int8 else 1
-    per_row = n * ex.net.params[node.attrs["weight"]].codes[0].size * acc[0, 0].numel() / speed
-    whole = per_row * outputs + (2 * CALL_COST if p is not None else 0)
+    info = _info(ex, node, memo, side)
+    f32 = ex._dtype[node.name] == torch.float32
+    # a changed input: added on an exact kernel's float32 accumulator (an int8 layer's float64
+    # one too while every intermediate stays below 2**24, below; on a float64 kernel the extra
+    # passes cost more than the products they save)
+    if not (info.exact or dense) or (p is not None and not (
+            info.exact and (f32 or node.name in ex._int8))):
+        return None
+    n, outputs, per_row = info.n, info.outputs, info.per_row
+    # split or float64 kernels: about twice a float32 one
+    whole = per_row * outputs * (1 if info.exact else 2) + (2 * CALL_COST if p is not None else 0)
     if whole <= 3 * CALL_COST:              # too small for any other form to gain
         return None
-    r = _faulty_rows(ex, node)
+    ch = _changes(ex, node) if dense else None
+    r = _faulty_rows(ex, node) if ch is None else ch.rows
+    rows_cost = per_row * r.size + 3 * CALL_COST if info.exact else math.inf
+    dtype = _sparse_dtype(ex, node, memo, side, ch) if ch is not None else None
+    sparse = (math.inf if dtype is None else ch.dw.size * n * SPARSE_MAC
+              * (1 if dtype == torch.float32 else 2) + 6 * CALL_COST)
     if p is None:                           # clean input: only the faulty rows change
-        if per_row * r.size + 3 * CALL_COST >= whole or (
-                node.op == "dense" and r.size > DENSE_PART_MAX * outputs):
+        alone = not dense or r.size <= DENSE_PART_MAX * outputs
+        if min(rows_cost, sparse) >= whole:
             return None
         rows = torch.as_tensor(r, device=ex.device)
+        if sparse < rows_cost:
+            if alone:
+                return Part(rows, _weight_delta(ex, node, memo, side, ch, rows, dtype).t())
+            return Part(None, _weight_delta(ex, node, memo, side, ch, None, dtype).t())
+        if not alone:
+            return None
         return Part(rows, _rows(ex, node, memo[src], rows, clean=True))
-    cost = (2 * p.cols.numel() * n * outputs / speed + per_row * r.size
-            + (6 + 5 * bool(r.size)) * CALL_COST)
-    if cost >= whole:
+    # the input changed in the features p.cols: the clean input's accumulator at the current
+    # weights (its faulty rows recomputed on the new input after, or the weight changes'
+    # products added first), plus the features' change times the weights
+    if dtype != torch.float32:              # the sum below is float32
+        sparse = math.inf
+    by_rows = bool(r.size) and rows_cost + 2 * CALL_COST <= sparse
+    moved = _moved(ch, info.in_mag) if r.size and not by_rows else 0.0
+    fits = info.peak + moved + 2 * p.cols.numel() * info.in_mag * info.w_mag < 1 << 24
+    if not (f32 or fits):
         return None
-    rows = torch.as_tensor(r, device=ex.device)
-    acc = acc.clone()
-    _dense_delta(ex, node, acc, p.vals, memo[src].index_select(1, p.cols), p.cols)
-    if r.size:
+    fix = 0.0 if not r.size else min(rows_cost + 2 * CALL_COST, sparse)
+    if (1 if fits else 2) * p.cols.numel() * n * outputs + fix + 6 * CALL_COST >= whole:
+        return None
+    if r.size and not by_rows:
+        acc = _weight_delta(ex, node, memo, side, ch, None, torch.float32).t()
+    else:
+        acc = memo[node.name]
+        acc = acc.clone() if acc.dtype == torch.float32 else acc.to(torch.float32)
+    _dense_delta(acc, p.vals, memo[src].index_select(1, p.cols),
+                 _weight_columns(ex, node, side, ch, p.cols), fits)
+    if by_rows:
+        rows = torch.as_tensor(r, device=ex.device)
         acc.index_copy_(1, rows, _rows(ex, node, _whole(memo, parts, src), rows).to(acc.dtype))
     return Part(None, acc)
 
 
-def _step(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part]
-          ) -> Part:
+def _step(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part],
+          side: dict) -> Part:
     """``node``'s codes, given that some of its inputs or parameters changed."""
     src = node.inputs[0]
     p = parts.get(src)
     if node.op in ("conv", "dense"):
-        part = _layer(ex, node, memo, parts)
+        part = _layer(ex, node, memo, parts, side)
         if part is not None:
             return part
     elif p is not None and p.cols is not None and len(node.inputs) == 1 \
@@ -188,15 +378,17 @@ def _step(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[s
     return Part(None, ex._node(node, ins, inplace))
 
 
-def forward(ex: Executor, memo: dict[str, torch.Tensor], start: int) -> torch.Tensor:
-    """The class-score codes of a remembered batch (``memo``: its clean codes by node) under
-    the executor's current parameters, whose first faulty reader is node ``start``."""
+def forward(ex: Executor, memo: dict[str, torch.Tensor], side: dict, start: int
+            ) -> torch.Tensor:
+    """The class-score codes of a remembered batch (``memo``: its clean codes by node;
+    ``side``: what this module derives from them once, such as transposed copies) under the
+    executor's current parameters, whose first faulty reader is node ``start``."""
     parts: dict[str, Part] = {}
     dirty = {m for m, count in ex._ndiff.items() if count}
     for node in ex.net.nodes[start:]:
         if not any(i in parts for i in node.inputs) and dirty.isdisjoint(
                 ex._params_of[node.name]):
             continue                                # reads nothing that changed
-        parts[node.name] = _step(ex, node, memo, parts)
+        parts[node.name] = _step(ex, node, memo, parts, side)
     out = ex.net.output
     return memo[out].clone() if out not in parts else _whole(memo, parts, out)

@@ -26,8 +26,9 @@ image and calls :meth:`Executor.update` with the touched words, so no copy of th
 :meth:`Executor.remember` keeps the clean activations of a batch (a campaign's test set): a
 later run of that batch starts at the first node whose parameters differ from the clean ones
 and recomputes only what the faults change (:mod:`flow.core.delta`): the faulty rows of a layer
-whose input is clean, the changed channels through requant, max-pool and flatten, a dense
-layer's changed input features added to its clean accumulator.
+whose input is clean (or a dense layer's changed weights' products added to its clean
+accumulator), the changed channels through requant, max-pool and flatten, a dense layer's
+changed input features added to its clean accumulator.
 """
 from __future__ import annotations
 
@@ -78,6 +79,13 @@ def _maxpool(x: torch.Tensor, k: int) -> torch.Tensor:
             v = x[:, :, i:h:k, j:w:k]
             out = v.clone() if out is None else torch.maximum(out, v, out=out)
     return out
+
+
+def _transposed(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a matrix stored column by column (the transpose of a contiguous one, as
+    :mod:`flow.core.delta`'s sparse form makes): elementwise work runs on ``x.t()``, in storage
+    order, several times faster than across the strides."""
+    return x.dim() == 2 and x.shape[0] > 1 and x.shape[1] > 1 and x.stride() == (1, x.shape[0])
 
 
 def _fanin_chunks(net: IntNetwork, node: Node) -> list[slice] | None:
@@ -228,7 +236,8 @@ class Executor:
                                           and m in image.memories]
             for mem in self._params_of[node.name]:
                 self._reader.setdefault(mem, i)
-        self._memo: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        # per remembered batch: the batch, its clean codes by node, what delta derives from them
+        self._memo: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor], dict]] = {}
         self._clean: dict[str, np.ndarray] = {}
         self._differs: dict[str, np.ndarray] = {}
         self._ndiff: dict[str, int] = {}
@@ -497,6 +506,8 @@ class Executor:
                 acc.add_(b.view((1, -1) + (1,) * (acc.dim() - 2)))
             return acc
         if op == "requant":
+            if _transposed(x):      # (N, O) stored as (O, N): the same work in storage order
+                return self._node(node, {node.inputs[0]: x.t()}, inplace).t()
             shift = node.frac - self._fr[node.inputs[0]]
             wide = getattr(x, "hetq_wide", None)
             # in place unless the accumulator is kept for a trace
@@ -575,7 +586,7 @@ class Executor:
         for i in range(0, x.shape[0], batch_size):
             xb = x[i:i + batch_size]
             vals = self.run(xb, trace=True, quantized=quantized)
-            self._memo[self._key(xb, quantized)] = (xb, vals)   # xb kept: its storage stays ours
+            self._memo[self._key(xb, quantized)] = (xb, vals, {})   # xb kept: storage stays ours
 
     def _dirty_words(self, memory: str) -> np.ndarray | None:
         """Sorted distinct words of ``memory`` updated since the batch was remembered, while
@@ -603,7 +614,7 @@ class Executor:
             if start is None:
                 return vals[self.net.output].clone()
             with _exact_cuda() if self.device.type == "cuda" else contextlib.nullcontext():
-                return delta.forward(self, vals, start)
+                return delta.forward(self, vals, memo[2], start)
         with _exact_cuda() if self.device.type == "cuda" else contextlib.nullcontext():
             xq = x.to(self.device, torch.float32) if quantized else self.quantize_input(x)
             vals = self._forward({"input": xq}, trace=trace)

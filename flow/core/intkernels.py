@@ -316,6 +316,16 @@ class Int8Kernel:
         if bias is not None:
             b = bias.to(torch.int32)
             corr = b if corr is None else corr.add_(b)
+        if lay.op == "dense" and rows is None and not keep and x.dim() == 2 \
+                and x.shape[0] > 1 and x.stride() == (1, x.shape[0]):
+            # an input stored column by column (delta's sparse form): the transposed product,
+            # (O, K) x (K, N), reads it in storage order; the result is the transpose of (O, N)
+            at = self._buffer(("at",), (x.shape[1], x.shape[0]), torch.int8)
+            self.to_int8(at, x.t())
+            g = torch._int_mm(w8, at)
+            if corr is not None:
+                g.add_(corr[:, None])
+            return g.to(dtype).t()
         if lay.op == "dense":
             a = self._dense_input(x, keep and x.numel() <= KEEP_BYTES)
             g = torch._int_mm(a, wt, out=self._buffer(("g", rows is None),

@@ -143,8 +143,8 @@ class _SampledMap(FaultMap):
     per-memory runs, and the array of memory names (a string per fault) is made only when read."""
 
     def __init__(self, names: np.ndarray, counts: np.ndarray, word: np.ndarray, bit: np.ndarray,
-                 kind: np.ndarray, runs: list[tuple[str, slice]]) -> None:
-        for key, value in (("word", word), ("bit", bit), ("kind", kind), ("_runs", runs),
+                 runs: list[tuple[str, slice]]) -> None:
+        for key, value in (("word", word), ("bit", bit), ("_runs", runs),
                            ("_names", (names, counts))):
             object.__setattr__(self, key, value)
 
@@ -154,6 +154,11 @@ class _SampledMap(FaultMap):
         if "_memory" not in self.__dict__:
             object.__setattr__(self, "_memory", np.repeat(*self._names))
         return self.__dict__["_memory"]
+
+    @property
+    def kind(self) -> np.ndarray:  # type: ignore[override]
+        """``flip`` for every fault (a read-only broadcast view)."""
+        return np.broadcast_to(np.array("flip"), (len(self.word),))
 
     def __len__(self) -> int:
         return len(self.word)
@@ -247,6 +252,7 @@ class SeuSampler:
         allowed = [np.arange(m.width) if bits is None else np.array(
             sorted({b for b in bits if 0 <= b < m.width}), dtype=np.int64) for m in mems]
         self.names = np.array([m.name for m in mems])
+        self._name_of = [m.name for m in mems]
         self._per_word = np.array([len(a) for a in allowed], dtype=np.int64)
         sizes = np.array([m.depth for m in mems], dtype=np.int64) * self._per_word
         self._cum = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -283,10 +289,12 @@ class SeuSampler:
         n = pos.size
         if ordered:         # sorted, distinct: each memory's faults are one run
             ends = np.searchsorted(pos, self._cum[1:], side="left")
-            starts = np.r_[0, ends[:-1]]
+            starts = np.concatenate(([0], ends[:-1]))
             words, bitpos = np.empty(n, np.int64), np.empty(n, np.int64)
+            runs = []
             for i, (a, e) in enumerate(zip(starts.tolist(), ends.tolist())):
                 if e > a:   # one memory: scalar divisor and offsets
+                    runs.append((self._name_of[i], slice(a, e)))
                     per = int(self._per_word[i])
                     local = pos[a:e] - self._cum[i]
                     if per & (per - 1) == 0:        # a power of two: shift and mask
@@ -299,10 +307,7 @@ class SeuSampler:
             if kind == "flip":
                 # each memory's flips are a run of distinct (word, bit) pairs in order, as the
                 # Injector's fast path needs; the names are made only if read
-                runs = [(str(self.names[i]), slice(int(a), int(e)))
-                        for i, (a, e) in enumerate(zip(starts, ends)) if e > a]
-                return _SampledMap(self.names, ends - starts, words, bitpos,
-                                   np.broadcast_to(np.array(kind), (n,)), runs)
+                return _SampledMap(self.names, ends - starts, words, bitpos, runs)
             names = np.repeat(self.names, ends - starts)      # cheaper than names[which]
         else:
             which = np.searchsorted(self._cum, pos, side="right") - 1
@@ -345,9 +350,8 @@ class Injector:
         """Apply ``fmap``; faults stack until :meth:`undo`."""
         if len(fmap) == 0:
             return
-        kinds = fmap.kind
         runs = getattr(fmap, "_runs", None)      # a sampler's map: sorted distinct flips
-        all_flip = runs is not None or bool((kinds == "flip").all())
+        all_flip = runs is not None or bool((fmap.kind == "flip").all())
         groups = []
         for name, sel in runs or _by_memory(fmap.memory):   # check all before changing any
             mem = self.image.memory(str(name))
@@ -385,7 +389,7 @@ class Injector:
                 new = None
                 uw = unique_ints(w)
                 self._saved.append((mem.name, uw, mem.words[uw].copy()))
-                k = kinds[sel]
+                k = fmap.kind[sel]
                 for kind, ufunc, m in (("flip", np.bitwise_xor, mask),
                                        ("stuck1", np.bitwise_or, mask),
                                        ("stuck0", np.bitwise_and, ~mask)):
