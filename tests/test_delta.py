@@ -70,13 +70,15 @@ def _net(rng: np.random.Generator, wide: bool = False) -> IntNetwork:
 
 
 class _Spy:
-    """Records which form each node took: (node, 'part' | 'whole'), and the dense deltas. With
-    ``free_calls`` PyTorch calls cost nothing in the choice of form, so the small networks here
-    take every form a map allows (by default they would run whole)."""
+    """Records which form each node took: (node, 'part' | 'whole'), the dense deltas and the
+    weight-change products. With ``free_calls`` PyTorch calls and results stored column by
+    column cost nothing in the choice of form, so the small networks here take every form a map
+    allows (by default they would run whole)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, free_calls: bool = True) -> None:
         if free_calls:
             monkeypatch.setattr(delta, "CALL_COST", 0)
+            monkeypatch.setattr(delta, "TRANSPOSED_COST", 0)
         self.steps: Counter = Counter()
         self.deltas = 0
         self.single: list[bool] = []            # each dense delta: one product of differences
@@ -257,6 +259,7 @@ def test_sampled_maps_on_users_networks(monkeypatch, arch):
     x = ex.quantize_input(data.test.x[:150])
     ex.remember(x, quantized=True)
     monkeypatch.setattr(delta, "CALL_COST", 0)            # every form a map allows
+    monkeypatch.setattr(delta, "TRANSPOSED_COST", 0)
     sampler = SeuSampler(image, kinds=("weight", "bias"))
     flips = 0
     for ber in (1e-3, 1e-2):

@@ -299,6 +299,7 @@ def test_a_wide_int8_layer_adds_its_changed_inputs_in_float32_only_while_exact(m
     peak = float(clean["d1"].abs().max())
     assert peak < 1 << 24 and (peak > 1e7) == (weights == "all 127")
     monkeypatch.setattr(delta, "CALL_COST", 0)
+    monkeypatch.setattr(delta, "TRANSPOSED_COST", 0)
     calls = []
     dense_delta = delta._dense_delta
     monkeypatch.setattr(delta, "_dense_delta", lambda *a: calls.append(a[-1]) or dense_delta(*a))

@@ -66,6 +66,11 @@ DENSE_PART_MAX = 0.25
 # 256 -> 256 layer over 359 images 67 us against 310 us whole; 6,370 of a 784 -> 1024 one over
 # 1,000 images 1.2 ms against 9.4 ms).
 SPARSE_MAC = 16
+# The sparse form's result is stored column by column; over all outputs its readers pay for
+# that (an int8 layer's transposed product, strided elementwise work): costed as this many
+# float32 MACs per element, about a transposing copy (359 x 1024 float32 codes: 410 us, as
+# long as the 23.5M-MAC layer producing them; an int8 1024 -> 1024 layer reading them: +300 us).
+TRANSPOSED_COST = 64
 
 
 @dataclass
@@ -315,29 +320,29 @@ def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[
     dtype = _sparse_dtype(ex, node, memo, side, ch) if ch is not None else None
     sparse = (math.inf if dtype is None else ch.dw.size * n * SPARSE_MAC
               * (1 if dtype == torch.float32 else 2) + 6 * CALL_COST)
+    transposed = n * outputs * TRANSPOSED_COST      # a whole result column by column
     if p is None:                           # clean input: only the faulty rows change
         alone = not dense or r.size <= DENSE_PART_MAX * outputs
-        if min(rows_cost, sparse) >= whole:
-            return None
-        rows = torch.as_tensor(r, device=ex.device)
-        if sparse < rows_cost:
-            if alone:
+        if alone and min(rows_cost, sparse) < whole:
+            rows = torch.as_tensor(r, device=ex.device)
+            if sparse < rows_cost:
                 return Part(rows, _weight_delta(ex, node, memo, side, ch, rows, dtype).t())
+            return Part(rows, _rows(ex, node, memo[src], rows, clean=True))
+        if not alone and sparse + transposed < whole:
             return Part(None, _weight_delta(ex, node, memo, side, ch, None, dtype).t())
-        if not alone:
-            return None
-        return Part(rows, _rows(ex, node, memo[src], rows, clean=True))
+        return None
     # the input changed in the features p.cols: the clean input's accumulator at the current
     # weights (its faulty rows recomputed on the new input after, or the weight changes'
     # products added first), plus the features' change times the weights
     if dtype != torch.float32:              # the sum below is float32
         sparse = math.inf
-    by_rows = bool(r.size) and rows_cost + 2 * CALL_COST <= sparse
-    moved = _moved(ch, info.in_mag) if r.size and not by_rows else 0.0
+    by_rows = bool(r.size) and rows_cost + 2 * CALL_COST <= sparse + transposed
+    # the faulty rows' final values, recomputed or moved by the products, lie within it too
+    moved = _moved(ch, info.in_mag) if r.size and ch is not None else 0.0
     fits = info.peak + moved + 2 * p.cols.numel() * info.in_mag * info.w_mag < 1 << 24
     if not (f32 or fits):
         return None
-    fix = 0.0 if not r.size else min(rows_cost + 2 * CALL_COST, sparse)
+    fix = 0.0 if not r.size else min(rows_cost + 2 * CALL_COST, sparse + transposed)
     if (1 if fits else 2) * p.cols.numel() * n * outputs + fix + 6 * CALL_COST >= whole:
         return None
     if r.size and not by_rows:
