@@ -226,19 +226,6 @@ class Int8Kernel:
         else:
             dst.copy_(x - off)
 
-    def column_products(self, xs: torch.Tensor, weights: Int8Weights, cols: torch.Tensor
-                        ) -> torch.Tensor:
-        """A dense layer's products over the input features ``cols`` only: (xs - offset) times
-        the weights' columns ``cols``, exact int32 (N, O); ``xs``: (N, len(cols)) input codes
-        (float). The offset's correction is left out: it cancels in a difference of two such
-        products over the same columns."""
-        a = torch.empty(tuple(xs.shape), dtype=torch.int8)
-        self.to_int8(a, xs)
-        wc = weights.matrix.index_select(1, cols)
-        if cols.numel() < 2:                    # oneDNN misreads a K = 1 operand's strides
-            return (a.to(torch.int64) @ wc.t().to(torch.int64)).to(torch.int32)
-        return torch._int_mm(a, wc.t())
-
     def _patches(self, xn: torch.Tensor, xp: torch.Tensor, cols: torch.Tensor) -> None:
         """Write the patch matrix of the channels-last input codes ``xn`` (nb, h, w, c) into
         ``cols`` (int8), through ``xp``: the padded int8 input, its border already holding the
