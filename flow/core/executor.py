@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from flow.core import delta
-from flow.core.arrays import unique_ints
+from flow.core.arrays import column_major, unique_ints
 from flow.core.image import MemoryImage, decode
 from flow.core.intkernels import Int8Kernel, Int8Weights, int8_matmul_exact, plan_int8
 from flow.core.ir import PARAM_KEYS, IntNetwork, Node
@@ -79,13 +79,6 @@ def _maxpool(x: torch.Tensor, k: int) -> torch.Tensor:
             v = x[:, :, i:h:k, j:w:k]
             out = v.clone() if out is None else torch.maximum(out, v, out=out)
     return out
-
-
-def _transposed(x: torch.Tensor) -> bool:
-    """Whether ``x`` is a matrix stored column by column (the transpose of a contiguous one, as
-    :mod:`flow.core.delta`'s sparse form makes): elementwise work runs on ``x.t()``, in storage
-    order, several times faster than across the strides."""
-    return x.dim() == 2 and x.shape[0] > 1 and x.shape[1] > 1 and x.stride() == (1, x.shape[0])
 
 
 def _fanin_chunks(net: IntNetwork, node: Node) -> list[slice] | None:
@@ -506,7 +499,7 @@ class Executor:
                 acc.add_(b.view((1, -1) + (1,) * (acc.dim() - 2)))
             return acc
         if op == "requant":
-            if _transposed(x):      # (N, O) stored as (O, N): the same work in storage order
+            if column_major(x):     # (N, O) stored as (O, N): the same work in storage order
                 return self._node(node, {node.inputs[0]: x.t()}, inplace).t()
             shift = node.frac - self._fr[node.inputs[0]]
             wide = getattr(x, "hetq_wide", None)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from flow.core.arrays import column_major
 from flow.core.ir import IntNetwork, Node
 
 INT32_LIMIT = 1 << 31
@@ -303,8 +304,7 @@ class Int8Kernel:
         if bias is not None:
             b = bias.to(torch.int32)
             corr = b if corr is None else corr.add_(b)
-        if lay.op == "dense" and rows is None and not keep and x.dim() == 2 \
-                and x.shape[0] > 1 and x.stride() == (1, x.shape[0]):
+        if lay.op == "dense" and rows is None and not keep and column_major(x):
             # an input stored column by column (delta's sparse form): the transposed product,
             # (O, K) x (K, N), reads it in storage order; the result is the transpose of (O, N)
             at = self._buffer(("at",), (x.shape[1], x.shape[0]), torch.int8)

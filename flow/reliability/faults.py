@@ -252,7 +252,7 @@ class SeuSampler:
         allowed = [np.arange(m.width) if bits is None else np.array(
             sorted({b for b in bits if 0 <= b < m.width}), dtype=np.int64) for m in mems]
         self.names = np.array([m.name for m in mems])
-        self._name_of = [m.name for m in mems]          # as str, for the maps' runs
+        self._name_of = self.names.tolist()              # as str, for the maps' runs
         self._per_word = np.array([len(a) for a in allowed], dtype=np.int64)
         sizes = np.array([m.depth for m in mems], dtype=np.int64) * self._per_word
         self._cum = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
