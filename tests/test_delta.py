@@ -71,7 +71,8 @@ def _net(rng: np.random.Generator, wide: bool = False) -> IntNetwork:
 
 class _Spy:
     """Records which form each node took: (node, 'part' | 'whole'), the dense deltas and the
-    weight-change products. With ``free_calls`` PyTorch calls and results stored column by
+    weight-change products (a few rows or all on the clean accumulator, or a few rows' changes
+    alone, "added"). With ``free_calls`` PyTorch calls and results stored column by
     column cost nothing in the choice of form, so the small networks here take every form a map
     allows (by default they would run whole)."""
 
@@ -95,9 +96,10 @@ class _Spy:
             self.single.append(a[-1])
             return dense(*a)
 
-        def spy_weights(ex, node, memo, side, ch, rows, dtype):
-            self.sparse[(node.name, "all" if rows is None else "rows")] += 1
-            return weights(ex, node, memo, side, ch, rows, dtype)
+        def spy_weights(ex, node, memo, side, ch, rows, dtype, clean=True):
+            form = "all" if rows is None else "rows" if clean else "added"
+            self.sparse[(node.name, form)] += 1
+            return weights(ex, node, memo, side, ch, rows, dtype, clean)
         monkeypatch.setattr(delta, "_step", spy_step)
         monkeypatch.setattr(delta, "_dense_delta", spy_dense)
         monkeypatch.setattr(delta, "_weight_delta", spy_weights)
@@ -175,8 +177,11 @@ def test_hand_written_maps_equal_a_full_forward(monkeypatch, kernels, protected)
         assert spy.steps[form], form
     assert spy.deltas > 0
     # d1's changed weights as products added to its clean accumulator: a few rows alone, and
-    # all rows (most rows faulty, or before its input's change is added)
-    assert spy.sparse[("d1", "rows")] and spy.sparse[("d1", "all")]
+    # all rows (most rows faulty: their MSBs, which TMR words out-vote); after its input's
+    # change, the faulty rows' products alone added last (all rows first, before an input
+    # change that is not one product: test_worst_case_codes_near_float32s_limit)
+    assert spy.sparse[("d1", "rows")] and spy.sparse[("d1", "added")]
+    assert spy.sparse[("d1", "all")] or protected
     assert any(spy.single)             # features' changes as one product of differences
     if kernels == "int8":                 # c2's rows on its clean input: a kept patch matrix
         assert ex._int8["c2"]._kept[0] is ex._memo[ex._key(x, True)][1]["p1"]
@@ -224,8 +229,7 @@ def test_small_layers_run_whole_large_ones_recompute_their_faulty_rows(monkeypat
     image, ex, fresh = _pair(net, [], "float", x)
     spy = _Spy(monkeypatch, free_calls=False)
     _same(image, ex, fresh, x, [FaultMap.from_faults([("c1.weight", 0, 7)])])
-    assert spy.steps == Counter({(n, "whole"): 1 for n in ("c1", "r1", "p1", "c2", "r2", "f",
-                                                           "d1", "r3", "d2")})
+    assert spy.steps[("c1", "whole")] == 1 and not spy.steps[("c1", "part")]
     params = {"d.weight": Param("d.weight", "d", "weight", Fixed(8, True, 7),
                                 rng.integers(-128, 128, (512, 512))),
               "d.bias": Param("d.bias", "d", "bias", Fixed(16, True, 15),
@@ -245,6 +249,42 @@ def test_small_layers_run_whole_large_ones_recompute_their_faulty_rows(monkeypat
         _same(image2, ex2, fresh2, x2, [FaultMap.from_faults(
             [("d.weight", 512 * r + 3, 7) for r in range(rows)])])
         assert spy.steps == Counter({("d", form): 1})
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_channels_a_requant_leaves_clean_are_dropped(monkeypatch, kernels):
+    """A change that the requant rounds away or clamps goes no further: the LSB of the bias of
+    outputs of d1 below the requant's zero for every image (clamped to 0 either way) leaves r3
+    clean, and d2 is not run; with a weight's MSB flip beside them, in an output inside r3's
+    range for some images, r3 passes on that output's channel alone."""
+    rng = np.random.default_rng(6)
+    net = _net(rng)
+    x = torch.as_tensor(rng.integers(0, 256, (37, 3, 8, 8)), dtype=torch.float32)
+    image, ex, fresh = _pair(net, [], kernels, x)
+    trace = fresh.run(x, quantized=True, trace=True)
+    acc, feats = trace["d1"], trace["f"]
+    low = np.flatnonzero((acc.max(0).values < -1024).numpy())     # r3 is 0 there, +-1 or not
+    inside = ((acc > 1024) & (acc < 200 * 512)).sum(0).numpy()      # images, by output
+    assert low.size >= 3 and inside.max() > 0
+    live, feat = int(inside.argmax()), int(feats.min(0).values.argmax())
+    assert feats[:, feat].min() >= 8          # the MSB moves every image's code by 2 or more
+    spy = _Spy(monkeypatch)
+    cols: list[list[int]] = []
+    step = delta._step
+
+    def spy_r3(ex_, node, memo, parts, side):
+        part = step(ex_, node, memo, parts, side)
+        if node.name == "r3":
+            cols.append(part.cols.tolist())
+        return part
+    monkeypatch.setattr(delta, "_step", spy_r3)
+    bits = [("d1.bias", int(r), 0) for r in low[:3]]
+    clean = fresh.run(x, quantized=True)
+    assert torch.equal(_same(image, ex, fresh, x, [FaultMap.from_faults(bits)]), clean)
+    assert cols == [[]] and not spy.steps[("d2", "whole")] + spy.steps[("d2", "part")]
+    _same(image, ex, fresh, x, [FaultMap.from_faults(bits + [("d1.weight", 160 * live + feat,
+                                                               7)])])
+    assert cols[1] == [live] and spy.steps[("d2", "whole")] + spy.steps[("d2", "part")] == 1
 
 
 @pytest.mark.parametrize("arch", ["dense_64_37_23_10", "residual_gap", "binary_mlp",

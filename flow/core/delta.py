@@ -18,14 +18,16 @@ channels), and a node that reads nothing changed keeps its clean codes:
   in storage order and an int8 dense layer reading it takes the transposed product;
 - a dense layer whose input changed in the features ``C`` adds ``(x' - x)[:, C] W'[:, C]^T`` to
   the accumulator of its clean input at its current weights (the clean one with its faulty
-  rows recomputed on the new input afterwards, or with its weight changes' products added
-  first), in float32: as one product of the differences while the clean peak plus what it can
+  rows recomputed on the new input afterwards, or with its weight changes' products on the
+  clean input added first, or, after a single product of the differences, added last), in
+  float32: as one product of the differences while the clean peak plus what it can
   move stays below 2**24, else as ``- x[:, C] W'[:, C]^T + x'[:, C] W'[:, C]^T`` (every
   intermediate the accumulator of an input mixing old and new codes, so as exact as the full
   layer). An int8 layer whose worst case passes 2**24 (float64 accumulators) takes this form
   only in the first case; ``W'[:, C]`` comes from a transposed copy of the clean weights plus
   the changed words in those columns;
-- a requant, a max-pool and a flatten pass the changed channels on;
+- a requant, a max-pool and a flatten pass the changed channels on (a requant only those
+  whose codes still differ from the clean ones: a node that reads nothing changed is skipped);
 - any other node, and a layer where the changed part costs more than the whole, runs whole
   (:meth:`Executor._node`) on its inputs made whole.
 
@@ -190,7 +192,11 @@ def _changes(ex: Executor, node: Node) -> _Change | None:
         d = ex._flat[a["bias"]][words].astype(np.float64) - ex._clean[a["bias"]][words]
         keep = d != 0
         brow, db = words[keep], d[keep]
-    return _Change(unique_ints(np.concatenate([wrow, brow])), wrow, wcol, dw, brow, db)
+    if brow.size:
+        rows = unique_ints(np.concatenate([wrow, brow]))
+    else:                                       # the words are sorted: so are their outputs
+        rows = wrow[np.concatenate(([True], wrow[1:] != wrow[:-1]))] if wrow.size else wrow
+    return _Change(rows, wrow, wcol, dw, brow, db)
 
 
 def _moved(ch: _Change, in_mag: int) -> float:
@@ -225,26 +231,28 @@ def _sparse_dtype(ex: Executor, node: Node, memo: dict[str, torch.Tensor], side:
 
 
 def _weight_delta(ex: Executor, node: Node, memo: dict[str, torch.Tensor], side: dict,
-                  ch: _Change, rows: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+                  ch: _Change, rows: torch.Tensor | None, dtype: torch.dtype,
+                  clean: bool = True) -> torch.Tensor:
     """The accumulator of a dense ``node`` on its clean input with its current weights and
     bias, transposed, in ``dtype`` (:func:`_sparse_dtype`): the outputs ``ch.rows`` (``rows``,
     that tensor) or, with ``rows`` None, all of them, as (outputs, N). Each changed weight adds
     ``x_j (w'_j - w_j)`` to its output's clean accumulator (``torch.sparse.addmm``, one scaled
-    row of the transposed input per change), then each changed bias its change."""
-    acct = _transposed(memo, side, node.name, dtype)
+    row of the transposed input per change), then each changed bias its change. Without
+    ``clean``: only what the changes add, (len(rows), N)."""
     xt = _transposed(memo, side, node.inputs[0], dtype)
     if rows is None:
-        base, wrow, brow = acct, ch.wrow, ch.brow
+        base, wrow, brow = _transposed(memo, side, node.name, dtype), ch.wrow, ch.brow
     else:
-        base = acct.index_select(0, rows)
+        base = _transposed(memo, side, node.name, dtype).index_select(0, rows) if clean else None
         wrow, brow = np.searchsorted(ch.rows, ch.wrow), np.searchsorted(ch.rows, ch.brow)
     s = torch.sparse_coo_tensor(torch.from_numpy(np.stack([wrow, ch.wcol])),
                                 torch.from_numpy(ch.dw).to(dtype),
-                                (base.shape[0], xt.shape[0]), is_coalesced=True,
-                                check_invariants=False)
-    out = torch.sparse.addmm(base, s, xt)             # a new tensor: base stays clean
+                                (ch.rows.size if base is None else base.shape[0], xt.shape[0]),
+                                is_coalesced=True, check_invariants=False)
+    # a new tensor either way: the clean accumulator stays clean
+    out = torch.sparse.mm(s, xt) if base is None else torch.sparse.addmm(base, s, xt)
     if ch.db.size:
-        db = np.zeros(base.shape[0])
+        db = np.zeros(out.shape[0])
         db[brow] = ch.db
         out.add_(torch.from_numpy(db).to(dtype)[:, None])
     return out
@@ -334,28 +342,57 @@ def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[
     # the input changed in the features p.cols: the clean input's accumulator at the current
     # weights (its faulty rows recomputed on the new input after, or the weight changes'
     # products added first), plus the features' change times the weights
-    if dtype != torch.float32:              # the sum below is float32
+    if dtype != torch.float32:              # the sums below are float32
         sparse = math.inf
-    by_rows = bool(r.size) and rows_cost + 2 * CALL_COST <= sparse + transposed
     # the faulty rows' final values, recomputed or moved by the products, lie within it too
     moved = _moved(ch, info.in_mag) if r.size and ch is not None else 0.0
     fits = info.peak + moved + 2 * p.cols.numel() * info.in_mag * info.w_mag < 1 << 24
     if not (f32 or fits):
         return None
-    fix = 0.0 if not r.size else min(rows_cost + 2 * CALL_COST, sparse + transposed)
-    if (1 if fits else 2) * p.cols.numel() * n * outputs + fix + 6 * CALL_COST >= whole:
+    # the faulty rows: recomputed on the new input made whole ("rows"); or the accumulator
+    # of the clean input at the current weights taken first, whole and column by column
+    # ("first"); or, while one product of the differences is exact, their weight changes'
+    # products on the clean input added last ("last": every partial sum of a faulty row is
+    # then within the clean peak plus both moves, below 2**24)
+    fixes = {"rows": rows_cost + 2 * CALL_COST, "last": sparse - 2 * CALL_COST if fits
+             else math.inf, "first": sparse + transposed} if r.size else {None: 0.0}
+    fix = min(fixes, key=fixes.__getitem__)
+    if (1 if fits else 2) * p.cols.numel() * n * outputs + fixes[fix] + 6 * CALL_COST >= whole:
         return None
-    if r.size and not by_rows:
+    if fix == "first":
         acc = _weight_delta(ex, node, memo, side, ch, None, torch.float32).t()
     else:
         acc = memo[node.name]
         acc = acc.clone() if acc.dtype == torch.float32 else acc.to(torch.float32)
     _dense_delta(acc, p.vals, memo[src].index_select(1, p.cols),
                  _weight_columns(ex, node, side, ch, p.cols), fits)
-    if by_rows:
-        rows = torch.as_tensor(r, device=ex.device)
-        acc.index_copy_(1, rows, _rows(ex, node, _whole(memo, parts, src), rows).to(acc.dtype))
+    if fix is not None and fix != "first":
+        rows = torch.from_numpy(r).to(ex.device)
+        if fix == "rows":
+            acc.index_copy_(1, rows, _rows(ex, node, _whole(memo, parts, src), rows).to(
+                acc.dtype))
+        else:
+            acc.index_add_(1, rows, _weight_delta(ex, node, memo, side, ch, rows, torch.float32,
+                                                  clean=False).t())
     return Part(None, acc)
+
+
+def _changed(memo: dict[str, torch.Tensor], name: str, part: Part) -> Part:
+    """``part`` (``cols`` not None) of node ``name`` without the channels whose codes all
+    equal the clean ones
+    (most faults in a low weight bit vanish in the requant; the layers after then add fewer
+    changed features, or none)."""
+    old = memo[name].index_select(1, part.cols)
+    n, c = part.vals.shape[:2]
+    if part.vals.device.type == "cpu":          # NumPy's compare: several times PyTorch's
+        per = torch.from_numpy(np.not_equal(part.vals.numpy(), old.numpy()).reshape(n, -1)
+                               .any(0).reshape(c, -1).any(1))
+    else:
+        per = (part.vals != old).reshape(n, -1).any(0).reshape(c, -1).any(1)
+    keep = per.nonzero().squeeze(1)
+    if keep.numel() == c:
+        return part
+    return Part(part.cols.index_select(0, keep), part.vals.index_select(1, keep))
 
 
 def _step(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part],
@@ -371,7 +408,8 @@ def _step(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[s
             and not ex._params_of[node.name]:
         if node.op in ("requant", "maxpool"):       # per channel: on the changed ones only
             vals = p.vals if ex._sole[node.name] else p.vals.clone()
-            return Part(p.cols, ex._node(node, {src: vals}, inplace=True))
+            part = Part(p.cols, ex._node(node, {src: vals}, inplace=True))
+            return _changed(memo, node.name, part) if node.op == "requant" else part
         if node.op == "flatten" and ex._sole[node.name]:
             if p.vals.dim() == 2:
                 return p
@@ -394,6 +432,8 @@ def forward(ex: Executor, memo: dict[str, torch.Tensor], side: dict, start: int
         if not any(i in parts for i in node.inputs) and dirty.isdisjoint(
                 ex._params_of[node.name]):
             continue                                # reads nothing that changed
-        parts[node.name] = _step(ex, node, memo, parts, side)
+        part = _step(ex, node, memo, parts, side)
+        if part.cols is None or part.cols.numel():
+            parts[node.name] = part             # (else: every code is the clean one)
     out = ex.net.output
     return memo[out].clone() if out not in parts else _whole(memo, parts, out)
