@@ -85,6 +85,8 @@ class _Spy:
         self.single: list[bool] = []            # each dense delta: one product of differences
         self.sparse: Counter = Counter()        # weight-change products: (node, rows or all)
         step, dense, weights = delta._step, delta._dense_delta, delta._weight_delta
+        conv, conv_layer = delta._conv_weight_delta, delta._conv
+        self.conv_input: Counter = Counter()   # convs that added their input channels' change
 
         def spy_step(ex, node, memo, parts, side):
             part = step(ex, node, memo, parts, side)
@@ -100,7 +102,16 @@ class _Spy:
             form = "all" if rows is None else "rows" if clean else "added"
             self.sparse[(node.name, form)] += 1
             return weights(ex, node, memo, side, ch, rows, dtype, clean)
+        def spy_conv(memo, side, node, patches, ch, rows, dtype, clean=True):
+            self.sparse[(node.name, "rows" if clean else "added")] += 1
+            return conv(memo, side, node, patches, ch, rows, dtype, clean)
         monkeypatch.setattr(delta, "_step", spy_step)
+        def spy_conv_layer(ex, node, memo, parts, side):
+            part = conv_layer(ex, node, memo, parts, side)
+            self.conv_input[node.name] += part is not None and node.inputs[0] in parts
+            return part
+        monkeypatch.setattr(delta, "_conv_weight_delta", spy_conv)
+        monkeypatch.setattr(delta, "_conv", spy_conv_layer)
         monkeypatch.setattr(delta, "_dense_delta", spy_dense)
         monkeypatch.setattr(delta, "_weight_delta", spy_weights)
 
@@ -155,6 +166,16 @@ def test_hand_written_maps_equal_a_full_forward(monkeypatch, kernels, protected)
             + [("d1.weight", 3, 0), ("d1.weight", 161, top["d1"])])],
         "biases": [FaultMap.from_faults([("c1.bias", 2, 15), ("d1.bias", 7, 14),
                                          ("d2.bias", 0, 15)])],
+        # a conv's input channel and its own faulty row (its weight changes' products added
+        # after the input's change), or a row with many changed words (recomputed), alone or
+        # after the input's change
+        "conv input and row": [FaultMap.from_faults([("c1.weight", 30, top["c1"]),
+                                                     ("c2.weight", 216 * 3 + 5, 3)])],
+        "conv input and full row": [FaultMap.from_faults(
+            [("c1.weight", 30, top["c1"])]
+            + [("c2.weight", 216 * 3 + w, 4) for w in range(0, 40, 2)])],
+        "full conv row": [FaultMap.from_faults([("c2.weight", 216 * 5 + w, 4)
+                                                for w in range(0, 40, 2)])],
         # most rows of the first dense layer: it runs whole
         "most rows": [FaultMap.from_faults([("d1.weight", 160 * r + 9, top["d1"])
                                             for r in range(0, 96, 2)])],
@@ -183,6 +204,10 @@ def test_hand_written_maps_equal_a_full_forward(monkeypatch, kernels, protected)
     assert spy.sparse[("d1", "rows")] and spy.sparse[("d1", "added")]
     assert spy.sparse[("d1", "all")] or protected
     assert any(spy.single)             # features' changes as one product of differences
+    # c2's faulty rows: its weight changes' products on the clean input's patch matrix, alone
+    # or added after its input channels' change
+    assert spy.sparse[("c2", "rows")] and spy.sparse[("c2", "added")]
+    assert spy.conv_input["c2"] >= 3                # its input channels' change added
     if kernels == "int8":                 # c2's rows on its clean input: a kept patch matrix
         assert ex._int8["c2"]._kept[0] is ex._memo[ex._key(x, True)][1]["p1"]
     assert torch.equal(ex.run(x, quantized=True).double(), clean.double())
@@ -216,6 +241,56 @@ def test_worst_case_codes_near_float32s_limit(monkeypatch, kernels):
                                 + [("d2.weight", 512 * 3 + w, 7) for w in range(0, 512, 64)])
     assert not torch.equal(_same(image, ex, fresh, x, [fmap]), clean)
     assert spy.sparse[("d2", "all")] == 3 and spy.deltas == 4 and not any(spy.single)
+
+
+def _conv_chain(peak_codes: int) -> IntNetwork:
+    """input 0..255 (56 x 6 x 6) -> 1x1 conv c0 (56 ch, weight 1 on its own channel, bias 0)
+    -> requant -> 3x3 conv c1 pad 1 (4 ch; weights ``peak_codes`` by sign of the row: -128 or
+    127 on rows 0, 2 and 1, 3; 0 elsewhere) -> requant. With inputs of 255, c1's centre outputs
+    sum 504 products of 255 x 127 (16.3M, within 2**19 of 2**24) at ``peak_codes`` 127."""
+    w0 = np.zeros((56, 56, 1, 1), np.int64)
+    w0[np.arange(56), np.arange(56)] = 1
+    w1 = np.zeros((4, 56, 3, 3), np.int64)
+    w1[[0, 2]] = -min(peak_codes + 1, 128)
+    w1[[1, 3]] = peak_codes
+    fmt = Fixed(8, True, 7)
+    params = {"c0.weight": Param("c0.weight", "c0", "weight", fmt, w0),
+              "c0.bias": Param("c0.bias", "c0", "bias", Fixed(16, True, 15), np.zeros(56)),
+              "c1.weight": Param("c1.weight", "c1", "weight", fmt, w1),
+              "c1.bias": Param("c1.bias", "c1", "bias", Fixed(16, True, 15), np.zeros(4))}
+    big = (1 << 24) - 1
+    return IntNetwork("conv_chain", [
+        Node("input", "input", [], 0, 0, 255, {"bits": 8, "signed": False}),
+        Node("c0", "conv", ["input"], 7, -big, big,
+             {"weight": "c0.weight", "bias": "c0.bias", "stride": 1, "pad": 0, "k": 1}),
+        Node("r0", "requant", ["c0"], 7, 0, 255),
+        Node("c1", "conv", ["r0"], 14, -big, big,
+             {"weight": "c1.weight", "bias": "c1.bias", "stride": 1, "pad": 1, "k": 3}),
+        Node("r1", "requant", ["c1"], -2, -128, 127)], params, (56, 6, 6), 144)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("peak", [127, 8])
+def test_conv_input_change_near_float32s_limit(monkeypatch, kernels, peak):
+    """A conv whose input channels change adds ``conv((x' - x)[:, C], W'[:, C])`` to its clean
+    accumulator only while every partial sum stays below 2**24: with accumulators within 2**19
+    of 2**24 (peak 127), two changed channels (each can move an output by 2 x 9 x 255 x 128)
+    are refused and the layer runs whole; at peak 8 they are added, with c1's own faulty
+    channel (a weight's bit 6) recomputed or its product added. Both equal a full forward."""
+    net = _conv_chain(peak)
+    x = torch.full((5, 56, 6, 6), 255.0)
+    x[:, :, 0, 0] = 0
+    image, ex, fresh = _pair(net, [], kernels, x)
+    acc = fresh.run(x, quantized=True, trace=True)["c1"]
+    assert (acc.abs().max() > (1 << 24) - (1 << 19)) == (peak == 127)
+    spy = _Spy(monkeypatch)
+    clean = fresh.run(x, quantized=True)
+    # c0's weight bit 7 of channels 3 and 40 (1 -> -127: those channels fall to 0), and a
+    # weight of c1's row 1
+    fmap = FaultMap.from_faults([("c0.weight", 3 * 56 + 3, 7), ("c0.weight", 40 * 56 + 40, 7),
+                                 ("c1.weight", 504 + 9 * 7 + 4, 6)])
+    assert not torch.equal(_same(image, ex, fresh, x, [fmap]), clean)
+    assert spy.conv_input["c1"] == (0 if peak == 127 else 1)
 
 
 def test_small_layers_run_whole_large_ones_recompute_their_faulty_rows(monkeypatch):

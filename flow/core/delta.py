@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from flow.core.arrays import unique_ints
+from flow.core.intkernels import matrix_positions
 from flow.core.ir import Node
 
 if TYPE_CHECKING:                                   # pragma: no cover
@@ -58,7 +59,9 @@ if TYPE_CHECKING:                                   # pragma: no cover
 CALL_COST = 1 << 18
 INT8_SPEEDUP = 3
 # A dense layer on a clean input recomputes its faulty rows only while they are at most this
-# share of its outputs: beyond it, the changed features' index operations downstream (a partial
+# share of its outputs (and a conv adds its changed input channels only while its faulty
+# channels are: digits CNN x14 at BER 1e-4, 369 of conv2's 448 faulty: trial 1.06x -> 0.40x of
+# clean without this bound): beyond it, the changed features' index operations downstream (a partial
 # requant, the next layer's input made whole) cost more than the rows saved (mnist5k's 1.9M
 # weight MLP at BER 1e-4, about 470 of fc1's 1024 rows faulty: trial 0.80x -> 0.98x of clean).
 DENSE_PART_MAX = 0.25
@@ -73,6 +76,21 @@ SPARSE_MAC = 16
 # float32 MACs per element, about a transposing copy (359 x 1024 float32 codes: 410 us, as
 # long as the 23.5M-MAC layer producing them; an int8 1024 -> 1024 layer reading them: +300 us).
 TRANSPOSED_COST = 64
+# A requant's changed features (dense layers' outputs) are compared with the clean codes (to
+# drop those a fault left clean) while they hold at most this many codes; a conv's channels are
+# not: there the compare costs more than it saves (digits CNN x1 at BER 1e-3: 140 us a trial
+# on 22 of 32 channels of 359 x 8 x 8 codes, 100 us on 1 to 3 of 16 channels).
+PRUNE_MAX = 1 << 16
+# A conv's weight change adds its change times a row of the clean input's patch matrix to its
+# output channel: memory-bound, costed as this many float32 MACs per output value (37 changes
+# over 359 x 8 x 8 outputs: 675 us, a whole 106M-MAC layer 1.8 ms); the changed-input form of
+# a conv makes about six passes over its whole output (copy, add), costed as OUT_PASSES MACs
+# per output value.
+CONV_SPARSE_MAC = 48
+OUT_PASSES = 64
+# The largest patch matrix of a conv's remembered clean input kept for its weight changes'
+# products (once per remembered batch).
+PATCH_BYTES = 128 << 20
 
 
 @dataclass
@@ -94,6 +112,7 @@ class _Change:
     dw: np.ndarray          # its code now minus its clean code (float64)
     brow: np.ndarray        # each changed bias's output, its change
     db: np.ndarray
+    moved: float | None = None      # :func:`_moved`
 
 
 def _whole(memo: dict[str, torch.Tensor], parts: dict[str, Part], name: str) -> torch.Tensor:
@@ -105,6 +124,25 @@ def _whole(memo: dict[str, torch.Tensor], parts: dict[str, Part], name: str) -> 
         return p.vals
     t = memo[name].clone()
     return t.index_copy_(1, p.cols, p.vals.to(t.dtype))
+
+
+def _contiguous(memo: dict[str, torch.Tensor], side: dict, name: str) -> torch.Tensor:
+    """The remembered codes of ``name``, contiguous: a tensor stored channels last (an int8
+    conv's output) is copied once per remembered batch (``side``); gathering channels across
+    its strides took 8 ms, from the copy 0.2 ms (359 x 128 x 8 x 8 codes)."""
+    t = memo[name]
+    if t.is_contiguous():
+        return t
+    key = ("contiguous", name)
+    if key not in side:
+        side[key] = t.contiguous()
+    return side[key]
+
+
+def _channels(memo: dict[str, torch.Tensor], side: dict, name: str, cols: torch.Tensor
+              ) -> torch.Tensor:
+    """The remembered codes of ``name`` in the channels ``cols`` (dim 1), as a new tensor."""
+    return _contiguous(memo, side, name).index_select(1, cols)
 
 
 def _faulty_rows(ex: Executor, node: Node) -> np.ndarray:
@@ -157,6 +195,8 @@ class _Info:
     in_mag: int             # bound of the input codes
     w_mag: int              # bound of the weight codes
     peak: float             # largest |clean accumulator| over the batch
+    spatial: int            # output positions per channel (1: dense)
+    c_in: int               # input channels (features)
 
 
 def _info(ex: Executor, node: Node, memo: dict[str, torch.Tensor], side: dict) -> _Info:
@@ -169,21 +209,26 @@ def _info(ex: Executor, node: Node, memo: dict[str, torch.Tensor], side: dict) -
         side[key] = _Info(acc.shape[0], acc.shape[1],
                           acc.shape[0] * w.codes[0].size * acc[0, 0].numel() / speed,
                           _exact_kernel(ex, node), max(abs(src.lo), abs(src.hi)),
-                          max(abs(w.fmt.min()), abs(w.fmt.max())), float(acc.abs().max()))
+                          max(abs(w.fmt.min()), abs(w.fmt.max())), float(acc.abs().max()),
+                          acc[0, 0].numel(), w.codes.shape[1])
     return side[key]
 
 
 def _changes(ex: Executor, node: Node) -> _Change | None:
-    """The weight and bias words of a dense ``node`` whose codes differ from the clean ones
-    now, read from host memory (None on another device)."""
+    """The weight and bias words of a conv or dense ``node`` whose codes differ from the clean
+    ones now, read from host memory (None on another device); a weight's column is its index
+    in its output's row (a conv's: channel, kernel row, kernel column)."""
     if not ex._flat:
         return None
     a, empty = node.attrs, np.zeros(0, np.int64)
     wn = a["weight"]
     wrow, wcol, dw = empty, empty, np.zeros(0)
     if (words := ex._dirty_words(wn)) is not None:
-        now = ex._w8[wn]._flat if wn in ex._w8 else ex._flat[wn]   # dense: the same positions
-        d = now[words].astype(np.float64) - ex._clean[wn][words]
+        if wn in ex._w8:                        # int8 weights: a conv's are channels last
+            now = ex._w8[wn]._flat[matrix_positions(words, ex._w8[wn].shape)]
+        else:
+            now = ex._flat[wn][words]
+        d = now.astype(np.float64) - ex._clean[wn][words]
         keep = d != 0
         dw = d[keep]
         wrow, wcol = np.divmod(words[keep], ex.net.params[wn].codes[0].size)
@@ -202,9 +247,11 @@ def _changes(ex: Executor, node: Node) -> _Change | None:
 def _moved(ch: _Change, in_mag: int) -> float:
     """How far the changed weights and bias can move one output's accumulator, partial sum by
     partial sum: the largest sum of an output's |weight code changes| times the input's bound,
-    plus the largest |bias change|."""
-    rows = float(np.bincount(ch.wrow, np.abs(ch.dw)).max()) * in_mag if ch.dw.size else 0.0
-    return rows + (float(np.abs(ch.db).max()) if ch.db.size else 0.0)
+    plus the largest |bias change| (worked out once per change)."""
+    if ch.moved is None:
+        rows = float(np.bincount(ch.wrow, np.abs(ch.dw)).max()) * in_mag if ch.dw.size else 0.0
+        ch.moved = rows + (float(np.abs(ch.db).max()) if ch.db.size else 0.0)
+    return ch.moved
 
 
 def _transposed(memo: dict[str, torch.Tensor], side: dict, name: str, dtype: torch.dtype
@@ -300,13 +347,124 @@ def _dense_delta(acc: torch.Tensor, new: torch.Tensor, old: torch.Tensor, wt: to
         acc.addmm_(old, wt, alpha=-1).addmm_(new, wt)
 
 
+def _patch_matrix(memo: dict[str, torch.Tensor], side: dict, node: Node, k: int,
+                  dtype: torch.dtype) -> torch.Tensor | None:
+    """The patch matrix of a conv ``node``'s (kernel ``k``) remembered clean input,
+    (C k k, N Ho Wo) in ``dtype`` (rows in the order of a weight row: channel, kernel row,
+    kernel column), made once per remembered batch; None when it would pass
+    :data:`PATCH_BYTES`."""
+    key = ("patches", node.name, dtype)
+    if key not in side:
+        x, acc, a = memo[node.inputs[0]], memo[node.name], node.attrs
+        rows, cols = x.shape[1] * k * k, acc.shape[0] * acc[0, 0].numel()
+        if rows * cols * torch.finfo(dtype).bits // 8 > PATCH_BYTES:
+            side[key] = None
+        else:
+            p = F.unfold(x.to(dtype), k, padding=a["pad"], stride=a["stride"])
+            side[key] = p.permute(1, 0, 2).reshape(rows, cols)
+    return side[key]
+
+
+def _conv_weight_delta(memo: dict[str, torch.Tensor], side: dict, node: Node,
+                       patches: torch.Tensor, ch: _Change, rows: torch.Tensor,
+                       dtype: torch.dtype, clean: bool = True) -> torch.Tensor:
+    """The accumulator of a conv ``node``'s outputs ``ch.rows`` (``rows``, that tensor) on its
+    clean input with its current weights and bias, (N, R, Ho, Wo) in ``dtype``: each changed
+    weight adds its change times a row of the clean input's ``patches`` (:func:`_patch_matrix`,
+    ``torch.sparse.mm``), each changed bias its change; without ``clean``, only what they add
+    (a view across the strides)."""
+    acc = memo[node.name]
+    n, _, ho, wo = acc.shape
+    wrow, brow = np.searchsorted(ch.rows, ch.wrow), np.searchsorted(ch.rows, ch.brow)
+    s = torch.sparse_coo_tensor(torch.from_numpy(np.stack([wrow, ch.wcol])),
+                                torch.from_numpy(ch.dw).to(dtype),
+                                (ch.rows.size, patches.shape[0]), is_coalesced=True,
+                                check_invariants=False)
+    d = torch.sparse.mm(s, patches)
+    if ch.db.size:
+        db = np.zeros(ch.rows.size)
+        db[brow] = ch.db
+        d.add_(torch.from_numpy(db).to(dtype)[:, None])
+    d = d.view(ch.rows.size, n, ho, wo).permute(1, 0, 2, 3)
+    return _channels(memo, side, node.name, rows).to(dtype).add_(d) if clean else d
+
+
+def _conv(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part],
+          side: dict) -> Part | None:
+    """A conv ``node`` on an exact kernel from its changed part, or None to run it whole.
+    Clean input: its faulty output channels, recomputed or as the clean ones plus the weight
+    changes' products on the clean input's patch matrix. Input channels ``C`` changed: the
+    clean accumulator plus ``conv((x' - x)[:, C], W'[:, C])``, in float32 while every partial
+    sum stays below 2**24 (the clean peak, what the weight changes move, and ``2 |C| k k``
+    times the input's and weights' bounds), its faulty channels then recomputed on the new input
+    or their weight changes' products added."""
+    src = node.inputs[0]
+    p = parts.get(src)
+    info = _info(ex, node, memo, side)
+    if not info.exact or (p is not None and p.cols is None):
+        return None
+    n, outputs, per_row = info.n, info.outputs, info.per_row
+    whole = per_row * outputs + (2 * CALL_COST if p is not None else 0)
+    if whole <= 3 * CALL_COST:
+        return None
+    ch = _changes(ex, node)
+    r = _faulty_rows(ex, node) if ch is None else ch.rows
+    rows_cost = per_row * r.size + 3 * CALL_COST
+    k = ex.net.params[node.attrs["weight"]].codes.shape[-1]
+    least = (ch.dw.size * n * info.spatial * CONV_SPARSE_MAC + 4 * CALL_COST if ch is not None
+             and ch.dw.size else math.inf)
+    dtype = (_sparse_dtype(ex, node, memo, side, ch)
+             if least < min(whole, rows_cost + 2 * CALL_COST) else None)
+    patches = None if dtype is None else _patch_matrix(memo, side, node, k, dtype)
+    sparse = (math.inf if patches is None else ch.dw.size * n * info.spatial * CONV_SPARSE_MAC
+              * (1 if dtype == torch.float32 else 2) + 6 * CALL_COST)
+    if p is None:
+        if min(rows_cost, sparse) >= whole:
+            return None
+        rows = torch.from_numpy(r).to(ex.device)
+        if sparse < rows_cost:
+            return Part(rows, _conv_weight_delta(memo, side, node, patches, ch, rows, dtype))
+        return Part(rows, _rows(ex, node, memo[src], rows, clean=True))
+    if r.size > DENSE_PART_MAX * outputs:   # most channels faulty: about a whole layer again
+        return None
+    moved = _moved(ch, info.in_mag) if r.size and ch is not None else 0.0
+    cols = p.cols
+    if info.peak + moved + 2 * cols.numel() * k * k * info.in_mag * info.w_mag >= 1 << 24:
+        return None
+    fixes = {"rows": rows_cost + 2 * CALL_COST,
+             "last": sparse - 2 * CALL_COST if dtype == torch.float32 else math.inf
+             } if r.size else {None: 0.0}
+    fix = min(fixes, key=fixes.__getitem__)
+    passes = n * outputs * info.spatial * OUT_PASSES
+    if per_row * outputs * cols.numel() / info.c_in + passes + fixes[fix] + 6 * CALL_COST \
+            >= whole:
+        return None
+    a = node.attrs
+    w = ex.tensors[a["weight"]].index_select(1, cols)   # current weights (int8: brought up)
+    new = p.vals if p.vals.dtype == torch.float32 else p.vals.to(torch.float32)
+    acc = F.conv2d(new - _channels(memo, side, src, cols).to(torch.float32), w, None,
+                   stride=a["stride"], padding=a["pad"])
+    acc.add_(_contiguous(memo, side, node.name))   # clean accumulator: every sum below 2**24
+    if fix is not None:
+        rows = torch.from_numpy(r).to(ex.device)
+        if fix == "rows":
+            acc.index_copy_(1, rows, _rows(ex, node, _whole(memo, parts, src), rows).to(
+                acc.dtype))
+        else:
+            acc.index_add_(1, rows, _conv_weight_delta(memo, side, node, patches, ch, rows,
+                                                       torch.float32, clean=False))
+    return Part(None, acc)
+
+
 def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part],
            side: dict) -> Part | None:
     """A conv or dense ``node`` from its changed part, or None to run it whole (when that is
     the cheapest form, see :data:`CALL_COST`)."""
+    if node.op == "conv":
+        return _conv(ex, node, memo, parts, side)
     src = node.inputs[0]
     p = parts.get(src)
-    dense = node.op == "dense"
+    dense = True
     if p is not None and not (dense and p.cols is not None):
         return None
     info = _info(ex, node, memo, side)
@@ -325,7 +483,11 @@ def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[
     ch = _changes(ex, node) if dense else None
     r = _faulty_rows(ex, node) if ch is None else ch.rows
     rows_cost = per_row * r.size + 3 * CALL_COST if info.exact else math.inf
-    dtype = _sparse_dtype(ex, node, memo, side, ch) if ch is not None else None
+    # the products' dtype (a bincount over the changes) only where they could win on cost
+    least = ch.dw.size * n * SPARSE_MAC + 4 * CALL_COST if ch is not None else math.inf
+    rows_ok = p is not None or r.size <= DENSE_PART_MAX * outputs
+    dtype = (_sparse_dtype(ex, node, memo, side, ch) if least < whole
+             and not (rows_ok and least >= rows_cost + 2 * CALL_COST) else None)
     sparse = (math.inf if dtype is None else ch.dw.size * n * SPARSE_MAC
               * (1 if dtype == torch.float32 else 2) + 6 * CALL_COST)
     transposed = n * outputs * TRANSPOSED_COST      # a whole result column by column
@@ -364,7 +526,7 @@ def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[
     else:
         acc = memo[node.name]
         acc = acc.clone() if acc.dtype == torch.float32 else acc.to(torch.float32)
-    _dense_delta(acc, p.vals, memo[src].index_select(1, p.cols),
+    _dense_delta(acc, p.vals, _channels(memo, side, src, p.cols),
                  _weight_columns(ex, node, side, ch, p.cols), fits)
     if fix is not None and fix != "first":
         rows = torch.from_numpy(r).to(ex.device)
@@ -379,9 +541,8 @@ def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[
 
 def _changed(memo: dict[str, torch.Tensor], name: str, part: Part) -> Part:
     """``part`` (``cols`` not None) of node ``name`` without the channels whose codes all
-    equal the clean ones
-    (most faults in a low weight bit vanish in the requant; the layers after then add fewer
-    changed features, or none)."""
+    equal the clean ones (most faults in a low weight bit vanish in the requant; the layers
+    after then add fewer changed features, or none)."""
     old = memo[name].index_select(1, part.cols)
     n, c = part.vals.shape[:2]
     if part.vals.device.type == "cpu":          # NumPy's compare: several times PyTorch's
@@ -409,7 +570,8 @@ def _step(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[s
         if node.op in ("requant", "maxpool"):       # per channel: on the changed ones only
             vals = p.vals if ex._sole[node.name] else p.vals.clone()
             part = Part(p.cols, ex._node(node, {src: vals}, inplace=True))
-            return _changed(memo, node.name, part) if node.op == "requant" else part
+            return (_changed(memo, node.name, part) if node.op == "requant"
+                    and vals.dim() == 2 and vals.numel() <= PRUNE_MAX else part)
         if node.op == "flatten" and ex._sole[node.name]:
             if p.vals.dim() == 2:
                 return p
