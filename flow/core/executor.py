@@ -634,9 +634,10 @@ class Executor:
         With ``quantized``, ``x`` already holds input codes (see :meth:`quantize_input`):
         campaigns quantize the test set once and classify it many times.
         """
-        out = [self.run(x[i:i + batch_size], quantized=quantized).argmax(dim=1)
-               for i in range(0, x.shape[0], batch_size)]
-        return out[0] if len(out) == 1 else torch.cat(out)
+        if x.shape[0] <= batch_size:            # one batch: itself (as remembered)
+            return self.run(x, quantized=quantized).argmax(dim=1)
+        return torch.cat([self.run(x[i:i + batch_size], quantized=quantized).argmax(dim=1)
+                          for i in range(0, x.shape[0], batch_size)])
 
     @torch.no_grad()
     def correct(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> int:
