@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flow.core.arrays import unique_ints
+from flow.core.arrays import column_major, unique_ints
 from flow.core.intkernels import matrix_positions
 from flow.core.ir import Node
 
@@ -516,7 +516,8 @@ def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[
     # ("first"); or, while one product of the differences is exact, their weight changes'
     # products on the clean input added last ("last": every partial sum of a faulty row is
     # then within the clean peak plus both moves, below 2**24)
-    fixes = {"rows": rows_cost + 2 * CALL_COST, "last": sparse - 2 * CALL_COST if fits
+    last = fits and r.size <= DENSE_PART_MAX * outputs  # (many: adding them costs more)
+    fixes = {"rows": rows_cost + 2 * CALL_COST, "last": sparse - 2 * CALL_COST if last
              else math.inf, "first": sparse + transposed} if r.size else {None: 0.0}
     fix = min(fixes, key=fixes.__getitem__)
     if (1 if fits else 2) * p.cols.numel() * n * outputs + fixes[fix] + 6 * CALL_COST >= whole:
@@ -539,21 +540,26 @@ def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[
     return Part(None, acc)
 
 
-def _changed(memo: dict[str, torch.Tensor], name: str, part: Part) -> Part:
-    """``part`` (``cols`` not None) of node ``name`` without the channels whose codes all
-    equal the clean ones (most faults in a low weight bit vanish in the requant; the layers
-    after then add fewer changed features, or none)."""
-    old = memo[name].index_select(1, part.cols)
-    n, c = part.vals.shape[:2]
-    if part.vals.device.type == "cpu":          # NumPy's compare: several times PyTorch's
-        per = torch.from_numpy(np.not_equal(part.vals.numpy(), old.numpy()).reshape(n, -1)
-                               .any(0).reshape(c, -1).any(1))
+def _changed(memo: dict[str, torch.Tensor], side: dict, name: str, part: Part) -> Part:
+    """``part`` (``cols`` not None, (N, features)) of node ``name`` without the features whose
+    codes all equal the clean ones (most faults in a low weight bit vanish in the requant; the
+    layers after then add fewer changed features, or none). A part stored column by column is
+    compared in that order, with the transposed clean codes."""
+    v = part.vals
+    if column_major(v):
+        new, old, axis = v.t(), _transposed(memo, side, name, v.dtype).index_select(
+            0, part.cols), 1
     else:
-        per = (part.vals != old).reshape(n, -1).any(0).reshape(c, -1).any(1)
+        new, old, axis = v, memo[name].index_select(1, part.cols), 0
+    if v.device.type == "cpu":                  # NumPy's compare: several times PyTorch's
+        per = torch.from_numpy(np.not_equal(new.numpy(), old.numpy()).any(axis))
+    else:
+        per = (new != old).any(axis)
     keep = per.nonzero().squeeze(1)
-    if keep.numel() == c:
+    if keep.numel() == per.numel():
         return part
-    return Part(part.cols.index_select(0, keep), part.vals.index_select(1, keep))
+    vals = v.t().index_select(0, keep).t() if axis else v.index_select(1, keep)
+    return Part(part.cols.index_select(0, keep), vals)
 
 
 def _step(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part],
@@ -570,7 +576,7 @@ def _step(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[s
         if node.op in ("requant", "maxpool"):       # per channel: on the changed ones only
             vals = p.vals if ex._sole[node.name] else p.vals.clone()
             part = Part(p.cols, ex._node(node, {src: vals}, inplace=True))
-            return (_changed(memo, node.name, part) if node.op == "requant"
+            return (_changed(memo, side, node.name, part) if node.op == "requant"
                     and vals.dim() == 2 and vals.numel() <= PRUNE_MAX else part)
         if node.op == "flatten" and ex._sole[node.name]:
             if p.vals.dim() == 2:
