@@ -26,8 +26,16 @@ channels), and a node that reads nothing changed keeps its clean codes:
   layer). An int8 layer whose worst case passes 2**24 (float64 accumulators) takes this form
   only in the first case; ``W'[:, C]`` comes from a transposed copy of the clean weights plus
   the changed words in those columns;
-- a requant, a max-pool and a flatten pass the changed channels on (a requant only those
-  whose codes still differ from the clean ones: a node that reads nothing changed is skipped);
+- a conv on an exact kernel whose input is clean may likewise add its changed weights'
+  products to its faulty channels' clean accumulators, over the patch matrix of its clean
+  input (made once per remembered batch, up to :data:`PATCH_BYTES`; :data:`CONV_SPARSE_MAC`);
+- a conv whose input changed in the channels ``C`` adds ``conv((x' - x)[:, C], W'[:, C])`` to
+  its clean accumulator in float32, while every partial sum stays below 2**24 and at most a
+  quarter of its channels are faulty (those recomputed on the new input, or their weight
+  changes' products added);
+- a requant, a max-pool and a flatten pass the changed channels on (a requant of dense
+  features only those whose codes still differ from the clean ones, :data:`PRUNE_MAX`: a
+  node that reads nothing changed is skipped);
 - any other node, and a layer where the changed part costs more than the whole, runs whole
   (:meth:`Executor._node`) on its inputs made whole.
 
@@ -336,7 +344,7 @@ def _dense_delta(acc: torch.Tensor, new: torch.Tensor, old: torch.Tensor, wt: to
                  single: bool) -> None:
     """``acc`` (float32, a copy) += (new - old) ``wt``, exactly, by the GEMM itself into
     ``acc`` (no product tensor). ``single``: one product of the differences (every partial sum
-    is in range, :func:`_layer` checked); else the old products are taken out first, then the
+    is in range, :func:`_dense` checked); else the old products are taken out first, then the
     new ones added: every intermediate is the accumulator of an input mixing old and new codes,
     within the layer's worst case."""
     new = new if new.dtype == torch.float32 else new.to(torch.float32)
@@ -456,31 +464,27 @@ def _conv(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[s
     return Part(None, acc)
 
 
-def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part],
+def _dense(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part],
            side: dict) -> Part | None:
-    """A conv or dense ``node`` from its changed part, or None to run it whole (when that is
-    the cheapest form, see :data:`CALL_COST`)."""
-    if node.op == "conv":
-        return _conv(ex, node, memo, parts, side)
+    """A dense ``node`` from its changed part, or None to run it whole (when that is the
+    cheapest form, see :data:`CALL_COST`)."""
     src = node.inputs[0]
     p = parts.get(src)
-    dense = True
-    if p is not None and not (dense and p.cols is not None):
+    if p is not None and p.cols is None:
         return None
     info = _info(ex, node, memo, side)
     f32 = ex._dtype[node.name] == torch.float32
     # a changed input: added on an exact kernel's float32 accumulator (an int8 layer's float64
     # one too while every intermediate stays below 2**24, below; on a float64 kernel the extra
     # passes cost more than the products they save)
-    if not (info.exact or dense) or (p is not None and not (
-            info.exact and (f32 or node.name in ex._int8))):
+    if p is not None and not (info.exact and (f32 or node.name in ex._int8)):
         return None
     n, outputs, per_row = info.n, info.outputs, info.per_row
     # split or float64 kernels: about twice a float32 one
     whole = per_row * outputs * (1 if info.exact else 2) + (2 * CALL_COST if p is not None else 0)
     if whole <= 3 * CALL_COST:              # too small for any other form to gain
         return None
-    ch = _changes(ex, node) if dense else None
+    ch = _changes(ex, node)
     r = _faulty_rows(ex, node) if ch is None else ch.rows
     rows_cost = per_row * r.size + 3 * CALL_COST if info.exact else math.inf
     # the products' dtype (a bincount over the changes) only where they could win on cost
@@ -492,7 +496,7 @@ def _layer(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[
               * (1 if dtype == torch.float32 else 2) + 6 * CALL_COST)
     transposed = n * outputs * TRANSPOSED_COST      # a whole result column by column
     if p is None:                           # clean input: only the faulty rows change
-        alone = not dense or r.size <= DENSE_PART_MAX * outputs
+        alone = r.size <= DENSE_PART_MAX * outputs
         if alone and min(rows_cost, sparse) < whole:
             rows = torch.as_tensor(r, device=ex.device)
             if sparse < rows_cost:
@@ -575,7 +579,7 @@ def _step(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[s
     src = node.inputs[0]
     p = parts.get(src)
     if node.op in ("conv", "dense"):
-        part = _layer(ex, node, memo, parts, side)
+        part = (_conv if node.op == "conv" else _dense)(ex, node, memo, parts, side)
         if part is not None:
             return part
     elif p is not None and p.cols is not None and len(node.inputs) == 1 \
