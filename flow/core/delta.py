@@ -29,6 +29,7 @@ channels), and a node that reads nothing changed keeps its clean codes:
 - a conv on an exact kernel whose input is clean may likewise add its changed weights'
   products to its faulty channels' clean accumulators, over the patch matrix of its clean
   input (made once per remembered batch, up to :data:`PATCH_BYTES`; :data:`CONV_SPARSE_MAC`);
+  a float32 conv recomputes its faulty channels as one product with that matrix;
 - a conv whose input changed in the channels ``C`` adds ``conv((x' - x)[:, C], W'[:, C])`` to
   its clean accumulator in float32, while every partial sum stays below 2**24 and at most a
   quarter of its channels are faulty (those recomputed on the new input, or their weight
