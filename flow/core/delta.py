@@ -416,8 +416,9 @@ def _conv_rows(ex: Executor, node: Node, memo: dict[str, torch.Tensor], patches:
 def _conv(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part],
           side: dict) -> Part | None:
     """A conv ``node`` on an exact kernel from its changed part, or None to run it whole.
-    Clean input: its faulty output channels, recomputed or as the clean ones plus the weight
-    changes' products on the clean input's patch matrix. Input channels ``C`` changed: the
+    Clean input: its faulty output channels, recomputed (a float32 conv: by one product with
+    the clean input's patch matrix) or as the clean ones plus the weight changes' products on
+    that matrix. Input channels ``C`` changed: the
     clean accumulator plus ``conv((x' - x)[:, C], W'[:, C])``, in float32 while every partial
     sum stays below 2**24 (the clean peak, what the weight changes move, and ``2 |C| k k``
     times the input's and weights' bounds), its faulty channels then recomputed on the new input
