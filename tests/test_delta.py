@@ -102,9 +102,9 @@ class _Spy:
             form = "all" if rows is None else "rows" if clean else "added"
             self.sparse[(node.name, form)] += 1
             return weights(ex, node, memo, side, ch, rows, dtype, clean)
-        def spy_conv(memo, side, node, patches, ch, rows, dtype, clean=True):
+        def spy_conv(memo, side, node, patches, ch, rows, clean=True):
             self.sparse[(node.name, "rows" if clean else "added")] += 1
-            return conv(memo, side, node, patches, ch, rows, dtype, clean)
+            return conv(memo, side, node, patches, ch, rows, clean)
         monkeypatch.setattr(delta, "_step", spy_step)
         def spy_conv_layer(ex, node, memo, parts, side):
             part = conv_layer(ex, node, memo, parts, side)

@@ -286,32 +286,44 @@ def _sparse_dtype(ex: Executor, node: Node, memo: dict[str, torch.Tensor], side:
     return torch.float64 if memo[node.name].dtype == torch.float64 else None
 
 
+def _change_products(ch: _Change, rhs: torch.Tensor, outputs: int | None,
+                     base: torch.Tensor | None = None) -> torch.Tensor:
+    """What the changed weights and biases of ``ch`` add to their outputs' accumulators, in
+    ``rhs``'s dtype: a COO matrix of the weight changes (outputs x fan-in) times ``rhs`` (the
+    clean input transposed, or its patch matrix; ``torch.sparse.mm``, one scaled row of ``rhs``
+    per change), then each bias change. ``outputs``: every output, in its own row; None: only
+    ``ch.rows``, in that order. With ``base`` (that many rows), added to a copy of it."""
+    dtype = rhs.dtype
+    if outputs is None:
+        outputs = ch.rows.size
+        wrow, brow = np.searchsorted(ch.rows, ch.wrow), np.searchsorted(ch.rows, ch.brow)
+    else:
+        wrow, brow = ch.wrow, ch.brow
+    s = torch.sparse_coo_tensor(torch.from_numpy(np.stack([wrow, ch.wcol])),
+                                torch.from_numpy(ch.dw).to(dtype), (outputs, rhs.shape[0]),
+                                is_coalesced=True, check_invariants=False)
+    # a new tensor either way: ``base`` stays as it is
+    out = torch.sparse.mm(s, rhs) if base is None else torch.sparse.addmm(base, s, rhs)
+    if ch.db.size:
+        db = np.zeros(outputs)
+        db[brow] = ch.db
+        out.add_(torch.from_numpy(db).to(dtype)[:, None])
+    return out
+
+
 def _weight_delta(ex: Executor, node: Node, memo: dict[str, torch.Tensor], side: dict,
                   ch: _Change, rows: torch.Tensor | None, dtype: torch.dtype,
                   clean: bool = True) -> torch.Tensor:
     """The accumulator of a dense ``node`` on its clean input with its current weights and
     bias, transposed, in ``dtype`` (:func:`_sparse_dtype`): the outputs ``ch.rows`` (``rows``,
-    that tensor) or, with ``rows`` None, all of them, as (outputs, N). Each changed weight adds
-    ``x_j (w'_j - w_j)`` to its output's clean accumulator (``torch.sparse.addmm``, one scaled
-    row of the transposed input per change), then each changed bias its change. Without
-    ``clean``: only what the changes add, (len(rows), N)."""
+    that tensor) or, with ``rows`` None, all of them, as (outputs, N): its clean accumulator
+    plus :func:`_change_products` on the transposed clean input. Without ``clean``: only what
+    the changes add, (len(rows), N)."""
     xt = _transposed(memo, side, node.inputs[0], dtype)
+    acct = _transposed(memo, side, node.name, dtype)
     if rows is None:
-        base, wrow, brow = _transposed(memo, side, node.name, dtype), ch.wrow, ch.brow
-    else:
-        base = _transposed(memo, side, node.name, dtype).index_select(0, rows) if clean else None
-        wrow, brow = np.searchsorted(ch.rows, ch.wrow), np.searchsorted(ch.rows, ch.brow)
-    s = torch.sparse_coo_tensor(torch.from_numpy(np.stack([wrow, ch.wcol])),
-                                torch.from_numpy(ch.dw).to(dtype),
-                                (ch.rows.size if base is None else base.shape[0], xt.shape[0]),
-                                is_coalesced=True, check_invariants=False)
-    # a new tensor either way: the clean accumulator stays clean
-    out = torch.sparse.mm(s, xt) if base is None else torch.sparse.addmm(base, s, xt)
-    if ch.db.size:
-        db = np.zeros(out.shape[0])
-        db[brow] = ch.db
-        out.add_(torch.from_numpy(db).to(dtype)[:, None])
-    return out
+        return _change_products(ch, xt, acct.shape[0], acct)
+    return _change_products(ch, xt, None, acct.index_select(0, rows) if clean else None)
 
 
 def _weight_columns(ex: Executor, node: Node, side: dict, ch: _Change | None,
@@ -376,26 +388,15 @@ def _patch_matrix(memo: dict[str, torch.Tensor], side: dict, node: Node, k: int,
 
 def _conv_weight_delta(memo: dict[str, torch.Tensor], side: dict, node: Node,
                        patches: torch.Tensor, ch: _Change, rows: torch.Tensor,
-                       dtype: torch.dtype, clean: bool = True) -> torch.Tensor:
+                       clean: bool = True) -> torch.Tensor:
     """The accumulator of a conv ``node``'s outputs ``ch.rows`` (``rows``, that tensor) on its
-    clean input with its current weights and bias, (N, R, Ho, Wo) in ``dtype``: each changed
-    weight adds its change times a row of the clean input's ``patches`` (:func:`_patch_matrix`,
-    ``torch.sparse.mm``), each changed bias its change; without ``clean``, only what they add
-    (a view across the strides)."""
-    acc = memo[node.name]
-    n, _, ho, wo = acc.shape
-    wrow, brow = np.searchsorted(ch.rows, ch.wrow), np.searchsorted(ch.rows, ch.brow)
-    s = torch.sparse_coo_tensor(torch.from_numpy(np.stack([wrow, ch.wcol])),
-                                torch.from_numpy(ch.dw).to(dtype),
-                                (ch.rows.size, patches.shape[0]), is_coalesced=True,
-                                check_invariants=False)
-    d = torch.sparse.mm(s, patches)
-    if ch.db.size:
-        db = np.zeros(ch.rows.size)
-        db[brow] = ch.db
-        d.add_(torch.from_numpy(db).to(dtype)[:, None])
-    d = d.view(ch.rows.size, n, ho, wo).permute(1, 0, 2, 3)
-    return _channels(memo, side, node.name, rows).to(dtype).add_(d) if clean else d
+    clean input with its current weights and bias, (N, R, Ho, Wo) in the dtype of the clean
+    input's ``patches`` (:func:`_patch_matrix`): its clean accumulator plus
+    :func:`_change_products` on them; without ``clean``, only what the changes add (a view
+    across the strides)."""
+    n, _, ho, wo = memo[node.name].shape
+    d = _change_products(ch, patches, None).view(ch.rows.size, n, ho, wo).permute(1, 0, 2, 3)
+    return _channels(memo, side, node.name, rows).to(d.dtype).add_(d) if clean else d
 
 
 def _conv_rows(ex: Executor, node: Node, memo: dict[str, torch.Tensor], patches: torch.Tensor,
@@ -418,11 +419,11 @@ def _conv(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[s
     """A conv ``node`` on an exact kernel from its changed part, or None to run it whole.
     Clean input: its faulty output channels, recomputed (a float32 conv: by one product with
     the clean input's patch matrix) or as the clean ones plus the weight changes' products on
-    that matrix. Input channels ``C`` changed: the
-    clean accumulator plus ``conv((x' - x)[:, C], W'[:, C])``, in float32 while every partial
-    sum stays below 2**24 (the clean peak, what the weight changes move, and ``2 |C| k k``
-    times the input's and weights' bounds), its faulty channels then recomputed on the new input
-    or their weight changes' products added."""
+    that matrix. Input channels ``C`` changed: the clean accumulator plus
+    ``conv((x' - x)[:, C], W'[:, C])``, in float32 while every partial sum stays below 2**24
+    (the clean peak, what the weight changes move, and ``2 |C| k k`` times the input's and
+    weights' bounds) and at most a quarter of its channels are faulty, those then recomputed
+    on the new input or their weight changes' products added."""
     src = node.inputs[0]
     p = parts.get(src)
     info = _info(ex, node, memo, side)
@@ -434,6 +435,8 @@ def _conv(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[s
         return None
     ch = _changes(ex, node)
     r = _faulty_rows(ex, node) if ch is None else ch.rows
+    if p is not None and r.size > DENSE_PART_MAX * outputs:
+        return None                         # most channels faulty: about a whole layer again
     rows_cost = per_row * r.size + 3 * CALL_COST
     k = ex.net.params[node.attrs["weight"]].codes.shape[-1]
     least = (ch.dw.size * n * info.spatial * CONV_SPARSE_MAC + 4 * CALL_COST if ch is not None
@@ -448,13 +451,11 @@ def _conv(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[s
             return None
         rows = torch.from_numpy(r).to(ex.device)
         if sparse < rows_cost:
-            return Part(rows, _conv_weight_delta(memo, side, node, patches, ch, rows, dtype))
+            return Part(rows, _conv_weight_delta(memo, side, node, patches, ch, rows))
         if node.name not in ex._int8 and (
                 p32 := _patch_matrix(memo, side, node, k, torch.float32)) is not None:
             return Part(rows, _conv_rows(ex, node, memo, p32, rows))
         return Part(rows, _rows(ex, node, memo[src], rows, clean=True))
-    if r.size > DENSE_PART_MAX * outputs:   # most channels faulty: about a whole layer again
-        return None
     moved = _moved(ch, info.in_mag) if r.size and ch is not None else 0.0
     cols = p.cols
     if info.peak + moved + 2 * cols.numel() * k * k * info.in_mag * info.w_mag >= 1 << 24:
@@ -480,7 +481,7 @@ def _conv(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[s
                 acc.dtype))
         else:
             acc.index_add_(1, rows, _conv_weight_delta(memo, side, node, patches, ch, rows,
-                                                       torch.float32, clean=False))
+                                                       clean=False))
     return Part(None, acc)
 
 
