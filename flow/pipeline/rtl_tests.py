@@ -11,6 +11,7 @@ at ``rtl.test_ber``, hetq's JSON fault maps), ``requirements.txt`` (cocotb, veri
 """
 from __future__ import annotations
 
+import pprint
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from flow.core.image import MemoryImage
 from flow.core.io import atomic_write, write_json
 from flow.core.resources import data_dir
 from flow.hw.rtlgen import RtlManifest, sources
-from flow.hw.rtlsim import image_codes_hwc, write_images
+from flow.hw.rtlsim import BUILD_ARGS, PCH_FLAG, image_codes_hwc, write_images
 from flow.pipeline.session import Session
 from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
 
@@ -103,7 +104,8 @@ def write_tests(folder: Path, s: Session, seed: int) -> dict:
            "n_images": n, "n_maps": len(maps), "analytic": man.obj["analytic"],
            "sources": [str(p.relative_to(folder)) for p in sources(folder)],
            "protected": [d["memory"] for d in single], "ber": rc.test_ber, "seed": seed,
-           "folder": "rtl"}
+           "folder": "rtl", "build_args": pprint.pformat(list(BUILD_ARGS), width=72, compact=True),
+           "pch_flag": PCH_FLAG}
     env = _env()
     atomic_write(folder / "test_accel.py", env.get_template("test_accel.py.j2").render(**ctx))
     atomic_write(folder / "README.md", env.get_template("rtl_README.md.j2").render(**ctx))
