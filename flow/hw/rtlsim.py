@@ -71,7 +71,7 @@ def verilator_env() -> Iterator[None]:
 #: Verilator's options for the harness. The C++ is split into files and its functions into
 #: pieces of 2,000 statements, compiled in parallel by cocotb's ``make -j``: ResNet-18 at width
 #: 1/8 built in 23 s instead of 53 s as one file (``--output-split 0``), 48 against 65
-#: CPU-seconds, and simulated as fast; the digits CNN the same in both (9-10 s, 0.52-0.60 s a
+#: CPU-seconds, and simulated as fast; the digits CNN the same in both (9-10 s, 0.52-0.61 s a
 #: batch of 359 images).
 BUILD_ARGS = ("--timing", "-CFLAGS", "-fcoroutines -O2", "-O3", "--x-assign", "fast",
               "--x-initial", "fast", "--output-split", "20000", "--output-split-cfuncs", "2000",
