@@ -320,10 +320,12 @@ def _weight_delta(ex: Executor, node: Node, memo: dict[str, torch.Tensor], side:
     plus :func:`_change_products` on the transposed clean input. Without ``clean``: only what
     the changes add, (len(rows), N)."""
     xt = _transposed(memo, side, node.inputs[0], dtype)
-    acct = _transposed(memo, side, node.name, dtype)
     if rows is None:
+        acct = _transposed(memo, side, node.name, dtype)
         return _change_products(ch, xt, acct.shape[0], acct)
-    return _change_products(ch, xt, None, acct.index_select(0, rows) if clean else None)
+    # the transposed accumulator is made (and kept for the batch) only when it is read
+    base = _transposed(memo, side, node.name, dtype).index_select(0, rows) if clean else None
+    return _change_products(ch, xt, None, base)
 
 
 def _weight_columns(ex: Executor, node: Node, side: dict, ch: _Change | None,
@@ -386,6 +388,13 @@ def _patch_matrix(memo: dict[str, torch.Tensor], side: dict, node: Node, k: int,
     return side[key]
 
 
+def _as_channels(m: torch.Tensor, memo: dict[str, torch.Tensor], node: Node) -> torch.Tensor:
+    """A product over a conv ``node``'s patch matrix, (R, N Ho Wo), as its output channels
+    (N, R, Ho, Wo): a view across the strides."""
+    n, _, ho, wo = memo[node.name].shape
+    return m.view(m.shape[0], n, ho, wo).permute(1, 0, 2, 3)
+
+
 def _conv_weight_delta(memo: dict[str, torch.Tensor], side: dict, node: Node,
                        patches: torch.Tensor, ch: _Change, rows: torch.Tensor,
                        clean: bool = True) -> torch.Tensor:
@@ -394,8 +403,7 @@ def _conv_weight_delta(memo: dict[str, torch.Tensor], side: dict, node: Node,
     input's ``patches`` (:func:`_patch_matrix`): its clean accumulator plus
     :func:`_change_products` on them; without ``clean``, only what the changes add (a view
     across the strides)."""
-    n, _, ho, wo = memo[node.name].shape
-    d = _change_products(ch, patches, None).view(ch.rows.size, n, ho, wo).permute(1, 0, 2, 3)
+    d = _as_channels(_change_products(ch, patches, None), memo, node)
     return _channels(memo, side, node.name, rows).to(d.dtype).add_(d) if clean else d
 
 
@@ -410,8 +418,7 @@ def _conv_rows(ex: Executor, node: Node, memo: dict[str, torch.Tensor], patches:
     out = w.reshape(rows.numel(), -1) @ patches
     if a.get("bias"):
         out.add_(ex._tensors[a["bias"]].index_select(0, rows).to(out.dtype)[:, None])
-    n, _, ho, wo = memo[node.name].shape
-    return out.view(rows.numel(), n, ho, wo).permute(1, 0, 2, 3).contiguous()
+    return _as_channels(out, memo, node).contiguous()
 
 
 def _conv(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[str, Part],
