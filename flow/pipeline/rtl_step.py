@@ -299,13 +299,13 @@ def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
     open_project(s)
     hwc, y, ref = _test_codes(s, limit)
     n_max = max(hwc.shape[0], 1)
-    sim = RtlSim(run / "rtl", build_dir=run / "rtl" / "sim_build", n_max=n_max)
+    sim = RtlSim(run / "rtl", build_dir=run / "rtl" / "sim_build", n_max=n_max, pgo=cfg.sim.pgo)
     workers = sim_workers(cfg.sim.workers)
     with verilator_env(), ThreadPoolExecutor(max_workers=workers) as pool, \
             ThreadPoolExecutor(max_workers=1) as side:
         # the baseline's build and check need no result of the campaign: they run beside it
         base_job = side.submit(check_baseline, run, s, limit) if workers > 1 else None
-        build_s = sim.build()
+        build_s = sim.build(train=hwc)
         work = run / "rtl" / "work"
         clean = check(s, sim, hwc, ref, work)
         prot = sorted(n for n, e in s.plan["layers"].items() if e["protected"])
@@ -367,7 +367,8 @@ def _on_ray(run: RunDir, sim: RtlSim, n_max: int, workers: int, address: str | N
     from flow.hw.rtl_ray import RaySimulators
     tasks = [_task(sim, sampler, seed, b, t) for b, t in todo]
     parts = [tasks[i:i + size] for i in range(0, len(tasks), size)]
-    sims = RaySimulators(run / "rtl", n_max, workers, address, build_dir=sim.build_dir)
+    sims = RaySimulators(run / "rtl", n_max, workers, address, build_dir=sim.build_dir,
+                         train=hwc if sim.pgo else None)
     try:
         for task, r in sims.each(hwc, parts):
             yield task, r["preds"], r["wall_s"]
