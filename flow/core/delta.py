@@ -342,17 +342,15 @@ def _weight_columns(ex: Executor, node: Node, side: dict, ch: _Change | None,
     key = ("wt", node.name)
     if key not in side:
         clean = ex._clean[w].reshape(ex.net.params[w].codes.shape[0], -1)
-        side[key] = torch.from_numpy(np.ascontiguousarray(clean.T, dtype=np.float32))
-    wt = side[key].index_select(0, cols)
+        side[key] = np.ascontiguousarray(clean.T, dtype=np.float32)
+    c = cols.numpy()
+    wt = side[key][c]                   # a copy (on the host, as ``ch``: NumPy's calls are cheaper)
     if ch.dw.size:
-        where = np.full(side[key].shape[0], -1)         # each input feature's row of wt
-        where[cols.numpy()] = np.arange(cols.numel())
-        pos = where[ch.wcol]
-        hit = np.flatnonzero(pos >= 0)
-        if hit.size:
-            wt.index_put_((torch.from_numpy(pos[hit]), torch.from_numpy(ch.wrow[hit])),
-                          torch.from_numpy(ch.dw[hit]).to(torch.float32), accumulate=True)
-    return wt
+        pos = np.searchsorted(c, ch.wcol)                # each change's row of wt, if any
+        hit = np.flatnonzero(c[np.minimum(pos, c.size - 1)] == ch.wcol)
+        # distinct changed words: distinct (row, output) pairs, so a plain indexed add
+        wt[pos[hit], ch.wrow[hit]] += ch.dw[hit]
+    return torch.from_numpy(wt)
 
 
 def _dense_delta(acc: torch.Tensor, new: torch.Tensor, old: torch.Tensor, wt: torch.Tensor,
@@ -575,24 +573,24 @@ def _dense(ex: Executor, node: Node, memo: dict[str, torch.Tensor], parts: dict[
 def _changed(memo: dict[str, torch.Tensor], side: dict, name: str, part: Part) -> Part:
     """``part`` (``cols`` not None, (N, features)) of node ``name`` without the features whose
     codes all equal the clean ones (most faults in a low weight bit vanish in the requant; the
-    layers after then add fewer changed features, or none). A part stored column by column is
-    compared in that order, with the transposed clean codes; on the host, in NumPy (a few
-    microseconds a call where PyTorch's take tens)."""
+    layers after then add fewer changed features, or none). On the host, in NumPy (a few
+    microseconds a call where PyTorch's take tens), against rows of the transposed clean codes
+    (made once per remembered batch): gathering a few columns of the (N, features) clean codes,
+    which the trial's other work has pushed out of the caches, reads a cache line per image
+    (digits MLP x4 at BER 1e-4: 72 against 45 us a call)."""
     v, cpu = part.vals, part.vals.device.type == "cpu"
-    if column_major(v):
-        clean = _transposed(memo, side, name, v.dtype)
-        new, axis = v.t(), 1
-        old = clean.numpy()[part.cols.numpy()] if cpu else clean.index_select(0, part.cols)
-    else:
-        new, axis = v, 0
-        old = memo[name].numpy()[:, part.cols.numpy()] if cpu else \
-            memo[name].index_select(1, part.cols)
+    axis = 1 if column_major(v) else 0
     if cpu:
-        per = np.not_equal(new.numpy(), old).any(axis)
+        old = _transposed(memo, side, name, v.dtype).numpy()[part.cols.numpy()]   # (R, N)
+        per = np.not_equal(v.numpy().T, old).any(1)
         if per.all():
             return part
         keep = torch.from_numpy(np.flatnonzero(per))
     else:
+        if axis:
+            new, old = v.t(), _transposed(memo, side, name, v.dtype).index_select(0, part.cols)
+        else:
+            new, old = v, memo[name].index_select(1, part.cols)
         per = (new != old).any(axis)
         keep = per.nonzero().squeeze(1)
         if keep.numel() == per.numel():
