@@ -457,8 +457,9 @@ def test_rtl_campaign_on_ray_equals_the_local_one(flow_run, tmp_path):
 
 def test_ray_actor_on_another_node_builds_its_own_copy(flow_run):
     """A Ray actor off the driver's node (its body, without Ray and without the driver's model)
-    writes the project's files into a folder of its own, builds them and gives the executor's
-    predictions, clean and under an SEU map."""
+    writes the project's files into a folder of its own, builds them profile-guided on the
+    images it is given (as the driver does with sim.pgo) and gives the executor's predictions,
+    clean and under an SEU map."""
     from flow.hw.rtl_ray import RtlActor, project_files
     from flow.pipeline.rtl_step import _test_codes
     from flow.pipeline.session import open_session
@@ -468,9 +469,10 @@ def test_ray_actor_on_another_node_builds_its_own_copy(flow_run):
     hwc, _, _ = _test_codes(s, 16)
     maps = [FaultMap((), (), (), ()), SeuSampler(s.image).sample(1e-2, trial_rng(5, 1e-2, 0))]
     assert len(maps[1]) > 0
-    actor = RtlActor(project_files(flow_run["run"] / "rtl"), n_max=16)
+    actor = RtlActor(project_files(flow_run["run"] / "rtl"), n_max=16, train=hwc)
     try:
         assert actor.built_own()
+        assert "-fprofile-use" in (actor.sim.build_dir / "hetq_build.json").read_text()
         res = actor.run(hwc, [{"id": k, "flips": actor.sim.flips(m)} for k, m in enumerate(maps)])
     finally:
         actor.close()
