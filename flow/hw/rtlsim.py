@@ -191,6 +191,8 @@ class RtlSim:
         plain, tuned = build_args(), build_args(PGO_USE)
         old = json.loads(stamp.read_text()) if stamp.is_file() else {}
         have = old.get("args") if {k: old.get(k) for k in key} == key else None
+        if self.pgo and have != tuned and (train is None or len(train) == 0):
+            raise SimError("sim: a profile-guided build needs images to profile on")
         self.build_dir.mkdir(parents=True, exist_ok=True)
         with verilator_env():
             if have == tuned or (have == plain and not self.pgo):
@@ -219,12 +221,10 @@ class RtlSim:
                            f"see {self.build_dir}/{log}.log") from None
         self._runner = runner
 
-    def _profile(self, train: np.ndarray | None) -> None:
+    def _profile(self, train: np.ndarray) -> None:
         """The instrumented build and its run on ``train``'s first images. The compiled objects
         are removed before each build (make would keep objects of the same sources built with
         other flags), and an older profile before the first."""
-        if train is None or len(train) == 0:
-            raise SimError("sim: a profile-guided build needs images to profile on")
         self._clean_objects("*.gcda")
         self._build(build_args(PGO_GENERATE), always=True, log="build_profile")
         self.run(np.asarray(train)[:PGO_IMAGES], [{"id": "profile", "flips": []}],
