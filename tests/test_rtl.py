@@ -174,6 +174,9 @@ def test_profiled_build_is_used_as_it_is(request, tmp_path_factory):
     binary = prj / "sim_build" / "hetq_harness"
     before = (stamp.read_text(), binary.stat().st_mtime_ns)
     assert "-fprofile-use" in before[0]
+    assert RtlSim(prj, n_max=IMAGES).up_to_date()
+    assert RtlSim(prj, n_max=IMAGES, pgo=True).up_to_date()
+    assert not RtlSim(prj, n_max=IMAGES + 1).up_to_date()     # another harness: a build to do
     RtlSim(prj, n_max=IMAGES).build()                       # plain request: the same model
     RtlSim(prj, n_max=IMAGES, pgo=True).build()             # fresh: nothing to profile again
     assert (stamp.read_text(), binary.stat().st_mtime_ns) == before

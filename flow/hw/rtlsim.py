@@ -187,15 +187,13 @@ class RtlSim:
         them; the first :data:`PGO_IMAGES`) is what the instrumented model runs."""
         t0 = time.perf_counter()
         stamp = self.build_dir / "hetq_build.json"
-        key = {"sources": project_hash(self.project), "n_max": self.n_max}
+        key, have = self._present()
         plain, tuned = build_args(), build_args(PGO_USE)
-        old = json.loads(stamp.read_text()) if stamp.is_file() else {}
-        have = old.get("args") if {k: old.get(k) for k in key} == key else None
         if self.pgo and have != tuned and (train is None or len(train) == 0):
             raise SimError("sim: a profile-guided build needs images to profile on")
         self.build_dir.mkdir(parents=True, exist_ok=True)
         with verilator_env():
-            if have == tuned or (have == plain and not self.pgo):
+            if self._fresh(have):
                 self._build(have, always=False, log="build")     # nothing to do
             else:
                 stamp.unlink(missing_ok=True)
@@ -207,6 +205,23 @@ class RtlSim:
                 self._build(have, always=True, log="build")
         stamp.write_text(json.dumps({**key, "args": have}))
         return time.perf_counter() - t0
+
+    def _present(self) -> tuple[dict, list | None]:
+        """The build's key (sources, ``n_max``) and the options of the build present for that
+        key (None: no build, or one of other sources)."""
+        stamp = self.build_dir / "hetq_build.json"
+        key = {"sources": project_hash(self.project), "n_max": self.n_max}
+        old = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        return key, old.get("args") if {k: old.get(k) for k in key} == key else None
+
+    def up_to_date(self) -> bool:
+        """Whether :meth:`build` has nothing to compile: a profiled build of these sources is
+        present, or a plain one and ``pgo`` is off."""
+        return self._fresh(self._present()[1])
+
+    def _fresh(self, have: list | None) -> bool:
+        """:meth:`up_to_date` for the options ``have`` of the build present."""
+        return have == build_args(PGO_USE) or (have == build_args() and not self.pgo)
 
     def _build(self, args: list[str], always: bool, log: str) -> None:
         """One Verilator build with ``args`` (the runner it leaves is the one tests run on)."""

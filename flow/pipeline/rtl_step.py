@@ -305,6 +305,10 @@ def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
             ThreadPoolExecutor(max_workers=1) as side:
         # the baseline's build and check need no result of the campaign: they run beside it
         base_job = side.submit(check_baseline, run, s, limit) if workers > 1 else None
+        if not sim.up_to_date():
+            ctx.say("  building the Verilator model" + (
+                " (profile-guided: an instrumented build runs 32 images, then a second build)"
+                if sim.pgo else ""))
         build_s = sim.build(train=hwc)
         work = run / "rtl" / "work"
         clean = check(s, sim, hwc, ref, work)
