@@ -96,15 +96,13 @@ PGO_USE = ("-fprofile-use", "-fprofile-partial-training", "-Wno-missing-profile"
 PGO_IMAGES = 32
 
 
-def build_args(profile: Sequence[str] = ()) -> list[str]:
-    """:data:`BUILD_ARGS` with ``profile`` added to the C++ flags (and, for
-    :data:`PGO_GENERATE`, to the linker's)."""
+def build_args(profile: Sequence[str] = (), link: bool = False) -> list[str]:
+    """:data:`BUILD_ARGS` with ``profile`` added to the C++ flags (and with ``link``, to the
+    linker's: an instrumented model links GCC's profiling library)."""
     args = list(BUILD_ARGS)
     i = args.index("-CFLAGS") + 1
     args[i] = " ".join([args[i], *profile])
-    if tuple(profile) == PGO_GENERATE:
-        args += ["-LDFLAGS", " ".join(profile)]
-    return args
+    return args + ["-LDFLAGS", " ".join(profile)] if link else args
 
 
 def _runner():
@@ -178,6 +176,7 @@ class RtlSim:
         self.n_max = n_max
         self.quiet = quiet
         self.pgo = pgo
+        self._stamp = self.build_dir / "hetq_build.json"     # the options of the build present
         self._runner = None
 
     # -- build --------------------------------------------------------------------------------
@@ -186,7 +185,6 @@ class RtlSim:
         change); returns seconds. With ``pgo``, ``train`` (image codes, as :meth:`run` takes
         them; the first :data:`PGO_IMAGES`) is what the instrumented model runs."""
         t0 = time.perf_counter()
-        stamp = self.build_dir / "hetq_build.json"
         key, have = self._present()
         plain, tuned = build_args(), build_args(PGO_USE)
         if self.pgo and have != tuned and (train is None or len(train) == 0):
@@ -196,22 +194,21 @@ class RtlSim:
             if self._fresh(have):
                 self._build(have, always=False, log="build")     # nothing to do
             else:
-                stamp.unlink(missing_ok=True)
+                self._stamp.unlink(missing_ok=True)
                 if self.pgo:
                     self._profile(train)
                     have = tuned
                 else:
                     have = plain
                 self._build(have, always=True, log="build")
-        stamp.write_text(json.dumps({**key, "args": have}))
+        self._stamp.write_text(json.dumps({**key, "args": have}))
         return time.perf_counter() - t0
 
     def _present(self) -> tuple[dict, list | None]:
         """The build's key (sources, ``n_max``) and the options of the build present for that
         key (None: no build, or one of other sources)."""
-        stamp = self.build_dir / "hetq_build.json"
         key = {"sources": project_hash(self.project), "n_max": self.n_max}
-        old = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        old = json.loads(self._stamp.read_text()) if self._stamp.is_file() else {}
         return key, old.get("args") if {k: old.get(k) for k in key} == key else None
 
     def up_to_date(self) -> bool:
@@ -241,7 +238,7 @@ class RtlSim:
         are removed before each build (make would keep objects of the same sources built with
         other flags), and an older profile before the first."""
         self._clean_objects("*.gcda")
-        self._build(build_args(PGO_GENERATE), always=True, log="build_profile")
+        self._build(build_args(PGO_GENERATE, link=True), always=True, log="build_profile")
         self.run(np.asarray(train)[:PGO_IMAGES], [{"id": "profile", "flips": []}],
                  self.build_dir / "profile", log="profile")
         self._clean_objects()

@@ -29,7 +29,7 @@ from flow.core.executor import Executor
 from flow.core.image import MemoryImage
 from flow.hw.rtl import design
 from flow.hw.rtlgen import RtlManifest, write_project
-from flow.hw.rtlsim import RtlSim, image_codes_hwc, measured_timing, verilator_env
+from flow.hw.rtlsim import PGO_IMAGES, RtlSim, image_codes_hwc, measured_timing, verilator_env
 from flow.pipeline.rtl_tests import write_tests
 from flow.pipeline.rundir import RunDir
 from flow.pipeline.runner import StepContext, StepResult
@@ -307,7 +307,8 @@ def run_sim(ctx: StepContext, chunk: int = 100) -> SimResult:
         base_job = side.submit(check_baseline, run, s, limit) if workers > 1 else None
         if not sim.up_to_date():
             ctx.say("  building the Verilator model" + (
-                " (profile-guided: an instrumented build runs 32 images, then a second build)"
+                f" (profile-guided: an instrumented build runs {PGO_IMAGES} images, then a "
+                "second build)"
                 if sim.pgo else ""))
         build_s = sim.build(train=hwc)
         work = run / "rtl" / "work"
