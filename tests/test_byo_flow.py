@@ -34,8 +34,9 @@ QUICK = {"seed": 0, "train": {"epochs": 4},
          "campaign": {"bers": [1e-2], "trials": 5},
          "search": {"trials": 10, "finetune_epochs": 1, "accuracy_threshold": 0.5},
          "hls": {"replay_maps": 5, "replay_images": 40},
-         # plain Verilator builds: the profiled one (sim.pgo, the default) is checked on the
-         # digits default (test_flow_run.py) and the MLP of test_rtl.py; it costs a second build
+         # plain Verilator builds, but for the Brevitas export below: the profiled one (sim.pgo,
+         # the default) costs a second build; also checked on the digits default
+         # (test_flow_run.py) and the MLP of test_rtl.py
          "sim": {"bers": [1e-2], "trials": 3, "images": 40, "workers": 1, "pgo": False},
          "report": {"boards": ["pynq-z2"], "baseline": False},
          # few MAC lanes: small designs, so Yosys takes about half the time
@@ -232,7 +233,9 @@ def test_import_brevitas_export(tmp_path, capsys):
     model.eval()
     export_qonnx(model, torch.zeros(1, 1, 8, 8), str(tmp_path / "user.onnx"), dynamo=False)
     run = tmp_path / "run"
+    # this network's Verilator model is built profile-guided (sim.pgo, hetq's default)
     cfg = write_config(tmp_path / "cfg.yaml", {**QUICK, "model": {"protected": ["features.3"]},
+                                               "sim": {**QUICK["sim"], "pgo": True},
                                                "table": {"ber": 1e-2, "bers": [1e-2],
                                                          "trials": 3}})
     t = cli(capsys, "import", tmp_path / "user.onnx", "--data", data, "--out", run,
@@ -252,6 +255,7 @@ def test_import_brevitas_export(tmp_path, capsys):
     assert res["inject"]["summary"][0]["trials"] == 5
     res["train"] = {"checks": {**t["checks"], "brevitas": {"exact": True}}}
     check_hardware(res, sorted(res["search"]["protected"]))
+    assert "-fprofile-use" in (run / "rtl" / "sim_build" / "hetq_build.json").read_text()
     assert (run / "report" / "report.html").is_file()
     table = cli(capsys, "table", "--out", run)
     assert [r["config"] for r in table["rows"]] == ["hom(own,-)", "hom(-,own+2)",
