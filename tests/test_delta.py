@@ -327,6 +327,47 @@ def test_small_layers_run_whole_large_ones_recompute_their_faulty_rows(monkeypat
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
+def test_layer_run_whole_on_its_changed_input_in_place(monkeypatch, kernels):
+    """A conv whose input changed in one channel and most of whose rows are faulty runs whole:
+    a float kernel on the remembered clean codes with the changed channel written in (no copy
+    of its whole input), equal to a full forward pass; the clean codes are back after, also
+    when the layer raises. An int8 kernel takes its input made whole."""
+    rng = np.random.default_rng(6)
+    net = _net(rng)
+    x = torch.as_tensor(rng.integers(0, 256, (23, 3, 8, 8)), dtype=torch.float32)
+    image, ex, fresh = _pair(net, [], kernels, x)
+    memo = ex._memo[ex._key(x, True)][1]
+    before = {n: t.clone() for n, t in memo.items()}
+    calls = []
+    patched = delta._on_patched
+    monkeypatch.setattr(delta, "_on_patched", lambda *a: calls.append(a[1].name) or patched(*a))
+    top = image.memory("c1.weight").width - 1
+    # c1's row 4 (one input channel of c2) and one word in each of 30 of c2's 40 rows
+    fmap = FaultMap.from_faults([("c1.weight", 27 * 4 + 2, top)]
+                                + [("c2.weight", 216 * r + 7, 6) for r in range(30)])
+    _same(image, ex, fresh, x, [fmap])
+    assert calls == (["c2"] if kernels == "float" else [])
+    assert all(torch.equal(memo[n], t) for n, t in before.items())
+    assert torch.equal(ex.run(x, quantized=True), fresh.run(x, quantized=True))
+    if kernels == "float":              # an error inside the layer: the clean codes restored
+        node = ex._node
+
+        def broken(n, vals, inplace):
+            if n.name == "c2":
+                raise RuntimeError("out of memory")
+            return node(n, vals, inplace)
+        monkeypatch.setattr(ex, "_node", broken)
+        inj = Injector(image, ex)
+        inj.apply(fmap)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            ex.run(x, quantized=True)
+        inj.undo()
+        monkeypatch.setattr(ex, "_node", node)
+        assert all(torch.equal(memo[n], t) for n, t in before.items())
+        assert torch.equal(ex.run(x, quantized=True), fresh.run(x, quantized=True))
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
 def test_channels_a_requant_leaves_clean_are_dropped(monkeypatch, kernels):
     """A change that the requant rounds away or clamps goes no further: the LSB of the bias of
     outputs of d1 below the requant's zero for every image (clamped to 0 either way) leaves r3
