@@ -16,6 +16,11 @@ then BERs. Per BER: 300 trials (seed 1), medians: reading the map's changed word
 a clean inference of a second executor
 then the compiled forward layer by layer at the last
 BER (the changed input codes each layer reads and the changed output codes it passes on).
+Part 2 compiles a whole trial: the map drawn by hetq's streams and NumPy draws (the same map as
+hetq's trial), flipped into the stored words and decoded into each layer's code changes by one
+compiled function, the compiled forward, the words restored; per BER 100 trials checked equal
+to hetq's (flips, correct images), then 300 timed against hetq's trial and a clean inference.
+Plain (unprotected) two's complement weight memories only.
 
 What it does per layer: each changed input code adds its change times a row of the transposed
 clean weights to its image's accumulator row
@@ -298,3 +303,136 @@ for li in range(L):
     print(f"  {dense[li].name}: {statistics.median(TL[li]) * 1e6:.0f} us, changed input codes "
           f"{statistics.median(TL[('in', li)]):.0f}, changed output codes "
           f"{statistics.median(TL[('out', li)]):.0f}")
+
+
+# ---- Part 2: a whole trial compiled (the map's draw kept in NumPy, as hetq draws it) ----------
+from flow.core.image import decode  # noqa: E402
+
+mems = [own.memory(str(nm)) for nm in s.names]
+layer_of = {d.attrs["weight"]: (li, 0) for li, d in enumerate(dense)}
+layer_of.update({d.attrs["bias"]: (li, 1) for li, d in enumerate(dense) if d.attrs.get("bias")})
+for m in mems:
+    if m.protected or m.name not in layer_of or not m.fmt.signed:
+        raise SystemExit(f"{m.name}: plain signed weight or bias memories only")
+    every = np.arange(1 << m.width)
+    ours = np.where(every >> (m.width - 1) & 1, every - (1 << m.width), every)
+    if not np.array_equal(np.asarray(decode(every, m.fmt, False)), ours):
+        raise SystemExit(f"{m.name}: not two's complement")
+cum = s._cum.astype(np.int64)
+width = np.array([m.width for m in mems], np.int64)
+woff = np.concatenate([[0], np.cumsum([m.depth for m in mems])]).astype(np.int64)
+mem_layer = np.array([layer_of[m.name][0] for m in mems], np.int64)
+mem_bias = np.array([layer_of[m.name][1] for m in mems], np.int64)
+fan_in = np.array([net.params[dense[li].attrs["weight"]].codes.shape[1] for li in mem_layer],
+                  np.int64)
+words = np.concatenate([m.words.astype(np.int64) for m in mems])
+CAP = 1 << 18
+wbuf = np.zeros((L, 3, CAP), np.int64)          # per layer: output, input, code change
+bbuf = np.zeros((L, 2, CAP), np.int64)
+wcnt = np.zeros(L, np.int64)
+bcnt = np.zeros(L, np.int64)
+undo_gw = np.zeros(CAP, np.int64)
+undo_old = np.zeros(CAP, np.int64)
+
+
+@nb.njit(cache=False)
+def c_apply(pos, cum, width, woff, mem_layer, mem_bias, fan_in, words, wbuf, bbuf, wcnt, bcnt,
+            undo_gw, undo_old):
+    """Flip the sorted positions ``pos`` in ``words``; each changed word's code change goes to
+    its layer's weight or bias list; returns the number of words to restore."""
+    for li in range(wcnt.size):
+        wcnt[li] = 0
+        bcnt[li] = 0
+    i = 0
+    n = 0
+    k = 0
+    while k < pos.size:
+        p = pos[k]
+        while p >= cum[i + 1]:
+            i += 1
+        wd = width[i]
+        local = p - cum[i]
+        word = local // wd
+        mask = np.int64(1) << (local - word * wd)
+        k += 1
+        while k < pos.size and pos[k] < cum[i + 1] and (pos[k] - cum[i]) // wd == word:
+            mask ^= np.int64(1) << (pos[k] - cum[i] - word * wd)
+            k += 1
+        gw = woff[i] + word
+        old = words[gw]
+        new = old ^ mask
+        words[gw] = new
+        undo_gw[n] = gw
+        undo_old[n] = old
+        n += 1
+        top = np.int64(1) << (wd - 1)
+        dv = ((new ^ top) - top) - ((old ^ top) - top)        # two's complement codes
+        li = mem_layer[i]
+        if mem_bias[i]:
+            c = bcnt[li]
+            bbuf[li, 0, c] = word
+            bbuf[li, 1, c] = dv
+            bcnt[li] = c + 1
+        else:
+            c = wcnt[li]
+            wbuf[li, 0, c] = word // fan_in[i]
+            wbuf[li, 1, c] = word - (word // fan_in[i]) * fan_in[i]
+            wbuf[li, 2, c] = dv
+            wcnt[li] = c + 1
+    return n
+
+
+@nb.njit(cache=False)
+def c_undo(n, words, undo_gw, undo_old):
+    for k in range(n - 1, -1, -1):
+        words[undo_gw[k]] = undo_old[k]
+
+
+def compiled_trial(ber, t):
+    rng = w._streams.rng(1, ber, t)                 # hetq's stream and draws: the same map
+    n = int(rng.binomial(s.total_bits, ber))
+    pos = (np.sort(rng.choice(s.total_bits, size=n, replace=False, shuffle=False)) if n
+           else np.zeros(0, np.int64))
+    k = c_apply(pos, cum, width, woff, mem_layer, mem_bias, fan_in, words, wbuf, bbuf, wcnt,
+                bcnt, undo_gw, undo_old)
+    ci = cj = E
+    cd = E32
+    nc = 0
+    for li in range(L):
+        nw, nb_ = wcnt[li], bcnt[li]
+        last = li == L - 1
+        oi, oj, od = cells[li]
+        nc = layer(XT[li], A[li], AT[li], RR[li], RT[li], WT[li], ci, cj, cd, nc,
+                   wbuf[li, 0, :nw], wbuf[li, 1, :nw], wbuf[li, 2, :nw].astype(np.int32),
+                   bbuf[li, 0, :nb_], bbuf[li, 1, :nb_].astype(np.int32), dA[li], rowf[li],
+                   colq[li], dCT[li], last, shift[li] if not last else 0,
+                   lo[li] if not last else 0, hi[li] if not last else 0, oi, oj, od, pred,
+                   clean_arg)
+        ci, cj, cd = oi, oj, od
+    c_undo(k, words, undo_gw, undo_old)
+    return n, int((pred == yv).sum())
+
+
+yv = y.numpy().astype(np.int64)
+compiled_trial(1e-3, 0)                               # compile
+gc.collect()
+for ber in [float(b) for b in sys.argv[3:]]:
+    for t in range(100):                              # the same results as hetq's trials
+        if compiled_trial(ber, t) != w.trial(1, ber, t, WEIGHT_KINDS, None, None, "flip")[:2]:
+            raise SystemExit(f"BER {ber:g} trial {t}: not hetq's result")
+    T = {k: [] for k in ("compiled", "hetq", "clean")}
+    for t in range(100, 400):
+        t0 = time.perf_counter()
+        compiled_trial(ber, t)
+        t1 = time.perf_counter()
+        w.trial(1, ber, t, WEIGHT_KINDS, None, None, "flip")
+        t2 = time.perf_counter()
+        ref.predict(xq, quantized=True)
+        t3 = time.perf_counter()
+        for key, v in zip(T, (t1 - t0, t2 - t1, t3 - t2)):
+            T[key].append(v)
+    m = {key: statistics.median(v) * 1e6 for key, v in T.items()}
+    print(f"{ber:g}: whole trial compiled {m['compiled']:.0f} us "
+          f"({m['clean'] / m['compiled']:.2f}x a clean inference), hetq's trial "
+          f"{m['hetq']:.0f} us ({m['clean'] / m['hetq']:.2f}x), clean inference "
+          f"{m['clean']:.0f} us; the same flips and correct images in 100 trials", flush=True)
