@@ -89,6 +89,16 @@ def requant(v, k, lo, hi):
     q = (v + ((1 << (k - 1)) - 1) + ((v >> k) & 1)) >> k   # k > 0 here: round half to even
     return min(max(q, lo), hi)
 
+@nb.njit(cache=False, inline="always")
+def _slot(r, colq, cols, ncol):
+    """Give output ``r`` a column buffer (its index in ``colq``) unless it has one; the count."""
+    if colq[r] < 0:
+        colq[r] = ncol
+        cols[ncol] = r
+        ncol += 1
+    return ncol
+
+
 @nb.njit(cache=False, fastmath=False)
 def layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
           dA, rowflag, colq, dCT, last, sh, lo, hi, oi, oj, od, y, clean_arg):
@@ -113,17 +123,9 @@ def layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
     cols = np.empty(out, np.int64)
     ncol = 0
     for k in range(wrow.size):
-        r = wrow[k]
-        if colq[r] < 0:
-            colq[r] = ncol
-            cols[ncol] = r
-            ncol += 1
+        ncol = _slot(wrow[k], colq, cols, ncol)
     for k in range(brow.size):
-        r = brow[k]
-        if colq[r] < 0:
-            colq[r] = ncol
-            cols[ncol] = r
-            ncol += 1
+        ncol = _slot(brow[k], colq, cols, ncol)
     for q in range(ncol):
         dq = dCT[q]
         for i in range(n):
