@@ -76,7 +76,8 @@ async def _run_batch(dut, n: int) -> float:
 @cocotb.test()
 async def run_job(dut) -> None:
     """Run every trial of the job file and append its results."""
-    job = json.loads(open(os.environ["HETQ_JOB"]).read())
+    with open(os.environ["HETQ_JOB"]) as f:
+        job = json.load(f)
     n = int(job["n_images"])
     classes = int(job["classes"])
     await _reset(dut)

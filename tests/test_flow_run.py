@@ -279,6 +279,11 @@ def test_hetq_sim_campaign_equals_software(flow_run, tmp_path):
     again = json.loads(hetq_inproc(None, "sim", str(run), "--ber", "1e-2", "--trials", "3",
                              "--json").stdout)
     assert again["summary"] == hw["summary"] and again["faulty_inferences_per_s"] is None
+    # fewer images run on the model built for all of them, bit-exact
+    few = json.loads(hetq_inproc(None, "sim", str(run), "--ber", "1e-2", "--trials", "2",
+                                 "--images", "40", "--json").stdout)
+    assert few["check"]["bit_exact"] and few["check"]["images"] == 40
+    assert few["summary"][0]["trials"] == 2 and model.stat().st_mtime_ns == built
 
 
 def test_bad_run_requests_are_refused_before_anything_is_written(tmp_path):

