@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from flow.core.errors import HetqError, RunDirError
+from flow.core.io import atomic_write
 from flow.core.resources import data_dir
 from flow.hw.rtlgen import RtlManifest, project_hash, sources
 from flow.reliability.faults import FaultMap
@@ -226,7 +227,9 @@ class RtlSim:
                 else:
                     have = plain
                 self._build(have, always=True, log="build")
-        self._stamp.write_text(json.dumps({**key, "args": have}))
+        stamp = json.dumps({**key, "args": have})
+        if not self._stamp.is_file() or self._stamp.read_text() != stamp:
+            atomic_write(self._stamp, stamp)    # simulators in other processes may read it
         return time.perf_counter() - t0
 
     def _present(self) -> tuple[dict, list | None]:
