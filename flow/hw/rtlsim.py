@@ -209,27 +209,24 @@ class RtlSim:
         if self.pgo and have != tuned and (train is None or len(train) == 0):
             raise SimError("sim: a profile-guided build needs images to profile on")
         self.build_dir.mkdir(parents=True, exist_ok=True)
+        current = self._fresh(have)
         with verilator_env():
-            if self._fresh(have) and (self.build_dir / HARNESS).is_file():
+            if current and (self.build_dir / HARNESS).is_file():
                 # the model of these sources, options and tools is built: no tool runs (a run
                 # folder copied or moved elsewhere would have Verilator generate and compile it
-                # again, since its recorded command names the old paths)
+                # again, since its recorded command names the old paths); the stamp stays
                 self._build(have, always=False, log="build", tools=False)
-            elif self._fresh(have):
-                key["n_max"] = self.n_max           # built again: for the images asked for
-                self._build(have, always=False, log="build")
-            else:
-                key["n_max"] = self.n_max
+                return time.perf_counter() - t0
+            if not current:
                 self._stamp.unlink(missing_ok=True)
                 if self.pgo:
                     self._profile(train)
                     have = tuned
                 else:
                     have = plain
-                self._build(have, always=True, log="build")
-        stamp = json.dumps({**key, "args": have})
-        if not self._stamp.is_file() or self._stamp.read_text() != stamp:
-            atomic_write(self._stamp, stamp)    # simulators in other processes may read it
+            self._build(have, always=not current, log="build")
+        # built (again) for the images asked for; simulators in other processes read the stamp
+        atomic_write(self._stamp, json.dumps({**key, "n_max": self.n_max, "args": have}))
         return time.perf_counter() - t0
 
     def _present(self) -> tuple[dict, list | None]:
