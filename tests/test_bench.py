@@ -49,7 +49,10 @@ def test_bench_fi_reports_every_tool_and_size(tmp_path):
         assert n["bers"][1]["flips"]["hetq"] > n["bers"][0]["flips"]["hetq"]
     text = bench_text(res)
     assert "PyTorchFI" in text and "MRFI int" in text and "MRFI f32" in text
-    assert "campaign trial" in text and "3 maps per forward pass" in text
+    assert "campaign trial" in text and "3 maps a call (per forward pass)" in text
+    # the MLP's maps run one at a time (compiled), the CNN's in one forward pass
+    assert [n["batched_one_at_a_time"] for n in res["networks"]] == [True, False]
+    assert "3 maps a call (one at a time, compiled dense chain)" in text
     stored = json.loads((tmp_path / "bench" / "bench" / "result.json").read_text())
     assert stored == res
 

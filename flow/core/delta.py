@@ -42,6 +42,10 @@ channels), and a node that reads nothing changed keeps its clean codes:
   on the remembered clean codes with the changed channels written in for the call, and the
   clean ones written back after, :func:`_on_patched`).
 
+Where the nodes from the first faulty one to the output are a chain of dense layers, the
+compiled engine of :mod:`flow.core.chain` runs them first, from the codes that changed, and
+hands on to the forms above where a layer's product is cheaper.
+
 The results are the codes a full forward pass computes, bit for bit.
 """
 from __future__ import annotations
@@ -654,7 +658,11 @@ def forward(ex: Executor, memo: dict[str, torch.Tensor], side: dict, start: int
     """The class-score codes of a remembered batch (``memo``: its clean codes by node;
     ``side``: what this module derives from them once, such as transposed copies) under the
     executor's current parameters, whose first faulty reader is node ``start``."""
+    from flow.core import chain  # numba: imported on the first faulty run
     parts: dict[str, Part] = {}
+    if (got := chain.forward(ex, memo, side, start)) is not None:
+        start, name, cols, codes = got      # compiled up to node start: name's codes
+        parts[name] = Part(cols, codes)
     dirty = {m for m, count in ex._ndiff.items() if count}
     for node in ex.net.nodes[start:]:
         if not any(i in parts for i in node.inputs) and dirty.isdisjoint(

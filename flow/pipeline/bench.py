@@ -20,7 +20,8 @@ speed are reported apart. hetq's campaign trial is timed as well: the same maps 
 campaign's worker (:class:`~flow.reliability.parallel.FaultWorker`), which remembers the test
 set's clean activations and recomputes from the first faulty layer; it is reported as a multiple
 of hetq's clean inference, and so is the batched campaign trial: ``bench.batch_maps`` maps
-classified in one forward pass (:meth:`FaultWorker.trials`), its time per map. Every call is
+classified in one forward pass (:meth:`FaultWorker.trials`; a multilayer perceptron's maps one
+at a time, on the compiled dense chain of :mod:`flow.core.chain`), its time per map. Every call is
 timed in turn, trial by trial, ``bench.repeats`` x ``bench.trials`` times, the batched call once
 per repeat, on one thread; the objects alive before the timing are left out of the garbage
 collection before each call (:func:`~flow.pipeline.bench_peers.frozen_heap`). Figures are
@@ -190,7 +191,8 @@ def run(ctx: StepContext) -> BenchResult:
                 bar.update(1)
             nets.append({"network": f"{size.arch} x{size.width:g}", "arch": size.arch,
                          "width": size.width, "weights": n["weights"],
-                         "weight_bits": n["bits"], "bers": rows})
+                         "weight_bits": n["bits"], "bers": rows,
+                         "batched_one_at_a_time": n["worker"]._chained})
         bar.close()
     finally:
         logging.disable(logging.NOTSET)
@@ -225,6 +227,8 @@ def bench_text(res: dict) -> str:
                      "as a multiple of its clean inferences: " + ", ".join(
                          f"{r['ber']:.0e} {r['campaign_vs_clean']:.2f}x" for r in n["bers"]))
         if res.get("batch_maps", 1) > 1:
-            lines.append(f"  the same, {res['batch_maps']} maps per forward pass: " + ", ".join(
+            how = ("one at a time, compiled dense chain" if n.get("batched_one_at_a_time")
+                   else "per forward pass")
+            lines.append(f"  the same, {res['batch_maps']} maps a call ({how}): " + ", ".join(
                 f"{r['ber']:.0e} {r['batched_vs_clean']:.2f}x" for r in n["bers"]))
     return "\n".join(lines)

@@ -1,0 +1,435 @@
+"""A compiled re-evaluation of a dense chain from the codes that changed (numba).
+
+A campaign's trial on a multilayer perceptron at a low bit error rate changes a few weights,
+and those change a few codes of a few images: the changes are sparse in the images, not in the
+features, which :mod:`flow.core.delta`'s form (the clean codes plus the changed features) cannot
+carry, and each of its PyTorch calls costs tens of microseconds on such small layers. Here a
+chain of dense layers (``dense, requant, dense, ..., dense``, to the network's output) runs in
+exact integer arithmetic from the codes that changed, one compiled function per layer:
+
+- each changed input code ``(i, j, d)`` adds ``d`` times row ``j`` of the transposed clean
+  weights to image ``i``'s accumulator row;
+- each changed weight ``(o, j, dw)`` adds ``dw`` times input column ``j`` (all images) to
+  output ``o``'s column buffer, each changed bias its change, and a changed weight on a changed
+  input code the cross term ``d * dw``;
+- the requant (round half to even, clamp; none after the last layer) runs on the changed images'
+  rows and on the changed outputs' columns, and passes on the codes that differ from the clean
+  ones.
+
+The accumulators are int32 where a layer's worst-case bound (its node's ``lo``/``hi``, over every
+weight code its words can hold) is below :data:`INT32_SAFE`, so that every partial sum of the
+changes (at most eight times the bound) stays within int32; int64 otherwise. So the codes are
+the ones a full forward pass computes, bit for bit.
+
+Where many codes change (high bit error rates), a layer's product is cheaper: a layer runs
+compiled while its cost (:data:`COMPILED_COST`) is below its product's, and passes its changes
+on while the next layer's could be; else the chain hands its codes to :mod:`flow.core.delta`:
+the changed columns whole where the layer's input was clean and they are few
+(:data:`COLUMNS_MAX`, the form that module carries), else all of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numba as nb
+import numpy as np
+import torch
+
+from flow.core.ir import IntNetwork, Node
+
+if TYPE_CHECKING:                                   # pragma: no cover
+    from flow.core.delta import _Change
+    from flow.core.executor import Executor
+
+# A layer runs compiled while its work (a row of outputs per changed input code and per changed
+# image, a column of images per changed weight and output) costs less than the whole layer's
+# product, an element of it costed as this many float32 multiply-accumulates of a BLAS product
+# (an int8 one as 1/INT8_FASTER of that): on digits mlp x4's 256 -> 256 layer, 1,424 changed
+# input codes in 330 images took 157 us compiled against 380 us for the float32 product and
+# requant; 137 changed weights of its 64 -> 256 layer 74 us against 139 us; on mlp x16's
+# 1024 -> 1024 int8 layer, 1,641 changed codes 1.36 ms against 1.18 ms (AMX: 2.7 ps a
+# multiply-accumulate, against 14.4 ps for float32).
+COMPILED_COST = 40
+INT8_FASTER = 5
+# A layer's changed outputs on a clean input are passed on as whole columns (the form that
+# flow.core.delta carries) while they are at most this share of its outputs; else its codes
+# whole (a PyTorch index_copy of 397 of 1,024 columns for 359 images took 0.8 ms).
+COLUMNS_MAX = 0.25
+# Accumulators below this bound run in int32 (the changes' partial sums stay within 8 bounds).
+INT32_SAFE = 1 << 28
+# The largest change list the last layer keeps (its output codes are all passed on).
+LAST_CAP = 1 << 22
+_NO_CLAMP = 1 << 62
+
+
+@nb.njit(cache=True, inline="always")
+def _requant(v, k, lo, hi):
+    """The requant of accumulator ``v``: shifted right by ``k`` rounding half to even (left by
+    ``-k``), clamped to ``[lo, hi]``; as the executor's ``round(v * 2**-k)``."""
+    if k > 0:
+        v = (v + ((np.int64(1) << (k - 1)) - 1) + ((v >> k) & 1)) >> k
+    elif k < 0:
+        v = v << (-k)
+    return min(max(v, lo), hi)
+
+
+@nb.njit(cache=True)
+def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
+           dA, rowflag, colq, dCT, rows, cols, k, lo, hi, Y, dims, oi, oj, od, max_cols):
+    """One dense layer and its requant from its changed input codes ``(ci, cj, cd)[:nc]`` and its
+    changed weights ``(wrow, wcol, dw)`` and biases ``(brow, db)``, its output codes written into
+    ``Y`` (the clean codes ``R`` as floats) in the changed images' rows ``rows[:dims[0]]`` and
+    the changed outputs' columns ``cols[:dims[1]]``. Where the codes that changed fit ``oi``,
+    they are written to ``oi, oj, od`` (output minus clean), ``Y`` is clean again and their
+    number is returned; else, with no changed input code and at most ``max_cols`` changed
+    columns, -2: the output codes of those columns are in ``dCT[:dims[1]]`` (``Y`` untouched);
+    else -1: ``Y`` holds the output. The scratch (``dA``, ``rowflag``, ``colq``) is left clear."""
+    n, out = A.shape
+    nr = 0
+    start = np.zeros(n + 1, np.int64)         # the changed input codes by image: a counting sort
+    for t in range(nc):
+        start[ci[t] + 1] += 1
+    for i in range(n):
+        start[i + 1] += start[i]
+    fill = start[:-1].copy()
+    order = np.empty(nc, np.int64)
+    for t in range(nc):
+        order[fill[ci[t]]] = t
+        fill[ci[t]] += 1
+    for i in range(n):                        # image by image: a row of weights per change
+        if start[i + 1] == start[i]:
+            continue
+        rowflag[i] = True
+        rows[nr] = i
+        nr += 1
+        dai = dA[i]
+        for u in range(start[i], start[i + 1]):
+            t = order[u]
+            row = WT[cj[t]]
+            d = cd[t]
+            for o in range(out):
+                dai[o] += d * row[o]
+    ncol = 0                                              # changed weights and biases: columns
+    for t in range(wrow.size):
+        if colq[wrow[t]] < 0:
+            colq[wrow[t]] = ncol
+            cols[ncol] = wrow[t]
+            ncol += 1
+    for t in range(brow.size):
+        if colq[brow[t]] < 0:
+            colq[brow[t]] = ncol
+            cols[ncol] = brow[t]
+            ncol += 1
+    for q in range(ncol):
+        dCT[q, :] = 0
+    for t in range(wrow.size):
+        dq = dCT[colq[wrow[t]]]
+        xc = XT[wcol[t]]
+        dd = dw[t]
+        for i in range(n):
+            dq[i] += xc[i] * dd
+    for t in range(brow.size):
+        dq = dCT[colq[brow[t]]]
+        b = db[t]
+        for i in range(n):
+            dq[i] += b
+    if ncol and nc:                    # the changed weights on the changed input codes
+        fan_in = WT.shape[0]
+        wstart = np.zeros(fan_in + 1, np.int64)           # the weight changes by input column
+        for t in range(wrow.size):
+            wstart[wcol[t] + 1] += 1
+        for c in range(fan_in):
+            wstart[c + 1] += wstart[c]
+        wfill = wstart[:-1].copy()
+        worder = np.empty(wrow.size, np.int64)
+        for t in range(wrow.size):
+            worder[wfill[wcol[t]]] = t
+            wfill[wcol[t]] += 1
+        for t in range(nc):
+            i, j, d = ci[t], cj[t], cd[t]
+            for u in range(wstart[j], wstart[j + 1]):
+                s = worder[u]
+                dCT[colq[wrow[s]], i] += d * dw[s]
+    count = 0                                 # the output codes that changed
+    for q in range(nr):                       # the changed images' rows: into Y
+        i = rows[q]
+        ai = A[i]
+        dai = dA[i]
+        ri = R[i]
+        yi = Y[i]
+        for t in range(ncol):
+            dai[cols[t]] += dCT[t, i]
+        for o in range(out):
+            v = _requant(ai[o] + dai[o], k, lo, hi)
+            yi[o] = v
+            count += v != ri[o]
+            dai[o] = 0
+    for q in range(ncol):                     # the changed outputs' columns: into dCT
+        o = cols[q]
+        at = AT[o]
+        rt = RT[o]
+        dq = dCT[q]
+        for i in range(n):
+            dq[i] = _requant(at[i] + dq[i], k, lo, hi)
+        for i in range(n):
+            count += dq[i] != rt[i]
+        for q2 in range(nr):                  # (the changed images' codes are in Y)
+            count -= dq[rows[q2]] != rt[rows[q2]]
+    dims[0] = nr
+    dims[1] = ncol
+    m = 0
+    if count <= oi.size:                      # passed on as changes; Y back to the clean codes
+        for q in range(nr):
+            i = rows[q]
+            yi = Y[i]
+            ri = R[i]
+            for o in range(out):
+                if yi[o] != ri[o]:
+                    oi[m] = i
+                    oj[m] = o
+                    od[m] = yi[o] - ri[o]
+                    m += 1
+                    yi[o] = ri[o]
+        for q in range(ncol):
+            o = cols[q]
+            rt = RT[o]
+            dq = dCT[q]
+            for i in range(n):
+                if dq[i] != rt[i] and not rowflag[i]:
+                    oi[m] = i
+                    oj[m] = o
+                    od[m] = dq[i] - rt[i]
+                    m += 1
+    elif nr == 0 and ncol <= max_cols:                 # passed on as whole columns (in dCT)
+        for q in range(ncol):
+            colq[cols[q]] = -1
+        return -2
+    else:                                     # passed on whole: the columns into Y, by rows
+        for i in range(n):
+            if not rowflag[i]:
+                yi = Y[i]
+                for q in range(ncol):
+                    yi[cols[q]] = dCT[q, i]
+    for q in range(nr):                       # the scratch cleared
+        rowflag[rows[q]] = False
+    for q in range(ncol):
+        colq[cols[q]] = -1
+    return m if count <= oi.size else -1
+
+
+@nb.njit(cache=True)
+def _restore(Y, R, rows, nr, cols, ncol):
+    """Y back to the clean codes ``R`` in rows ``rows[:nr]`` and columns ``cols[:ncol]``."""
+    n, out = Y.shape
+    if (nr + ncol) * 4 > n + out:                         # much of it: all of it
+        for i in range(n):
+            for o in range(out):
+                Y[i, o] = R[i, o]
+        return
+    for q in range(nr):
+        i = rows[q]
+        for o in range(out):
+            Y[i, o] = R[i, o]
+    for i in range(n):
+        for q in range(ncol):
+            Y[i, cols[q]] = R[i, cols[q]]
+
+
+@nb.njit(cache=True)
+def _scatter(flat, width, oi, oj, od, m):
+    """Add the changes ``(oi, oj, od)[:m]`` to ``flat``, a row-major (images, ``width``) array."""
+    for t in range(m):
+        flat[oi[t] * width + oj[t]] += od[t]
+
+
+def _int(t: torch.Tensor, dtype: type) -> np.ndarray:
+    """A tensor of exact integer codes as a contiguous integer array."""
+    return np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype))
+
+
+@dataclass
+class _Layer:
+    """One dense layer of a chain (and the requant after it, if any): its clean codes, clean
+    weights and scratch, derived once per remembered batch."""
+
+    node: Node
+    name: str                   # the node whose codes it passes on (its requant, or itself)
+    end: int                    # the index of that node
+    XT: np.ndarray              # the clean input codes, transposed (features, images)
+    A: np.ndarray               # the clean accumulator (images, outputs) and its transpose
+    AT: np.ndarray
+    R: np.ndarray               # the clean codes passed on and their transpose
+    RT: np.ndarray
+    WT: np.ndarray              # the clean weight codes, transposed (inputs, outputs), in the
+                                # smallest integer type that holds them (less to read per row)
+    k: int                      # the requant's right shift; its clamp
+    lo: int
+    hi: int
+    Y: torch.Tensor             # the codes passed on, whole (clean between runs)
+    whole: float                # the cost of its product (float32 multiply-accumulates)
+    scratch: dict = field(default_factory=dict)
+
+    def cost(self, nc: int, ch: _Change | None) -> float:
+        """The compiled form's cost for ``nc`` changed input codes and the changes ``ch``."""
+        n, out = self.A.shape
+        cols = 0 if ch is None else ch.rows.size
+        return COMPILED_COST * ((nc + min(nc, n)) * out
+                                + (0 if ch is None else ch.dw.size + ch.db.size + cols) * n)
+
+
+def links(net: IntNetwork, start: int) -> list[tuple[int, int | None]] | None:
+    """The dense chain from node ``start`` to the output: (dense node, its requant or None) per
+    layer, or None if the nodes from ``start`` on are not ``dense, requant, ..., dense[,
+    requant]`` each reading the one before."""
+    nodes, out = net.nodes, []
+    i = start
+    while i < len(nodes):
+        d = nodes[i]
+        if d.op != "dense" or len(d.inputs) != 1 or (
+                i > start and d.inputs[0] != nodes[i - 1].name):
+            return None
+        rq = None
+        if i + 1 < len(nodes) and nodes[i + 1].op == "requant" and nodes[i + 1].inputs == [d.name]:
+            rq = i + 1
+        out.append((i, rq))
+        i = (rq if rq is not None else i) + 1
+        if i < len(nodes) and rq is None:
+            return None
+    return out if out and nodes[-1].name == net.output else None
+
+
+class Chain:
+    """The compiled form of a remembered batch's dense chain from one node on."""
+
+    def __init__(self, ex: Executor, memo: dict[str, torch.Tensor],
+                 chain: list[tuple[int, int | None]]) -> None:
+        self.ex = ex
+        self.memo = memo
+        self.layers: list[_Layer] = []
+        self._dirty: list[_Layer] = []          # layers whose Y holds a run's output
+        nodes = ex.net.nodes
+        for di, ri in chain:
+            d = nodes[di]
+            rq = nodes[ri] if ri is not None else None
+            bound = max(abs(d.lo), abs(d.hi), abs(rq.lo) if rq else 0, abs(rq.hi) if rq else 0)
+            dt = np.int32 if bound < INT32_SAFE else np.int64
+            out = rq or d
+            A = _int(memo[d.name], dt)
+            R = _int(memo[out.name], dt) if rq else A
+            clean = ex._clean[d.attrs["weight"]]
+            wt = next(t for t in (np.int8, np.int16, dt) if np.iinfo(t).min <= clean.min()
+                      and clean.max() <= np.iinfo(t).max)          # the clean codes' width
+            WT = np.ascontiguousarray(clean.reshape(
+                ex.net.params[d.attrs["weight"]].codes.shape[0], -1).T.astype(wt))
+            n, outs = A.shape
+            whole = n * WT.shape[0] * outs / (INT8_FASTER if d.name in ex._int8 else 1)
+            self.layers.append(_Layer(
+                d, out.name, ri if rq else di, np.ascontiguousarray(_int(memo[d.inputs[0]], dt).T),
+                A, np.ascontiguousarray(A.T), R, np.ascontiguousarray(R.T), WT,
+                int(ex._fr[d.name] - rq.frac) if rq else 0,
+                rq.lo if rq else -_NO_CLAMP, rq.hi if rq else _NO_CLAMP,
+                memo[out.name].clone().contiguous(), whole))
+        for li, layer in enumerate(self.layers):
+            n, outs = layer.A.shape
+            # the changes passed on: while the next layer's compiled form could cost less than
+            # its product (a changed code costs a row of its outputs); all of the last's
+            nxt = self.layers[li + 1] if li + 1 < len(self.layers) else None
+            cap = (int(nxt.whole / (COMPILED_COST * nxt.A.shape[1])) if nxt
+                   else min(n * outs, LAST_CAP))
+            layer.scratch = dict(
+                dA=np.zeros_like(layer.A), rowflag=np.zeros(n, np.bool_),
+                colq=np.full(outs, -1, np.int64), dCT=np.zeros((outs, n), layer.A.dtype),
+                rows=np.zeros(n, np.int64), cols=np.zeros(outs, np.int64),
+                dims=np.zeros(2, np.int64),
+                oi=np.zeros(cap, np.int64), oj=np.zeros(cap, np.int64),
+                od=np.zeros(cap, layer.A.dtype))
+
+    def _scattered(self, layer: _Layer, ci: np.ndarray, cj: np.ndarray, cd: np.ndarray,
+                   nc: int) -> torch.Tensor:
+        """``layer``'s codes: the clean ones plus the changes ``(ci, cj, cd)[:nc]``."""
+        t = self.memo[layer.name].clone()
+        _scatter(t.numpy().reshape(-1), t.shape[1], ci, cj, cd, nc)
+        return t
+
+    @staticmethod
+    def _columns(layer: _Layer) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output codes of the columns ``layer``'s last run changed, on a clean input (the
+        kernel leaves them in its column buffer), in increasing order."""
+        s = layer.scratch
+        ncol = s["dims"][1]
+        order = np.argsort(s["cols"][:ncol])
+        return (torch.from_numpy(s["cols"][:ncol][order]),
+                torch.from_numpy(s["dCT"][:ncol][order].T).to(layer.Y.dtype))
+
+    def _handed(self, layer: _Layer, ci: np.ndarray, cj: np.ndarray, cd: np.ndarray, nc: int
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``layer``'s codes with the changes ``(ci, cj, cd)[:nc]`` as flow.core.delta carries
+        them: the changed columns whole while they are few (:data:`COLUMNS_MAX`), else all."""
+        s = layer.scratch
+        if s["dims"][0] == 0 and s["dims"][1] <= COLUMNS_MAX * layer.A.shape[1]:
+            return self._columns(layer)         # a clean input: its changed columns
+        cols = np.unique(cj[:nc])
+        if cols.size > COLUMNS_MAX * layer.A.shape[1]:
+            return None, self._scattered(layer, ci, cj, cd, nc)
+        vals = np.ascontiguousarray(layer.R[:, cols])
+        _scatter(vals.reshape(-1), cols.size, ci, np.searchsorted(cols, cj[:nc]), cd, nc)
+        return torch.from_numpy(cols), torch.from_numpy(vals).to(layer.Y.dtype)
+
+    def forward(self) -> tuple[int, str, torch.Tensor | None, torch.Tensor] | None:
+        """Run the chain under the executor's current parameters: (the index of the node to go
+        on from, the node whose codes are given, the channels they are given in (None: all),
+        those codes): past the output when the whole chain ran; else after the last layer that
+        ran compiled (its codes whole, or its changed outputs' columns when its input was
+        clean). None when its first layer costs more compiled than its product."""
+        from flow.core.delta import _changes
+        for layer in self._dirty:
+            s = layer.scratch
+            _restore(layer.Y.numpy(), layer.R, s["rows"], s["dims"][0], s["cols"], s["dims"][1])
+        self._dirty.clear()
+        empty = np.zeros(0, np.int64)
+        ci = cj = cd = empty
+        nc = 0
+        prev: _Layer | None = None
+        last = self.layers[-1]
+        for layer in self.layers:
+            ch = _changes(self.ex, layer.node)
+            if layer.cost(nc, ch) >= layer.whole:
+                if prev is None:
+                    return None
+                return (prev.end + 1, prev.name) + self._handed(prev, ci, cj, cd, nc)
+            dt = layer.A.dtype
+            wrow, wcol, dw, brow, db = ((empty, empty, np.zeros(0, dt), empty, np.zeros(0, dt))
+                                        if ch is None else
+                                        (ch.wrow, ch.wcol, ch.dw.astype(dt), ch.brow,
+                                         ch.db.astype(dt)))
+            s = layer.scratch
+            m = _layer(layer.XT, layer.A, layer.AT, layer.R, layer.RT, layer.WT,
+                       ci, cj, cd.astype(dt, copy=False), nc, wrow, wcol, dw, brow, db,
+                       s["dA"], s["rowflag"], s["colq"], s["dCT"], s["rows"], s["cols"],
+                       layer.k, layer.lo, layer.hi, layer.Y.numpy(), s["dims"],
+                       s["oi"], s["oj"], s["od"],
+                       0 if layer is last else int(COLUMNS_MAX * layer.A.shape[1]))
+            if m == -2:                         # its changed outputs' columns
+                return (layer.end + 1, layer.name) + self._columns(layer)
+            if m == -1:                         # many changed: the codes whole
+                self._dirty.append(layer)
+                return layer.end + 1, layer.name, None, (layer.Y.clone() if layer is last
+                                                         else layer.Y)
+            ci, cj, cd, nc = s["oi"], s["oj"], s["od"], m
+            prev = layer
+        return len(self.ex.net.nodes), last.name, None, self._scattered(last, ci, cj, cd, nc)
+
+
+def forward(ex: Executor, memo: dict[str, torch.Tensor], side: dict, start: int
+            ) -> tuple[int, str, torch.Tensor | None, torch.Tensor] | None:
+    """:meth:`Chain.forward` of the remembered batch ``memo`` from node ``start`` (made once
+    and kept in ``side``), or None where the nodes from ``start`` are not a dense chain to
+    the output, the executor's parameters are not in host memory, or the first layer costs
+    more compiled than its product."""
+    cache = side.setdefault("chain", {})
+    if start not in cache:
+        chain = links(ex.net, start) if ex._flat else None
+        cache[start] = Chain(ex, memo, chain) if chain else None
+    c = cache[start]
+    return None if c is None else c.forward()
