@@ -308,6 +308,7 @@ class Chain:
         self.memo = memo
         self.layers: list[_Layer] = []
         self._dirty: list[_Layer] = []          # layers whose Y holds a run's output
+        self._at: dict[int, int] = {}           # each layer's index by its dense node's
         nodes = ex.net.nodes
         for di, ri in chain:
             d = nodes[di]
@@ -324,6 +325,7 @@ class Chain:
                 ex.net.params[d.attrs["weight"]].codes.shape[0], -1).T.astype(wt))
             n, outs = A.shape
             whole = n * WT.shape[0] * outs / (INT8_FASTER if d.name in ex._int8 else 1)
+            self._at[di] = len(self.layers)
             self.layers.append(_Layer(
                 d, out.name, ri if rq else di, np.ascontiguousarray(_int(memo[d.inputs[0]], dt).T),
                 A, np.ascontiguousarray(A.T), R, np.ascontiguousarray(R.T), WT,
@@ -376,12 +378,13 @@ class Chain:
         _scatter(vals.reshape(-1), cols.size, ci, np.searchsorted(cols, cj[:nc]), cd, nc)
         return torch.from_numpy(cols), torch.from_numpy(vals).to(layer.Y.dtype)
 
-    def forward(self) -> tuple[int, str, torch.Tensor | None, torch.Tensor] | None:
-        """Run the chain under the executor's current parameters: (the index of the node to go
-        on from, the node whose codes are given, the channels they are given in (None: all),
-        those codes): past the output when the whole chain ran; else after the last layer that
-        ran compiled (its codes whole, or its changed outputs' columns when its input was
-        clean). None when its first layer costs more compiled than its product."""
+    def forward(self, start: int) -> tuple[int, str, torch.Tensor | None, torch.Tensor] | None:
+        """Run the chain from its dense node ``start`` under the executor's current parameters:
+        (the index of the node to go on from, the node whose codes are given, the channels they
+        are given in (None: all), those codes): past the output when the whole chain ran; else
+        after the last layer that ran compiled (its codes whole, or its changed outputs' columns
+        when its input was clean). None when its first layer costs more compiled than its
+        product."""
         from flow.core.delta import _changes
         for layer in self._dirty:
             s = layer.scratch
@@ -392,7 +395,7 @@ class Chain:
         nc = 0
         prev: _Layer | None = None
         last = self.layers[-1]
-        for layer in self.layers:
+        for layer in self.layers[self._at[start]:]:
             ch = _changes(self.ex, layer.node)
             if layer.cost(nc, ch) >= layer.whole:
                 if prev is None:
@@ -423,13 +426,16 @@ class Chain:
 
 def forward(ex: Executor, memo: dict[str, torch.Tensor], side: dict, start: int
             ) -> tuple[int, str, torch.Tensor | None, torch.Tensor] | None:
-    """:meth:`Chain.forward` of the remembered batch ``memo`` from node ``start`` (made once
-    and kept in ``side``), or None where the nodes from ``start`` are not a dense chain to
-    the output, the executor's parameters are not in host memory, or the first layer costs
-    more compiled than its product."""
-    cache = side.setdefault("chain", {})
-    if start not in cache:
-        chain = links(ex.net, start) if ex._flat else None
-        cache[start] = Chain(ex, memo, chain) if chain else None
-    c = cache[start]
-    return None if c is None else c.forward()
+    """:meth:`Chain.forward` of the remembered batch ``memo`` from node ``start``, or None
+    where the nodes from ``start`` are not a dense chain to the output, the executor's
+    parameters are not in host memory, or the first layer costs more compiled than its
+    product. The chain is made once per remembered batch and kept in ``side``, from the first
+    of the dense layers that lead to the output (a later start runs its end)."""
+    c = side.get("chain")
+    if c is None:
+        if not ex._flat or links(ex.net, start) is None:
+            return None
+        first = next(i for i, node in enumerate(ex.net.nodes)
+                     if node.op == "dense" and links(ex.net, i) is not None)
+        c = side["chain"] = Chain(ex, memo, links(ex.net, first))
+    return c.forward(start) if start in c._at else None
