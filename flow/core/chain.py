@@ -58,8 +58,8 @@ INT8_FASTER = 5
 COLUMNS_MAX = 0.25
 # Accumulators below this bound run in int32 (the changes' partial sums stay within 8 bounds).
 INT32_SAFE = 1 << 28
-# The largest change list the last layer keeps (its output codes are all passed on).
-LAST_CAP = 1 << 22
+# The largest change list the last layer keeps (else its codes are passed on whole).
+LAST_CAP = 1 << 20
 _NO_CLAMP = 1 << 62
 
 
@@ -300,7 +300,8 @@ def links(net: IntNetwork, start: int) -> list[tuple[int, int | None]] | None:
 
 
 class Chain:
-    """The compiled form of a remembered batch's dense chain from one node on."""
+    """The compiled form of a remembered batch's dense chain (``chain``: :func:`links` from its
+    first dense layer), runnable from any of its dense layers."""
 
     def __init__(self, ex: Executor, memo: dict[str, torch.Tensor],
                  chain: list[tuple[int, int | None]]) -> None:
