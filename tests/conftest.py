@@ -88,6 +88,25 @@ def lowered_network(arch: str, name: str = "test"):
     return net, MemoryImage.build(net, net.layers()[1:2]), data
 
 
+def same_scores(image, ex, fresh, x, fmaps) -> torch.Tensor:
+    """Apply ``fmaps`` (stacked) to the remembering executor ``ex`` and to the fresh one in
+    turn (the same image): their class scores must be equal, and ``ex`` clean again after.
+    Returns the scores."""
+    from flow.reliability.faults import Injector
+    inj, inj_fresh = Injector(image, ex), Injector(image, fresh)
+    for m in fmaps:
+        inj.apply(m)
+    got = ex.run(x, quantized=True)
+    inj.undo()
+    for m in fmaps:
+        inj_fresh.apply(m)
+    ref = fresh.run(x, quantized=True)
+    inj_fresh.undo()
+    assert torch.equal(got.double(), ref.double())
+    assert ex._first_dirty() is None and not any(ex._touched.values())
+    return got
+
+
 def write_config(path: Path, obj: dict) -> Path:
     """Write a YAML config and return its path."""
     path.write_text(yaml.safe_dump(obj))

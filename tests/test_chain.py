@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import lowered_network
+from conftest import lowered_network, same_scores
 
 from flow.core import chain
 from flow.core.executor import Executor
@@ -23,7 +23,7 @@ from flow.core.image import MemoryImage
 from flow.core.intkernels import int8_matmul_exact
 from flow.core.ir import IntNetwork, Node, Param
 from flow.core.precision import Fixed
-from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
+from flow.reliability.faults import FaultMap, SeuSampler, trial_rng
 
 NETS = Path(__file__).with_name("user_nets.py")
 KERNELS = ["float", pytest.param("int8", marks=pytest.mark.skipif(
@@ -94,21 +94,6 @@ def _pair(net: IntNetwork, protected: list[str], kernels: str, x: torch.Tensor):
     ex = Executor(net, image, "cpu", kernels=kernels)
     ex.remember(x, quantized=True)
     return image, ex, Executor(net, image, "cpu", kernels="float")
-
-
-def _same(image, ex, fresh, x, fmaps) -> torch.Tensor:
-    """Apply ``fmaps`` (stacked) to both executors in turn: equal scores. Returns them."""
-    inj, inj_fresh = Injector(image, ex), Injector(image, fresh)
-    for m in fmaps:
-        inj.apply(m)
-    got = ex.run(x, quantized=True)
-    inj.undo()
-    for m in fmaps:
-        inj_fresh.apply(m)
-    ref = fresh.run(x, quantized=True)
-    inj_fresh.undo()
-    assert torch.equal(got.double(), ref.double())
-    return got
 
 
 def test_links_are_dense_chains_to_the_output():
@@ -186,7 +171,7 @@ def test_hand_written_maps_equal_a_full_forward(monkeypatch, kernels, protected,
         image, ex, fresh = _pair(net, ["d2"] if protected else [], kernels, x)
         for _ in range(2):                               # twice: nothing left over
             for fmaps in maps.values():
-                changed += not torch.equal(_same(image, ex, fresh, x, fmaps).double(),
+                changed += not torch.equal(same_scores(image, ex, fresh, x, fmaps).double(),
                                            clean.double())
         assert torch.equal(ex.run(x, quantized=True).double(), clean.double())
     assert changed >= 3 * len(maps)                      # the maps do change scores
@@ -213,7 +198,7 @@ def test_int32_accumulators_at_their_bound(monkeypatch, every_bit):
     monkeypatch.setattr(chain, "COMPILED_COST", 1e-3)    # compiled, however many changes
     bits = range(8) if every_bit else [7]
     fmap = FaultMap.from_faults([("d1.weight", w, b) for w in range(4 * fan_in) for b in bits])
-    _same(image, ex, fresh, x, [fmap])
+    same_scores(image, ex, fresh, x, [fmap])
     layers = ex._memo[ex._key(x, True)][2]["chain"].layers
     assert [ly.A.dtype for ly in layers] == [np.int32, np.int32] and spy.results
 
@@ -229,7 +214,7 @@ def test_int64_accumulators(monkeypatch):
     for fmap in (FaultMap.from_faults([("d1.weight", 7, 15), ("d1.weight", 300, 14)]),
                  FaultMap.from_faults([("d1.weight", w, 15) for w in range(0, 1260, 7)]),
                  FaultMap.from_faults([("d2.weight", 3, 15), ("d2.bias", 1, 15)])):
-        _same(image, ex, fresh, x, [fmap])
+        same_scores(image, ex, fresh, x, [fmap])
     layers = ex._memo[ex._key(x, True)][2]["chain"].layers
     assert layers[0].A.dtype == np.int64 and len(spy.results) >= 4
 
@@ -247,11 +232,11 @@ def test_a_cnns_dense_tail(monkeypatch):
     dense = [n.attrs["weight"] for n in net.nodes if n.op == "dense"]
     conv = next(n.attrs["weight"] for n in net.nodes if n.op == "conv")
     for m in dense:
-        _same(image, ex, fresh, x, [FaultMap.from_faults(
+        same_scores(image, ex, fresh, x, [FaultMap.from_faults(
             [(m, w, image.memory(m).width - 1) for w in range(0, image.memory(m).depth, 97)])])
     used = len(spy.results)
     assert used >= len(dense)
-    _same(image, ex, fresh, x, [FaultMap.from_faults([(conv, 3, image.memory(conv).width - 1),
+    same_scores(image, ex, fresh, x, [FaultMap.from_faults([(conv, 3, image.memory(conv).width - 1),
                                                       (dense[0], 1, 0)])])
     assert len(spy.results) == used
 
@@ -274,7 +259,7 @@ def test_sampled_maps_on_users_networks(monkeypatch, arch):
             for t in range(8):
                 fmap = sampler.sample(ber, trial_rng(3, ber, t))
                 flips += len(fmap)
-                _same(image, ex, fresh, x, [fmap])
+                same_scores(image, ex, fresh, x, [fmap])
     assert flips > 0
     if arch.startswith("dense"):
         assert any(m > 0 for m in spy.results)

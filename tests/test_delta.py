@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import lowered_network
+from conftest import lowered_network, same_scores
 
 from flow.core import chain, delta
 from flow.core.executor import Executor
@@ -127,23 +127,6 @@ def _pair(net: IntNetwork, protected: list[str], kernels: str, x: torch.Tensor):
     return image, ex, fresh
 
 
-def _same(image, ex, fresh, x, fmaps) -> torch.Tensor:
-    """Apply ``fmaps`` (stacked) to the remembering executor and to the fresh one in turn; their
-    scores must be equal. Returns the scores; both are clean again after."""
-    inj, inj_fresh = Injector(image, ex), Injector(image, fresh)
-    for m in fmaps:
-        inj.apply(m)
-    got = ex.run(x, quantized=True)
-    inj.undo()
-    for m in fmaps:
-        inj_fresh.apply(m)
-    ref = fresh.run(x, quantized=True)
-    inj_fresh.undo()
-    assert torch.equal(got.double(), ref.double())
-    assert ex._first_dirty() is None and not any(ex._touched.values())
-    return got
-
-
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("protected", [False, True], ids=["plain", "tmr"])
 def test_hand_written_maps_equal_a_full_forward(monkeypatch, kernels, protected):
@@ -191,7 +174,7 @@ def test_hand_written_maps_equal_a_full_forward(monkeypatch, kernels, protected)
     }
     changed = 0
     for name, fmaps in maps.items():
-        changed += not torch.equal(_same(image, ex, fresh, x, fmaps).double(), clean.double())
+        changed += not torch.equal(same_scores(image, ex, fresh, x, fmaps).double(), clean.double())
     assert changed >= len(maps) // 2                 # the maps do change scores
     # the forms the maps were written for were taken
     for form in (("c1", "part"), ("r1", "part"), ("p1", "part"), ("c2", "whole"),
@@ -237,11 +220,11 @@ def test_worst_case_codes_near_float32s_limit(monkeypatch, kernels):
         # bias 600 -> 88: those features fall from 255 to 44; a weight bit of the last layer
         fmap = FaultMap.from_faults([("d1.bias", r, 9) for r in rows]
                                     + [("d2.weight", 512 * 3 + 11, 6)])
-        assert not torch.equal(_same(image, ex, fresh, x, [fmap]), clean)
+        assert not torch.equal(same_scores(image, ex, fresh, x, [fmap]), clean)
     assert spy.sparse[("d2", "all")] == 3
     fmap = FaultMap.from_faults([("d1.bias", 5, 9)]
                                 + [("d2.weight", 512 * 3 + w, 7) for w in range(0, 512, 64)])
-    assert not torch.equal(_same(image, ex, fresh, x, [fmap]), clean)
+    assert not torch.equal(same_scores(image, ex, fresh, x, [fmap]), clean)
     assert spy.sparse[("d2", "all")] == 3 and spy.deltas == 4 and not any(spy.single)
 
 
@@ -291,7 +274,7 @@ def test_conv_input_change_near_float32s_limit(monkeypatch, kernels, peak):
     # weight of c1's row 1
     fmap = FaultMap.from_faults([("c0.weight", 3 * 56 + 3, 7), ("c0.weight", 40 * 56 + 40, 7),
                                  ("c1.weight", 504 + 9 * 7 + 4, 6)])
-    assert not torch.equal(_same(image, ex, fresh, x, [fmap]), clean)
+    assert not torch.equal(same_scores(image, ex, fresh, x, [fmap]), clean)
     assert spy.conv_input["c1"] == (0 if peak == 127 else 1)
 
 
@@ -305,7 +288,7 @@ def test_small_layers_run_whole_large_ones_recompute_their_faulty_rows(monkeypat
     x = torch.as_tensor(rng.integers(0, 256, (15, 3, 8, 8)), dtype=torch.float32)
     image, ex, fresh = _pair(net, [], "float", x)
     spy = _Spy(monkeypatch, free_calls=False)
-    _same(image, ex, fresh, x, [FaultMap.from_faults([("c1.weight", 0, 7)])])
+    same_scores(image, ex, fresh, x, [FaultMap.from_faults([("c1.weight", 0, 7)])])
     assert spy.steps[("c1", "whole")] == 1 and not spy.steps[("c1", "part")]
     params = {"d.weight": Param("d.weight", "d", "weight", Fixed(8, True, 7),
                                 rng.integers(-128, 128, (512, 512))),
@@ -318,12 +301,12 @@ def test_small_layers_run_whole_large_ones_recompute_their_faulty_rows(monkeypat
              {"weight": "d.weight", "bias": "d.bias"})], params, (8, 8, 8), 512)
     x2 = torch.as_tensor(rng.integers(0, 256, (256, 8, 8, 8)), dtype=torch.float32)
     image2, ex2, fresh2 = _pair(net2, [], "float", x2)
-    _same(image2, ex2, fresh2, x2, [FaultMap.from_faults([("d.weight", 5, 7)])])
+    same_scores(image2, ex2, fresh2, x2, [FaultMap.from_faults([("d.weight", 5, 7)])])
     assert spy.steps[("d", "part")] == 1
     # a quarter of the outputs faulty (DENSE_PART_MAX): still alone; one row more: whole
     for rows, form in ((128, "part"), (129, "whole")):
         spy.steps.clear()
-        _same(image2, ex2, fresh2, x2, [FaultMap.from_faults(
+        same_scores(image2, ex2, fresh2, x2, [FaultMap.from_faults(
             [("d.weight", 512 * r + 3, 7) for r in range(rows)])])
         assert spy.steps == Counter({("d", form): 1})
 
@@ -347,7 +330,7 @@ def test_layer_run_whole_on_its_changed_input_in_place(monkeypatch, kernels):
     # c1's row 4 (one input channel of c2) and one word in each of 30 of c2's 40 rows
     fmap = FaultMap.from_faults([("c1.weight", 27 * 4 + 2, top)]
                                 + [("c2.weight", 216 * r + 7, 6) for r in range(30)])
-    _same(image, ex, fresh, x, [fmap])
+    same_scores(image, ex, fresh, x, [fmap])
     assert calls == (["c2"] if kernels == "float" else [])
     assert all(torch.equal(memo[n], t) for n, t in before.items())
     assert torch.equal(ex.run(x, quantized=True), fresh.run(x, quantized=True))
@@ -398,9 +381,9 @@ def test_channels_a_requant_leaves_clean_are_dropped(monkeypatch, kernels):
     monkeypatch.setattr(delta, "_step", spy_r3)
     bits = [("d1.bias", int(r), 0) for r in low[:3]]
     clean = fresh.run(x, quantized=True)
-    assert torch.equal(_same(image, ex, fresh, x, [FaultMap.from_faults(bits)]), clean)
+    assert torch.equal(same_scores(image, ex, fresh, x, [FaultMap.from_faults(bits)]), clean)
     assert cols == [[]] and not spy.steps[("d2", "whole")] + spy.steps[("d2", "part")]
-    _same(image, ex, fresh, x, [FaultMap.from_faults(bits + [("d1.weight", 160 * live + feat,
+    same_scores(image, ex, fresh, x, [FaultMap.from_faults(bits + [("d1.weight", 160 * live + feat,
                                                                7)])])
     assert cols[1] == [live] and spy.steps[("d2", "whole")] + spy.steps[("d2", "part")] == 1
 
@@ -424,5 +407,5 @@ def test_sampled_maps_on_users_networks(monkeypatch, arch):
         for t in range(6):
             fmap = sampler.sample(ber, trial_rng(3, ber, t))
             flips += len(fmap)
-            _same(image, ex, fresh, x, [fmap])
+            same_scores(image, ex, fresh, x, [fmap])
     assert flips > 0
