@@ -108,6 +108,10 @@ def build_args(profile: Sequence[str] = (), link: bool = False) -> list[str]:
     return args + ["-LDFLAGS", " ".join(profile)] if link else args
 
 
+#: The environment variable naming a folder where every plain build shares the Verilator
+#: runtime's compiled objects (over :class:`RtlSim`'s ``objects``).
+OBJECTS_ENV = "HETQ_VERILATOR_OBJECTS"
+
 #: The simulator binary a build leaves in its folder (cocotb names it after the top level).
 HARNESS = "hetq_harness"
 
@@ -122,10 +126,12 @@ def _tools() -> dict[str, str]:
             "cocotb_libs": str(cocotb_tools.config.libs_dir)}
 
 
-def _runner(tools: bool = True):
+def _runner(tools: bool = True, objects: Path | None = None):
     """cocotb's Verilator runner without its blanket ``--public-flat-rw``, its make told GCC's
     flag for precompiled headers (:data:`PCH_FLAG`); without ``tools``, its build runs no
-    command (it only sets up what its tests read, for a model built before).
+    command (it only sets up what its tests read, for a model built before). With ``objects``,
+    make is given the Verilator runtime's objects cached there, and adds the ones it compiles
+    (:mod:`flow.hw.objcache`).
 
     Making every signal public turns all combinational logic into input logic that Verilator
     re-evaluates on every time step (about 3x slower here); the RTL marks what the testbench
@@ -138,6 +144,10 @@ def _runner(tools: bool = True):
             cmds = super()._build_command()
             cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
             cmds[1] = [*cmds[1], PCH_FLAG]
+            if objects is not None:
+                tool = [sys.executable, "-m", "flow.hw.objcache"]
+                cmds = [cmds[0], [*tool, "seed", str(objects), "--", *cmds[1]], cmds[1],
+                        [*tool, "store", str(objects)]]
             return cmds if tools else []
 
     return _Verilator()
@@ -184,10 +194,13 @@ class RtlSim:
     """A built project ready to run batches of images under fault maps."""
 
     def __init__(self, project: Path, build_dir: Path | None = None, n_max: int = 1024,
-                 quiet: bool = True, pgo: bool = False) -> None:
+                 quiet: bool = True, pgo: bool = False, objects: Path | None = None) -> None:
         """``pgo``: build the model with GCC's profile-guided optimization (:data:`PGO_USE`;
         :meth:`build` then needs images to profile on). Without it, a profiled build of the
-        same sources that is present already is used as it is."""
+        same sources that is present already is used as it is. ``objects``: a folder where
+        plain builds share the Verilator runtime's compiled objects (:mod:`flow.hw.objcache`);
+        the environment variable :data:`OBJECTS_ENV`, when set, names the folder instead (one
+        for every build, such as a test suite's)."""
         self.project = Path(project).resolve()
         self.manifest = RtlManifest.load(self.project)
         self.build_dir = Path(build_dir or self.project / "sim_build").resolve()
@@ -195,6 +208,9 @@ class RtlSim:
         self.quiet = quiet
         self.pgo = pgo
         self._stamp = self.build_dir / "hetq_build.json"     # the options of the build present
+        env = os.environ.get(OBJECTS_ENV)
+        self.objects = Path(env).resolve() if env else (
+            Path(objects).resolve() if objects is not None else None)
         self._runner = None
 
     # -- build --------------------------------------------------------------------------------
@@ -252,7 +268,8 @@ class RtlSim:
     def _build(self, args: list[str], always: bool, log: str, tools: bool = True) -> None:
         """One Verilator build with ``args`` (the runner it leaves is the one tests run on);
         without ``tools``, the runner is only set up for the build present."""
-        runner = _runner(tools)
+        profiled = any("-fprofile" in a for a in args)    # objects that depend on a profile
+        runner = _runner(tools, None if profiled else self.objects)
         try:
             runner.build(sources=[str(p) for p in sources(self.project)],
                          hdl_toplevel=HARNESS, build_dir=str(self.build_dir),
