@@ -92,3 +92,19 @@ def test_profiled_builds_do_not_use_the_cache(tmp_path, monkeypatch):
         with pytest.raises(Stop):
             sim._build(args, always=True, log="build")
     assert seen == [tmp_path / "objects", None, None]
+
+
+def test_a_cache_never_fails_a_build(tmp_path, capsys):
+    """An unwritable cache folder (a file in its place) and a failing dry run: reported, and
+    the command succeeds (make then compiles the objects itself)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / objcache.KEYS).write_text(json.dumps({"rt.o": "ab"}))
+    (build / "rt.o").write_text("")
+    (build / "rt.d").write_text("")
+    assert objcache.main(["store", str(blocker / "objects")], build) == 0
+    assert objcache.main(["seed", str(tmp_path / "c"), "--", "false"], build) == 0
+    err = capsys.readouterr().err
+    assert "store skipped" in err and "seed skipped" in err

@@ -108,15 +108,23 @@ def store(cache: Path, build: Path) -> int:
     return stored
 
 
-def main(argv: list[str]) -> int:
-    """``seed CACHE -- MAKE...`` or ``store CACHE``, in the build folder."""
+def main(argv: list[str], build: Path | None = None) -> int:
+    """``seed CACHE -- MAKE...`` or ``store CACHE`` on the build folder ``build`` (default: the
+    working folder, where make's runner starts the command). A cache never fails a
+    build: an error (an unwritable folder, a dry run that fails) is reported and the build goes
+    on compiling its own objects."""
     what, cache = argv[0], Path(argv[1])
-    if what == "seed":
-        seed(cache, Path.cwd(), argv[argv.index("--") + 1:])
-    elif what == "store":
-        store(cache, Path.cwd())
-    else:
+    if what not in ("seed", "store"):
         raise SystemExit(f"objcache: unknown command {what!r}")
+    try:
+        if what == "seed":
+            n = seed(cache, build or Path.cwd(), argv[argv.index("--") + 1:])
+            print(f"objcache: {n} runtime objects from {cache}")
+        else:
+            print(f"objcache: {store(cache, build or Path.cwd())} runtime objects stored in "
+                  f"{cache}")
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        print(f"objcache: {what} skipped ({e})", file=sys.stderr)
     return 0
 
 
