@@ -434,9 +434,17 @@ def forward(ex: Executor, memo: dict[str, torch.Tensor], side: dict, start: int
     of the dense layers that lead to the output (a later start runs its end)."""
     c = side.get("chain")
     if c is None:
-        if not ex._flat or links(ex.net, start) is None:
+        if not ex._flat or (chain := links(ex.net, start)) is None:
             return None
-        first = next(i for i, node in enumerate(ex.net.nodes)
-                     if node.op == "dense" and links(ex.net, i) is not None)
-        c = side["chain"] = Chain(ex, memo, links(ex.net, first))
+        while start >= 2 and (longer := links(ex.net, start - 2)) is not None:
+            start, chain = start - 2, longer        # the layers before it lead here too
+        c = side["chain"] = Chain(ex, memo, chain)
     return c.forward(start) if start in c._at else None
+
+
+def compiled(ex: Executor) -> bool:
+    """Whether ``ex``'s network is a dense chain from its first layer with parameters (a
+    multilayer perceptron on host memory): every faulty run of it starts on the compiled
+    engine."""
+    first = min(ex._reader.values(), default=None)
+    return first is not None and bool(ex._flat) and links(ex.net, first) is not None

@@ -21,6 +21,7 @@ build folder.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -36,16 +37,12 @@ from pathlib import Path
 KEYS = "hetq_objects.json"
 
 
+@functools.lru_cache
 def _compiler(cmd: str) -> str:
-    """The compiler's ``--version`` banner and target (cached per process)."""
-    if cmd not in _compilers:
-        out = subprocess.run([cmd, "--version"], capture_output=True, text=True).stdout
-        target = subprocess.run([cmd, "-dumpmachine"], capture_output=True, text=True).stdout
-        _compilers[cmd] = out.splitlines()[0] + " " + target.strip() if out else cmd
-    return _compilers[cmd]
-
-
-_compilers: dict[str, str] = {}
+    """The compiler's ``--version`` banner and target."""
+    out = subprocess.run([cmd, "--version"], capture_output=True, text=True).stdout
+    target = subprocess.run([cmd, "-dumpmachine"], capture_output=True, text=True).stdout
+    return out.splitlines()[0] + " " + target.strip() if out else cmd
 
 
 def runtime_objects(build: Path, make: list[str]) -> dict[str, str]:

@@ -192,7 +192,7 @@ def run(ctx: StepContext) -> BenchResult:
             nets.append({"network": f"{size.arch} x{size.width:g}", "arch": size.arch,
                          "width": size.width, "weights": n["weights"],
                          "weight_bits": n["bits"], "bers": rows,
-                         "batched_one_at_a_time": n["worker"]._chained})
+                         "batched_one_at_a_time": n["worker"].chained})
         bar.close()
     finally:
         logging.disable(logging.NOTSET)

@@ -44,13 +44,10 @@ class FaultWorker:
         self.clean = int((self.clean_pred == self.y).sum())
         self._samplers: dict[tuple, SeuSampler] = {}
         self._streams = TrialStreams()     # each trial's trial_rng stream, one generator
-        # a dense chain from the first layer with parameters (a multilayer perceptron): its
-        # trials run one map at a time on the compiled engine, faster than batched maps
-        from flow.core.chain import links
-        first = min(executor._reader.values(), default=None) if isinstance(
-            executor, Executor) else None
-        self._chained = first is not None and bool(executor._flat) and \
-            links(executor.net, first) is not None
+        # a multilayer perceptron's trials run one map at a time on the compiled engine,
+        # faster than batched maps
+        from flow.core.chain import compiled
+        self.chained = isinstance(executor, Executor) and compiled(executor)
 
     @classmethod
     def build(cls, net: IntNetwork, protected: Sequence[str], x: torch.Tensor, y: torch.Tensor,
@@ -81,7 +78,7 @@ class FaultWorker:
         each trial's share of the time. Falls back to one at a time where the maps cannot be
         batched exactly (or the executor has no batched form), and on a dense chain (compiled,
         :mod:`flow.core.chain`)."""
-        if len(tasks) == 1 or not isinstance(self.ex, Executor) or self._chained:
+        if len(tasks) == 1 or not isinstance(self.ex, Executor) or self.chained:
             return [self.trial(*task) for task in tasks]
         t0 = time.perf_counter()
         sizes, params = [], []
