@@ -78,13 +78,14 @@ def _requant(v, k, lo, hi):
 def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
            dA, rowflag, colq, dCT, rows, cols, k, lo, hi, Y, dims, oi, oj, od, max_cols):
     """One dense layer and its requant from its changed input codes ``(ci, cj, cd)[:nc]`` and its
-    changed weights ``(wrow, wcol, dw)`` and biases ``(brow, db)``, its output codes written into
-    ``Y`` (the clean codes ``R`` as floats) in the changed images' rows ``rows[:dims[0]]`` and
-    the changed outputs' columns ``cols[:dims[1]]``. Where the codes that changed fit ``oi``,
-    they are written to ``oi, oj, od`` (output minus clean), ``Y`` is clean again and their
-    number is returned; else, with no changed input code and at most ``max_cols`` changed
-    columns, -2: the output codes of those columns are in ``dCT[:dims[1]]`` (``Y`` untouched);
-    else -1: ``Y`` holds the output. The scratch (``dA``, ``rowflag``, ``colq``) is left clear."""
+    changed weights ``(wrow, wcol, dw)`` and biases ``(brow, db)`` (the changed images' rows
+    ``rows[:dims[0]]``, the changed outputs' columns ``cols[:dims[1]]``). Where the codes that
+    changed fit ``oi``, they are written to ``oi, oj, od`` (output minus clean) and their number
+    is returned; else, with no changed input code and at most ``max_cols`` changed columns, -2:
+    the output codes of those columns are in ``dCT[:dims[1]]``; else -1: every output code is
+    written into ``Y`` (floats; the clean codes are ``R``). ``Y`` is scratch otherwise: no run
+    reads what an earlier one left there. The scratch (``dA``, ``rowflag``, ``colq``) is left
+    clear."""
     n, out = A.shape
     nr = 0
     start = np.zeros(n + 1, np.int64)         # the changed input codes by image: a counting sort
@@ -179,7 +180,7 @@ def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
     dims[0] = nr
     dims[1] = ncol
     m = 0
-    if count <= oi.size:                      # passed on as changes; Y back to the clean codes
+    if count <= oi.size:                      # passed on as changes
         for q in range(nr):
             i = rows[q]
             yi = Y[i]
@@ -190,7 +191,6 @@ def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
                     oj[m] = o
                     od[m] = yi[o] - ri[o]
                     m += 1
-                    yi[o] = ri[o]
         for q in range(ncol):
             o = cols[q]
             rt = RT[o]
@@ -205,10 +205,13 @@ def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
         for q in range(ncol):
             colq[cols[q]] = -1
         return -2
-    else:                                     # passed on whole: the columns into Y, by rows
-        for i in range(n):
+    else:                                     # passed on whole: every code of Y written
+        for i in range(n):                    # (no run needs Y clean before it)
             if not rowflag[i]:
                 yi = Y[i]
+                ri = R[i]
+                for o in range(out):
+                    yi[o] = ri[o]
                 for q in range(ncol):
                     yi[cols[q]] = dCT[q, i]
     for q in range(nr):                       # the scratch cleared
@@ -216,24 +219,6 @@ def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
     for q in range(ncol):
         colq[cols[q]] = -1
     return m if count <= oi.size else -1
-
-
-@nb.njit(cache=True)
-def _restore(Y, R, rows, nr, cols, ncol):
-    """Y back to the clean codes ``R`` in rows ``rows[:nr]`` and columns ``cols[:ncol]``."""
-    n, out = Y.shape
-    if (nr + ncol) * 4 > n + out:                         # much of it: all of it
-        for i in range(n):
-            for o in range(out):
-                Y[i, o] = R[i, o]
-        return
-    for q in range(nr):
-        i = rows[q]
-        for o in range(out):
-            Y[i, o] = R[i, o]
-    for i in range(n):
-        for q in range(ncol):
-            Y[i, cols[q]] = R[i, cols[q]]
 
 
 @nb.njit(cache=True)
@@ -266,7 +251,7 @@ class _Layer:
     k: int                      # the requant's right shift; its clamp
     lo: int
     hi: int
-    Y: torch.Tensor             # the codes passed on, whole (clean between runs)
+    Y: torch.Tensor             # the codes passed on whole (written whole by each run)
     whole: float                # the cost of its product (float32 multiply-accumulates)
     scratch: dict = field(default_factory=dict)
 
@@ -308,7 +293,6 @@ class Chain:
         self.ex = ex
         self.memo = memo
         self.layers: list[_Layer] = []
-        self._dirty: list[_Layer] = []          # layers whose Y holds a run's output
         self._at: dict[int, int] = {}           # each layer's index by its dense node's
         nodes = ex.net.nodes
         for di, ri in chain:
@@ -387,10 +371,6 @@ class Chain:
         when its input was clean). None when its first layer costs more compiled than its
         product."""
         from flow.core.delta import _changes
-        for layer in self._dirty:
-            s = layer.scratch
-            _restore(layer.Y.numpy(), layer.R, s["rows"], s["dims"][0], s["cols"], s["dims"][1])
-        self._dirty.clear()
         empty = np.zeros(0, np.int64)
         ci = cj = cd = empty
         nc = 0
@@ -417,7 +397,6 @@ class Chain:
             if m == -2:                         # its changed outputs' columns
                 return (layer.end + 1, layer.name) + self._columns(layer)
             if m == -1:                         # many changed: the codes whole
-                self._dirty.append(layer)
                 return layer.end + 1, layer.name, None, (layer.Y.clone() if layer is last
                                                          else layer.Y)
             ci, cj, cd, nc = s["oi"], s["oj"], s["od"], m
