@@ -286,6 +286,20 @@ class Executor:
         planned again only when a touched output's chunk sum no longer fits."""
         m = self.image.memories[memory]
         u = np.asarray(words, dtype=np.int64)
+        if stored is not None and memory in self._clean and memory in self._flat \
+                and memory not in self._w8 and memory not in self._layer_of:
+            # a remembered batch's parameters on host memory: one compiled pass
+            from flow.core import flips  # numba: loaded by the first update
+            old = np.empty(u.size, self._flat[memory].dtype)
+            was = np.empty(u.size, bool)
+            fmt = m.fmt
+            undo = _Undo(memory, u, old)
+            undo.differs = (was, self._ndiff[memory])
+            self._ndiff[memory] += flips.update(
+                stored, u, fmt.bits, flips.decode_mode(fmt.signed, fmt.bipolar, m.protected),
+                self._flat[memory], self._clean[memory], self._differs[memory], old, was)
+            self._touched[memory].append(u)
+            return undo
         if stored is None and u.size > 1 and not (u[1:] > u[:-1]).all():
             u = np.unique(u)                    # an Injector passes them sorted, unique
         vals = np.asarray(decode(m.words[u] if stored is None else stored, m.fmt,

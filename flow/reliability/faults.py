@@ -260,7 +260,7 @@ class SeuSampler:
         self._allowed_off = np.concatenate([[0], np.cumsum(self._per_word)]).astype(np.int64)
         self.total_bits = int(self._cum[-1])
         # memories whose allowed bits are 0..k-1 (every bit): position -> bit needs no table
-        self._identity = [bool(np.array_equal(a, np.arange(len(a)))) for a in allowed]
+        self._identity = np.array([np.array_equal(a, np.arange(len(a))) for a in allowed], bool)
 
     def sample(self, ber: float, rng: np.random.Generator, kind: str = "flip") -> FaultMap:
         """Each target bit is hit independently with probability ``ber`` (flip or stuck-at)."""
@@ -288,27 +288,21 @@ class SeuSampler:
         """:meth:`faults_at` on checked positions; ``ordered``: increasing."""
         n = pos.size
         if ordered:         # sorted, distinct: each memory's faults are one run
-            ends = np.searchsorted(pos, self._cum[1:], side="left")
-            starts = np.concatenate(([0], ends[:-1]))
+            from flow.core import flips  # numba: loaded by the first sampled map
             words, bitpos = np.empty(n, np.int64), np.empty(n, np.int64)
-            runs = []
-            for i, (a, e) in enumerate(zip(starts.tolist(), ends.tolist())):
-                if e > a:   # one memory: scalar divisor and offsets
-                    runs.append((self._name_of[i], slice(a, e)))
-                    per = int(self._per_word[i])
-                    local = pos[a:e] - self._cum[i]
-                    if per & (per - 1) == 0:        # a power of two: shift and mask
-                        np.right_shift(local, per.bit_length() - 1, out=words[a:e])
-                        r = np.bitwise_and(local, per - 1, out=local)
-                    else:
-                        words[a:e], r = np.divmod(local, per)
-                    allowed = self._allowed[self._allowed_off[i]:self._allowed_off[i + 1]]
-                    bitpos[a:e] = r if self._identity[i] else allowed[r]
+            counts = np.zeros(len(self._name_of), np.int64)
+            flips.split(pos, self._cum, self._per_word, self._allowed, self._allowed_off,
+                        self._identity, words, bitpos, counts)
             if kind == "flip":
                 # each memory's flips are a run of distinct (word, bit) pairs in order, as the
                 # Injector's fast path needs; the names are made only if read
-                return _SampledMap(self.names, ends - starts, words, bitpos, runs)
-            names = np.repeat(self.names, ends - starts)      # cheaper than names[which]
+                runs, a = [], 0
+                for name, c in zip(self._name_of, counts.tolist()):
+                    if c:
+                        runs.append((name, slice(a, a + c)))
+                        a += c
+                return _SampledMap(self.names, counts, words, bitpos, runs)
+            names = np.repeat(self.names, counts)       # cheaper than names[which]
         else:
             which = np.searchsorted(self._cum, pos, side="right") - 1
             local = pos - self._cum[which]
@@ -361,31 +355,18 @@ class Injector:
                 fmap.validate(self.image)
             groups.append((name, mem, sel, w, b))
         for name, mem, sel, w, b in groups:
-            mask = np.left_shift(1, b)
             if runs is not None or (all_flip and (w.size < 2 or (
                     (key := w * 64 + b)[1:] > key[:-1]).all())):
-                # sorted, distinct (word, bit) pairs, as a sampler draws them: the flips of a
-                # word are distinct bits, so their XOR is their sum, one write per word
-                first = np.empty(w.size, bool)     # a word's first flip
-                first[0] = True
-                np.not_equal(w[1:], w[:-1], out=first[1:])
-                if first.all():                     # one flip per word
-                    uw = w
-                    old = mem.words[uw]             # a copy (fancy indexing)
-                    new = old ^ mask
-                else:                               # a few words take several flips
-                    starts = np.flatnonzero(first)
-                    uw = w[starts]
-                    old = mem.words[uw]
-                    flips = mask[starts]
-                    more = np.flatnonzero(~first)
-                    # distinct bits of one word: their XOR is their sum
-                    np.add.at(flips, np.searchsorted(starts, more, side="right") - 1,
-                              mask[more])
-                    new = old ^ flips
-                mem.words[uw] = new
+                # sorted, distinct (word, bit) pairs, as a sampler draws them: one compiled
+                # pass flips them, a write per word
+                from flow.core import flips  # numba: loaded by the first map applied
+                uw, old = np.empty(w.size, np.int64), np.empty(w.size, mem.words.dtype)
+                new = np.empty(w.size, mem.words.dtype)
+                nu = flips.flip(mem.words, w, b, uw, old, new)
+                uw, old, new = uw[:nu], old[:nu], new[:nu]
                 self._saved.append((mem.name, uw, old))
             else:
+                mask = np.left_shift(1, b)
                 new = None
                 uw = unique_ints(w)
                 self._saved.append((mem.name, uw, mem.words[uw].copy()))

@@ -1,0 +1,112 @@
+"""Compiled steps of a sampled map's injection: the fixed cost of every campaign trial.
+
+A trial draws its fault positions, splits them by memory, flips the stored words and decodes the
+touched ones into the executor's parameters. Done with NumPy calls, each step costs a few
+microseconds per memory whatever the number of faults: on the digits MLP (84k weights), about
+0.25 ms a trial at BER 1e-4, a third of its forward pass. Each function here does one step in
+one compiled pass (numba); the draws themselves stay NumPy's, so a campaign's maps are the same.
+
+The callers (:class:`flow.reliability.faults.SeuSampler`, :class:`flow.reliability.faults.Injector`,
+:meth:`flow.core.executor.Executor.update`) import this module on first use: numba is loaded
+only by a run that injects faults.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+# The decode of a stored word (flow.core.image.decode), by format
+SIGNED, PROTECTED_SIGNED, UNSIGNED, PROTECTED_UNSIGNED, BIPOLAR, PROTECTED_BIPOLAR = range(6)
+
+
+def decode_mode(signed: bool, bipolar: bool, protected: bool) -> int:
+    """The :func:`update` mode of a word format."""
+    if bipolar:
+        return PROTECTED_BIPOLAR if protected else BIPOLAR
+    if signed:
+        return PROTECTED_SIGNED if protected else SIGNED
+    return PROTECTED_UNSIGNED if protected else UNSIGNED
+
+
+@nb.njit(cache=True)
+def split(pos, cum, per_word, allowed, allowed_off, identity, words, bitpos, counts):
+    """Global target-bit positions ``pos`` (increasing) -> each one's word and bit in its memory
+    (``words``, ``bitpos``) and the number of positions in each memory (``counts``, added to):
+    memory ``m`` holds positions ``cum[m]`` to ``cum[m + 1] - 1``, ``per_word[m]`` of them a
+    word, at the bits ``allowed[allowed_off[m]:]`` (the bit itself where ``identity[m]``)."""
+    m = 0
+    for t in range(pos.size):
+        p = pos[t]
+        while p >= cum[m + 1]:
+            m += 1
+        local = p - cum[m]
+        per = per_word[m]
+        wd = local // per
+        r = local - wd * per
+        words[t] = wd
+        bitpos[t] = r if identity[m] else allowed[allowed_off[m] + r]
+        counts[m] += 1
+
+
+@nb.njit(cache=True)
+def flip(stored, w, b, uw, old, new):
+    """Flip bits ``b`` of words ``w`` of ``stored`` (sorted, distinct (word, bit) pairs); the
+    touched words, their previous and their new values go to ``uw``, ``old``, ``new``; returns
+    their number."""
+    nu = 0
+    t = 0
+    n = w.size
+    while t < n:
+        word = w[t]
+        mask = 0
+        while t < n and w[t] == word:
+            mask |= 1 << b[t]                 # distinct bits: their XOR is their OR
+            t += 1
+        was = stored[word]
+        now = was ^ mask
+        stored[word] = now
+        uw[nu] = word
+        old[nu] = was
+        new[nu] = now
+        nu += 1
+    return nu
+
+
+@nb.njit(cache=True, inline="always")
+def _decode(word, bits, mode):
+    """One stored word's code (as flow.core.image.decode)."""
+    if mode == SIGNED:
+        half = np.int64(1) << (bits - 1)
+        return ((np.int64(word) & ((half << 1) - 1)) ^ half) - half
+    if mode % 2 == 1:                         # protected: the 2-of-3 vote of the MSB copies
+        a = (word >> (bits + 1)) & 1
+        c = (word >> bits) & 1
+        d = (word >> (bits - 1)) & 1
+        msb = np.int64((a & c) | (a & d) | (c & d))
+    else:
+        msb = np.int64((word >> (bits - 1)) & 1)
+    low = np.int64(word) & ((np.int64(1) << (bits - 1)) - 1)
+    if mode >= BIPOLAR:
+        return np.int64(1) if msb == 1 else np.int64(-1)
+    if mode == PROTECTED_SIGNED:
+        return low - (msb << (bits - 1))
+    return low | (msb << (bits - 1))
+
+
+@nb.njit(cache=True)
+def update(new, u, bits, mode, values, clean, differs, old, was):
+    """Decode the stored words ``new`` at indices ``u`` into ``values`` (an executor's flat
+    parameters), keeping their previous values in ``old``; ``differs`` (which values are off
+    ``clean``) follows, its previous entries kept in ``was``. Returns the change in the number
+    of values off ``clean``."""
+    dn = 0
+    for t in range(u.size):
+        i = u[t]
+        v = _decode(new[t], bits, mode)
+        old[t] = values[i]
+        values[i] = v
+        was[t] = differs[i]
+        now = values[i] != clean[i]
+        differs[i] = now
+        dn += np.int64(now) - np.int64(was[t])
+    return dn
