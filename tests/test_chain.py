@@ -67,13 +67,20 @@ def _mlp(rng: np.random.Generator, fan_in: int = 40, widths: tuple = (29, 17, 10
 
 class _Spy:
     """Records each compiled layer's result (its number of changed codes, -1: its codes whole,
-    -2: its changed columns) and the forms of the changes handed on before a layer that costs
-    more compiled than whole ("columns" or "whole")."""
+    -2: its changed columns), the forms of the changes handed on before a layer that costs
+    more compiled than whole ("columns" or "whole") and the last layer's runs whole compiled
+    (``tails``)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.results: list[int] = []
         self.handed: list[str] = []
-        layer, handed = chain._layer, chain.Chain._handed
+        self.tails = 0
+        layer, handed, whole = chain._layer, chain.Chain._handed, chain._whole
+
+        def spy_whole(*a):
+            self.tails += 1
+            return whole(*a)
+        monkeypatch.setattr(chain, "_whole", spy_whole)
 
         def spy(*a):
             m = layer(*a)
@@ -180,6 +187,9 @@ def test_hand_written_maps_equal_a_full_forward(monkeypatch, kernels, protected,
     assert {-1, -2} <= set(spy.results) and any(m > 0 for m in spy.results)
     # (int8 layers' products cost less: there the changes are handed on by columns only)
     assert "columns" in spy.handed and ("whole" in spy.handed or kernels == "int8")
+    # the last layer run whole compiled after the one before it was handed on whole (float32
+    # kernels: an int8 last layer goes to its own kernel)
+    assert spy.tails or kernels == "int8"
 
 
 @pytest.mark.parametrize("every_bit", [False, True], ids=["msbs", "every-bit"])

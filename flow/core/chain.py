@@ -60,6 +60,8 @@ COLUMNS_MAX = 0.25
 INT32_SAFE = 1 << 28
 # The largest change list the last layer keeps (else its codes are passed on whole).
 LAST_CAP = 1 << 20
+# The largest last layer (multiply-accumulates) run whole compiled after a layer passed on whole
+TAIL_MAX = 4 << 20
 _NO_CLAMP = 1 << 62
 
 
@@ -221,6 +223,24 @@ def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
     return m if count <= oi.size else -1
 
 
+@nb.njit(cache=True, fastmath=True)
+def _whole(Y, W, b, k, lo, hi, out):
+    """The codes ``out`` of a dense layer (and its requant) run whole on the input codes ``Y``
+    with weights ``W`` (outputs, inputs) and bias ``b``, all float32 codes of a layer whose
+    worst-case partial sums stay below 2**24: exact in float32 in any order of addition (so the
+    compiler may reorder them)."""
+    n = Y.shape[0]
+    fout, fin = W.shape
+    for i in range(n):
+        yi = Y[i]
+        for o in range(fout):
+            w = W[o]
+            acc = np.float32(0)
+            for j in range(fin):
+                acc += yi[j] * w[j]
+            out[i, o] = _requant(np.int64(acc) + np.int64(b[o]), k, lo, hi)
+
+
 @nb.njit(cache=True)
 def _scatter(flat, width, oi, oj, od, m):
     """Add the changes ``(oi, oj, od)[:m]`` to ``flat``, a row-major (images, ``width``) array."""
@@ -363,6 +383,21 @@ class Chain:
         _scatter(vals.reshape(-1), cols.size, ci, np.searchsorted(cols, cj[:nc]), cd, nc)
         return torch.from_numpy(cols), torch.from_numpy(vals).to(layer.Y.dtype)
 
+    def _tail(self, layer: _Layer) -> tuple[int, str, None, torch.Tensor] | None:
+        """The last layer run whole on ``layer``'s codes (its next), compiled, where that is
+        the last layer, small and exact in float32 at any weights; else None."""
+        last = self.layers[-1]
+        if self.layers[-2] is not layer or last.whole > TAIL_MAX:
+            return None
+        ex, d = self.ex, last.node
+        if ex._dtype[d.name] != torch.float32 or d.name in ex._absum or d.name in ex._int8:
+            return None
+        w = ex._flat[d.attrs["weight"]].reshape(last.A.shape[1], -1)
+        b = ex._flat[d.attrs["bias"]] if d.attrs.get("bias") else np.zeros(w.shape[0], w.dtype)
+        out = torch.empty(last.A.shape, dtype=torch.float32)
+        _whole(layer.Y.numpy(), w, b, last.k, last.lo, last.hi, out.numpy())
+        return len(ex.net.nodes), last.name, None, out
+
     def forward(self, start: int) -> tuple[int, str, torch.Tensor | None, torch.Tensor] | None:
         """Run the chain from its dense node ``start`` under the executor's current parameters:
         (the index of the node to go on from, the node whose codes are given, the channels they
@@ -397,8 +432,11 @@ class Chain:
             if m == -2:                         # its changed outputs' columns
                 return (layer.end + 1, layer.name) + self._columns(layer)
             if m == -1:                         # many changed: the codes whole
-                return layer.end + 1, layer.name, None, (layer.Y.clone() if layer is last
-                                                         else layer.Y)
+                if layer is last:
+                    return layer.end + 1, layer.name, None, layer.Y.clone()
+                if (tail := self._tail(layer)) is not None:
+                    return tail
+                return layer.end + 1, layer.name, None, layer.Y
             ci, cj, cd, nc = s["oi"], s["oj"], s["od"], m
             prev = layer
         return len(self.ex.net.nodes), last.name, None, self._scattered(last, ci, cj, cd, nc)
