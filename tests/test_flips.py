@@ -12,6 +12,7 @@ import torch
 from flow.core import flips
 from flow.core.executor import Executor
 from flow.core.image import Memory, MemoryImage, decode, stored_width, word_dtype
+from flow.core.intkernels import Int8Weights, int8_matmul_exact, weight_matrix
 from flow.core.precision import Fixed
 from flow.reliability.faults import FaultMap, Injector, SeuSampler, trial_rng
 from tests.conftest import lowered_network
@@ -106,24 +107,56 @@ def _general(image: MemoryImage, ex: Executor, fmap: FaultMap) -> list:
     return records
 
 
-def test_fast_update_equals_the_general_one_on_a_users_network():
-    """A user's dense network (64-37-23-10, its second layer TMR-protected), two executors that
-    remember the test set: sampled maps (several flips of some words, biases, protected words)
-    and a hand-written one, stacked, through the Injector's compiled steps on one and the
-    general path on the other: equal parameters, equal bookkeeping of which differ, equal
-    scores; both clean after undo."""
-    net, image, data = lowered_network(f"{NETS}:dense_64_37_23_10", "flips")
+@pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
+def test_swap8_follows_the_int8_matrix_layout(conv):
+    """Weights set by flat index (PyTorch's layout, unsorted, some twice) in an int8 layer's
+    matrix: the matrix and its per-output sums equal those made afresh from the new weights."""
+    rng = np.random.default_rng(7)
+    w = torch.as_tensor(rng.integers(-128, 128, (6, 5, 3, 2) if conv else (6, 45)),
+                        dtype=torch.float32)
+    w8 = Int8Weights(w)
+    u = rng.integers(0, w.numel(), 40)
+    new = rng.integers(-128, 128, u.size)
+    before = w.clone()
+    old = w8.swap(u, new)
+    flat = w.view(-1)
+    for i, v in zip(u.tolist(), new.tolist()):         # in order: a later write wins
+        flat[i] = v
+    assert np.array_equal(w8.matrix.numpy(), weight_matrix(w).numpy())
+    assert np.array_equal(w8.rowsum.numpy(), weight_matrix(w).sum(1, dtype=torch.int32).numpy())
+    first = {i: t for t, i in reversed(list(enumerate(u.tolist())))}
+    assert all(old[t] == before.view(-1)[i] for i, t in first.items())
+
+
+NETWORKS = [("dense_64_37_23_10", "float", {"classifier.fc2.weight": [9, 8, 7, 0],
+                                             "classifier.fc2.bias": [0, 15]}),
+            pytest.param("odd_cnn", "int8", {"features.3.weight": [5, 4, 3, 0],
+                                             "features.0.weight": [5, 1],
+                                             "features.0.bias": [15, 0]},
+                         marks=pytest.mark.skipif(not int8_matmul_exact(),
+                                                  reason="no exact int8 matrix product"))]
+
+
+@pytest.mark.parametrize("arch,kernels,hand", NETWORKS, ids=["dense-float", "cnn-int8"])
+def test_fast_update_equals_the_general_one_on_a_users_network(arch, kernels, hand):
+    """A user's network (dense 64-37-23-10 on float kernels; an odd CNN on int8 kernels), its
+    second layer TMR-protected, two executors that remember the test set: sampled maps (several
+    flips of some words, biases, protected words) and a hand-written one, stacked, through the
+    Injector's compiled steps on one and the general path on the other: equal parameters (int8
+    matrices and their sums included), equal bookkeeping of which differ, equal scores, equal
+    to a float executor's; both clean after undo."""
+    net, image, data = lowered_network(f"{NETS}:{arch}", "flips")
     assert any(m.protected for m in image.memories.values())
     twin = MemoryImage.build(net, [m.layer for m in image.memories.values() if m.protected])
-    fast, general = Executor(net, image, "cpu"), Executor(net, twin, "cpu")
+    fast, general = (Executor(net, image, "cpu", kernels=kernels),
+                     Executor(net, twin, "cpu", kernels=kernels))
+    assert bool(fast._w8) == (kernels == "int8")
     x = fast.quantize_input(data.test.x[:64])
     fast.remember(x, quantized=True)
     general.remember(x, quantized=True)
     clean = general.run(x, quantized=True).clone()
     sampler = SeuSampler(image)
-    hand = FaultMap.from_faults([("classifier.fc2.weight", 3, b) for b in (9, 8, 7, 0)]
-                                + [("classifier.fc2.bias", 0, 0), ("classifier.fc2.bias", 0, 15),
-                                   ("classifier.fc1.weight", 9, 7)])
+    hand = FaultMap.from_faults([(name, 3, b) for name, bits in hand.items() for b in bits])
     maps = [sampler.sample(ber, trial_rng(3, ber, t)) for t, ber in enumerate((1e-3, 2e-2))]
     inj = Injector(image, fast)
     words = {n: m.words.copy() for n, m in twin.memories.items()}
@@ -135,8 +168,14 @@ def test_fast_update_equals_the_general_one_on_a_users_network():
             assert np.array_equal(image.memories[name].words, twin.memories[name].words)
             assert np.array_equal(fast._flat[name], general._flat[name]), name
             assert np.array_equal(fast._differs[name], general._differs[name]), name
+            if name in fast._w8:
+                for a, b in zip(fast._w8[name].layout()[:2], general._w8[name].layout()[:2]):
+                    assert np.array_equal(a, b), name
         assert fast._ndiff == general._ndiff
-        assert torch.equal(fast.run(x, quantized=True), general.run(x, quantized=True))
+        got = fast.run(x, quantized=True)
+        assert torch.equal(got, general.run(x, quantized=True))
+        assert torch.equal(got.double(), Executor(net, image, "cpu", kernels="float").run(
+            x, quantized=True).double())
     assert max(fast._ndiff.values()) > 0
     inj.undo()
     for name, m in twin.memories.items():

@@ -287,17 +287,23 @@ class Executor:
         m = self.image.memories[memory]
         u = np.asarray(words, dtype=np.int64)
         if stored is not None and memory in self._clean and memory in self._flat \
-                and memory not in self._w8 and memory not in self._layer_of:
+                and memory not in self._layer_of:
             # a remembered batch's parameters on host memory: one compiled pass
             from flow.core import flips  # numba: loaded by the first update
-            old = np.empty(u.size, self._flat[memory].dtype)
             was = np.empty(u.size, bool)
-            fmt = m.fmt
+            args = (stored, u, m.fmt.bits,
+                    flips.decode_mode(m.fmt.signed, m.fmt.bipolar, m.protected))
+            seen = (self._clean[memory], self._differs[memory])
+            if memory in self._w8:          # an int8 layer: its float32 copy follows on demand
+                old = np.empty(u.size, np.int8)
+                dn = flips.update8(*args, *self._w8[memory].layout(), *seen, old, was)
+                self._stale.add(memory)
+            else:
+                old = np.empty(u.size, self._flat[memory].dtype)
+                dn = flips.update(*args, self._flat[memory], *seen, old, was)
             undo = _Undo(memory, u, old)
             undo.differs = (was, self._ndiff[memory])
-            self._ndiff[memory] += flips.update(
-                stored, u, fmt.bits, flips.decode_mode(fmt.signed, fmt.bipolar, m.protected),
-                self._flat[memory], self._clean[memory], self._differs[memory], old, was)
+            self._ndiff[memory] += dn
             self._touched[memory].append(u)
             return undo
         if stored is None and u.size > 1 and not (u[1:] > u[:-1]).all():

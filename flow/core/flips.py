@@ -110,3 +110,48 @@ def update(new, u, bits, mode, values, clean, differs, old, was):
         differs[i] = now
         dn += np.int64(now) - np.int64(was[t])
     return dn
+
+
+@nb.njit(cache=True, inline="always")
+def _position(i, c, kk):
+    """The position in an int8 weight matrix (flow.core.intkernels.weight_matrix) of flat
+    weight index ``i`` in PyTorch's layout: a conv's (O, C, k, k) with ``c`` channels and
+    ``kk`` kernel positions is stored (O, k, k, C); a dense layer's (``c`` 0) in place."""
+    if c == 0:
+        return i
+    per = c * kk
+    row = i // per
+    rest = i - row * per
+    ch = rest // kk
+    return row * per + (rest - ch * kk) * c + ch
+
+
+@nb.njit(cache=True)
+def swap8(u, new, m8, rows, per_row, c, kk, old):
+    """Set the int8 weights at flat indices ``u`` (PyTorch's layout) of the matrix ``m8`` to
+    ``new``, their previous codes into ``old``; each output's sum of codes (``rows``) follows."""
+    for t in range(u.size):
+        i = u[t]
+        p = _position(i, c, kk)
+        old[t] = m8[p]
+        m8[p] = new[t]
+        rows[i // per_row] += np.int32(new[t]) - np.int32(old[t])
+
+
+@nb.njit(cache=True)
+def update8(new, u, bits, mode, m8, rows, per_row, c, kk, clean, differs, old, was):
+    """:func:`update` for an int8 layer's weights: decoded into its matrix ``m8`` (as
+    :func:`swap8`); ``clean`` and ``differs`` in PyTorch's layout."""
+    dn = 0
+    for t in range(u.size):
+        i = u[t]
+        v = _decode(new[t], bits, mode)
+        p = _position(i, c, kk)
+        old[t] = m8[p]
+        m8[p] = v
+        rows[i // per_row] += np.int32(v) - np.int32(old[t])
+        was[t] = differs[i]
+        now = v != clean[i]
+        differs[i] = now
+        dn += np.int64(now) - np.int64(was[t])
+    return dn

@@ -159,15 +159,19 @@ class Int8Weights:
         self._flat = self.matrix.numpy().reshape(-1)
         self._rows = self.rowsum.numpy()
 
+    def layout(self) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+        """What :func:`flow.core.flips.swap8` reads: the flat matrix, the per-output sums, the
+        codes per output, and a conv's channels and kernel positions (dense: 0, 1)."""
+        c, kk = (self.shape[1], self.shape[2] * self.shape[3]) if len(self.shape) == 4 else (0, 1)
+        return self._flat, self._rows, self._flat.size // self._rows.size, c, kk
+
     def swap(self, words: np.ndarray, new: np.ndarray) -> np.ndarray:
-        """Set the weights at flat indices ``words`` (PyTorch's layout, increasing) to the codes
-        ``new``; returns their previous codes (int8)."""
-        pos = matrix_positions(words, self.shape)
-        old = self._flat[pos]
-        self._flat[pos] = new
-        per_row = self._flat.size // self._rows.size
-        self._rows += np.bincount(words // per_row, weights=np.subtract(new, old, dtype=np.float64),
-                                  minlength=self._rows.size).astype(np.int32)
+        """Set the weights at flat indices ``words`` (PyTorch's layout) to the codes ``new``;
+        returns their previous codes (int8)."""
+        from flow.core import flips  # numba: loaded by the first fault
+        u = np.asarray(words, dtype=np.int64)
+        old = np.empty(u.size, np.int8)
+        flips.swap8(u, np.asarray(new), *self.layout(), old)
         return old
 
     def to_float(self, w: torch.Tensor) -> None:
