@@ -68,19 +68,26 @@ def _mlp(rng: np.random.Generator, fan_in: int = 40, widths: tuple = (29, 17, 10
 class _Spy:
     """Records each compiled layer's result (its number of changed codes, -1: its codes whole,
     -2: its changed columns), the forms of the changes handed on before a layer that costs
-    more compiled than whole ("columns" or "whole") and the last layer's runs whole compiled
-    (``tails``)."""
+    more compiled than whole ("columns" or "whole"), the last layer's runs whole compiled
+    (``tails``) and the results of the layers fed by a GEMM of changed columns (``fed``)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.results: list[int] = []
         self.handed: list[str] = []
         self.tails = 0
-        layer, handed, whole = chain._layer, chain.Chain._handed, chain._whole
+        self.fed: list[int] = []
+        layer, handed, whole, fed = chain._layer, chain.Chain._handed, chain._whole, chain._fed
 
         def spy_whole(*a):
             self.tails += 1
             return whole(*a)
+
+        def spy_fed(*a):
+            m = fed(*a)
+            self.fed.append(int(m))
+            return m
         monkeypatch.setattr(chain, "_whole", spy_whole)
+        monkeypatch.setattr(chain, "_fed", spy_fed)
 
         def spy(*a):
             m = layer(*a)
@@ -190,6 +197,36 @@ def test_hand_written_maps_equal_a_full_forward(monkeypatch, kernels, protected,
     # the last layer run whole compiled after the one before it was handed on whole (float32
     # kernels: an int8 last layer goes to its own kernel)
     assert spy.tails or kernels == "int8"
+    # a first layer's changed columns fed to the next layer's GEMM
+    assert -1 in spy.fed
+
+
+@pytest.mark.parametrize("cost", [8, 12])
+def test_changed_columns_feed_the_next_layers_gemm(monkeypatch, cost):
+    """A first layer's bias bits flipped in five of its eight outputs: every image's code
+    moves in those columns (more changes than the next layer's compiled form takes), so they
+    feed the next layer's GEMM. Weights of 1: a move of one code moves the next layer's
+    accumulator by one (few of its codes change: passed on as changes), of sixteen codes by
+    sixteen (many change: its codes whole). Stacked with weight flips of the fed layer (on
+    its clean input) and of the fed columns' weights (in the GEMM). At the higher cost, the
+    fed layer's changes are handed on to a last layer that costs more compiled than whole.
+    Equal to a full forward."""
+    rng = np.random.default_rng(6)
+    net = _mlp(rng, widths=(8, 6, 4), weights=1)
+    x = torch.as_tensor(rng.integers(0, 256, (37, 1, 5, 8)), dtype=torch.float32)
+    monkeypatch.setattr(chain, "COMPILED_COST", cost)
+    image, ex, fresh = _pair(net, [], "float", x)
+    # the first layer's codes sit inside 1..238: a bias bit moves every image's code
+    codes = Executor(net, image, "cpu").run(x, quantized=True, trace=True)["r1"]
+    assert 0 < codes.min() and codes.max() < 239
+    spy = _Spy(monkeypatch)
+    for bit in (9, 12, 13):
+        for extra in ([], [("d2.weight", 3, 2), ("d2.weight", 9, 7), ("d2.bias", 1, 12)]):
+            fmap = FaultMap.from_faults([("d1.bias", o, bit) for o in (0, 2, 3, 5, 7)] + extra)
+            same_scores(image, ex, fresh, x, [fmap])
+    assert spy.results.count(-2) == 6 and len(spy.fed) == 6
+    assert any(m >= 0 for m in spy.fed) and -1 in spy.fed
+    assert bool(spy.handed) == (cost == 12)
 
 
 @pytest.mark.parametrize("every_bit", [False, True], ids=["msbs", "every-bit"])
