@@ -229,6 +229,29 @@ def test_changed_columns_feed_the_next_layers_gemm(monkeypatch, cost):
     assert bool(spy.handed) == (cost == 12)
 
 
+def test_columns_feed_a_gemm_only_below_2_24(monkeypatch):
+    """16-bit weights: a first layer's weight MSBs flipped in two or in twenty outputs move
+    those codes between 0 and 255; the next layer's GEMM of |change| 255 times weights up to
+    32,767 stays below 2**24 for two columns (fed) and not for twenty (run another way, at a
+    cost where twenty columns would be passed on). Equal to a full forward. (Which form runs
+    is asserted: these sums saturate the requant, so a rounded GEMM would not show in the
+    scores.)"""
+    rng = np.random.default_rng(8)
+    net = _mlp(rng, wbits=16)
+    x = torch.as_tensor(rng.integers(0, 256, (37, 1, 5, 8)), dtype=torch.float32)
+    spy = _Spy(monkeypatch)
+    for outputs, every, cost, fed in ((2, 3, 32, True), (20, 40, 12, False)):
+        monkeypatch.setattr(chain, "COMPILED_COST", cost)
+        image, ex, fresh = _pair(net, [], "float", x)
+        top = image.memory("d1.weight").width - 1
+        before, runs = len(spy.fed), len(spy.results)
+        fmap = FaultMap.from_faults([("d1.weight", 40 * o + w, top) for o in range(outputs)
+                                     for w in range(0, 40, every)])
+        same_scores(image, ex, fresh, x, [fmap])
+        assert len(spy.results) > runs                   # the chain ran
+        assert (len(spy.fed) > before) == fed
+
+
 @pytest.mark.parametrize("every_bit", [False, True], ids=["msbs", "every-bit"])
 def test_int32_accumulators_at_their_bound(monkeypatch, every_bit):
     """A layer whose worst case sits just below INT32_SAFE runs on int32 accumulators: every

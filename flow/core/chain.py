@@ -436,15 +436,20 @@ class Chain:
                 memo[out.name].clone().contiguous(), whole))
         for li, layer in enumerate(self.layers[1:], 1):
             # fed by whole columns of the layer before (on its clean input): one float32 GEMM
-            # of the code changes on the current weights is exact while every partial sum of
+            # of the code changes on the current weights, exact while every partial sum of
             # |change| <= the input's span times |weight| <= the format's largest stays below
-            # 2**24
+            # 2**24 (so for at most `most` columns); cheaper than the whole product while at
+            # most FED_MAX of the inputs (an int8 product's cost: a fifth of that)
             prev, w = self.layers[li - 1], layer.node.attrs["weight"]
             fmt = ex.image.memories[w].fmt
             fan_in = layer.WT.shape[0]
-            if fan_in * (prev.hi - prev.lo) * max(abs(fmt.min()), abs(fmt.max())) < EXACT_F32:
+            most = min((EXACT_F32 - 1) // ((prev.hi - prev.lo) * max(abs(fmt.min()),
+                                                                     abs(fmt.max()))),
+                       int(FED_MAX * fan_in / (INT8_FASTER if layer.node.name in ex._int8
+                                               else 1)))
+            if most >= 1:
                 n = layer.A.shape[0]
-                layer.fed = dict(WTf=layer.WT.astype(np.float32),
+                layer.fed = dict(most=most, WTf=layer.WT.astype(np.float32),
                                  inq=np.full(fan_in, -1, np.int64),
                                  DT=np.zeros((fan_in, n), np.float32),
                                  Wc=np.zeros((fan_in, layer.A.shape[1]), np.float32))
@@ -537,13 +542,16 @@ class Chain:
                                          ch.db.astype(dt)))
             s = layer.scratch
             nxt = self.layers[li + 1] if layer is not last else None
-            share = 0 if nxt is None else FED_MAX if nxt.fed is not None else COLUMNS_MAX
+            most = 0 if nxt is None else int(COLUMNS_MAX * layer.A.shape[1])
+            if nxt is not None and nxt.fed is not None:
+                most = max(most, nxt.fed["most"])
             m = _layer(layer.XT, layer.A, layer.AT, layer.R, layer.RT, layer.WT,
                        ci, cj, cd.astype(dt, copy=False), nc, wrow, wcol, dw, brow, db,
                        s["dA"], s["rowflag"], s["colq"], s["dCT"], s["rows"], s["cols"],
                        layer.k, layer.lo, layer.hi, layer.Y.numpy(), s["dims"],
-                       s["oi"], s["oj"], s["od"], int(share * layer.A.shape[1]))
-            if m == -2 and nxt is not None and nxt.fed is not None:
+                       s["oi"], s["oj"], s["od"], most)
+            if m == -2 and nxt is not None and nxt.fed is not None \
+                    and s["dims"][1] <= nxt.fed["most"]:
                 # its changed outputs' columns feed the next layer's GEMM
                 m = self._feed(layer, nxt, _changes(self.ex, nxt.node))
                 layer, s, li = nxt, nxt.scratch, li + 1
