@@ -59,7 +59,6 @@ import torch
 import torch.nn.functional as F
 
 from flow.core.arrays import column_major, unique_ints
-from flow.core.intkernels import matrix_positions
 from flow.core.ir import Node
 
 if TYPE_CHECKING:                                   # pragma: no cover
@@ -235,23 +234,24 @@ def _changes(ex: Executor, node: Node) -> _Change | None:
     in its output's row (a conv's: channel, kernel row, kernel column)."""
     if not ex._flat:
         return None
+    from flow.core import flips  # numba: loaded by the first fault
+
+    def differ(name: str, per_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        words = ex._dirty_words(name)
+        if words is None:
+            return empty, empty, np.zeros(0)
+        rows, cols, d = (np.empty(words.size, np.int64), np.empty(words.size, np.int64),
+                         np.empty(words.size))
+        # int8 weights: their matrix (a conv's channels last)
+        values, _, _, c, kk = ex._w8[name].layout() if name in ex._w8 else (
+            ex._flat[name], None, None, 0, 1)
+        n = flips.changes(words, values, c, kk, ex._clean[name], per_row, rows, cols, d)
+        return rows[:n], cols[:n], d[:n]
+
     a, empty = node.attrs, np.zeros(0, np.int64)
     wn = a["weight"]
-    wrow, wcol, dw = empty, empty, np.zeros(0)
-    if (words := ex._dirty_words(wn)) is not None:
-        if wn in ex._w8:                        # int8 weights: a conv's are channels last
-            now = ex._w8[wn]._flat[matrix_positions(words, ex._w8[wn].shape)]
-        else:
-            now = ex._flat[wn][words]
-        d = now.astype(np.float64) - ex._clean[wn][words]
-        keep = d != 0
-        dw = d[keep]
-        wrow, wcol = np.divmod(words[keep], ex.net.params[wn].codes[0].size)
-    brow, db = empty, np.zeros(0)
-    if a.get("bias") and (words := ex._dirty_words(a["bias"])) is not None:
-        d = ex._flat[a["bias"]][words].astype(np.float64) - ex._clean[a["bias"]][words]
-        keep = d != 0
-        brow, db = words[keep], d[keep]
+    wrow, wcol, dw = differ(wn, ex.net.params[wn].codes[0].size)
+    brow, _, db = differ(a["bias"], 1) if a.get("bias") else (empty, empty, np.zeros(0))
     if brow.size:
         rows = unique_ints(np.concatenate([wrow, brow]))
     else:                                       # the words are sorted: so are their outputs

@@ -156,3 +156,21 @@ def update8(new, u, bits, mode, m8, rows, per_row, c, kk, clean, differs, old, w
         differs[i] = now
         dn += np.int64(now) - np.int64(was[t])
     return dn
+
+
+@nb.njit(cache=True)
+def changes(words, values, c, kk, clean, per_row, wrow, wcol, dw):
+    """The words ``words`` (flat indices in PyTorch's layout) whose current codes (``values``,
+    at :func:`_position`) differ from ``clean``: each one's output (``wrow``), its index in its
+    output's row (``wcol``) and the difference (``dw``); returns their number."""
+    n = 0
+    for t in range(words.size):
+        i = words[t]
+        d = np.float64(values[_position(i, c, kk)]) - np.float64(clean[i])
+        if d != 0:
+            r = i // per_row
+            wrow[n] = r
+            wcol[n] = i - r * per_row
+            dw[n] = d
+            n += 1
+    return n

@@ -183,17 +183,6 @@ class Int8Weights:
         w.copy_(m.view(self.shape))
 
 
-def matrix_positions(words: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Positions in the flat :func:`weight_matrix` of the flat weight indices ``words`` of a
-    tensor of ``shape`` (conv: (O, C, k, k) -> (O, k, k, C); dense: the same positions)."""
-    if len(shape) != 4:
-        return words
-    _, c, kh, kw = shape
-    row, rest = np.divmod(words, c * kh * kw)
-    ch, ij = np.divmod(rest, kh * kw)
-    return row * (c * kh * kw) + ij * c + ch
-
-
 BLOCK_BYTES = 32 << 20          # a conv's patch matrix is built this many bytes at a time
 KEEP_BYTES = 64 << 20           # the largest patch matrix of a remembered input kept whole
 
