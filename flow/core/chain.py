@@ -82,6 +82,19 @@ def _requant(v, k, lo, hi):
     return min(max(v, lo), hi)
 
 
+@nb.njit(cache=True, inline="always")
+def _row_changes(i, yi, ri, oi, oj, od, m):
+    """Image ``i``'s output codes ``yi`` that differ from the clean ``ri``, appended to the
+    changes ``oi, oj, od`` (output minus clean) after their first ``m``; returns their number."""
+    for o in range(yi.size):
+        if yi[o] != ri[o]:
+            oi[m] = i
+            oj[m] = o
+            od[m] = yi[o] - ri[o]
+            m += 1
+    return m
+
+
 @nb.njit(cache=True)
 def _weight_columns(XT, wrow, wcol, dw, brow, db, colq, dCT, cols):
     """The changed weights ``(wrow, wcol, dw)`` and biases ``(brow, db)`` of a layer on its
@@ -185,14 +198,7 @@ def _fed(A, dA, R, XT, wrow, wcol, dw, brow, db, colq, dCT, cols, k, lo, hi, Y, 
         return -1
     m = 0
     for i in range(n):
-        ri = R[i]
-        yi = Y[i]
-        for o in range(out):
-            if yi[o] != ri[o]:
-                oi[m] = i
-                oj[m] = o
-                od[m] = yi[o] - ri[o]
-                m += 1
+        m = _row_changes(i, Y[i], R[i], oi, oj, od, m)
     return m
 
 
@@ -281,15 +287,7 @@ def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
     m = 0
     if count <= oi.size:                      # passed on as changes
         for q in range(nr):
-            i = rows[q]
-            yi = Y[i]
-            ri = R[i]
-            for o in range(out):
-                if yi[o] != ri[o]:
-                    oi[m] = i
-                    oj[m] = o
-                    od[m] = yi[o] - ri[o]
-                    m += 1
+            m = _row_changes(rows[q], Y[rows[q]], R[rows[q]], oi, oj, od, m)
         for q in range(ncol):
             o = cols[q]
             rt = RT[o]
