@@ -169,7 +169,7 @@ def _fed(A, dA, R, XT, wrow, wcol, dw, brow, db, colq, dCT, cols, k, lo, hi, Y, 
     dims[1] = ncol
     # (rows padded: a power-of-two row length would map a column of the block to few cache
     # sets: 221 changed columns of 359 images took 238 us, 58 us padded)
-    acc = np.empty((_BLOCK, out + 8), np.int64)
+    acc = np.empty((_BLOCK, out + 8), A.dtype)    # int32 below INT32_SAFE, as in _layer
     count = 0
     for i0 in range(0, n, _BLOCK):            # a block of images at a time: the columns'
         i1 = min(i0 + _BLOCK, n)              # changes read along their rows
