@@ -379,6 +379,15 @@ class _Layer:
                                 + (0 if ch is None else ch.dw.size + ch.db.size + cols) * n)
 
 
+def _changed(ch: _Change | None, dt: type) -> tuple[np.ndarray, ...]:
+    """A layer's changed weights ``(wrow, wcol, dw)`` and biases ``(brow, db)`` as its kernels
+    take them, the changes in its accumulator type ``dt`` (none where ``ch`` is None)."""
+    if ch is None:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, dt), empty, np.zeros(0, dt)
+    return ch.wrow, ch.wcol, ch.dw.astype(dt), ch.brow, ch.db.astype(dt)
+
+
 def links(net: IntNetwork, start: int) -> list[tuple[int, int | None]] | None:
     """The dense chain from node ``start`` to the output: (dense node, its requant or None) per
     layer, or None if the nodes from ``start`` on are not ``dense, requant, ..., dense[,
@@ -535,10 +544,7 @@ class Chain:
                     return None
                 return (prev.end + 1, prev.name) + self._handed(prev, ci, cj, cd, nc)
             dt = layer.A.dtype
-            wrow, wcol, dw, brow, db = ((empty, empty, np.zeros(0, dt), empty, np.zeros(0, dt))
-                                        if ch is None else
-                                        (ch.wrow, ch.wcol, ch.dw.astype(dt), ch.brow,
-                                         ch.db.astype(dt)))
+            wrow, wcol, dw, brow, db = _changed(ch, dt)
             s = layer.scratch
             nxt = self.layers[li + 1] if layer is not last else None
             most = 0 if nxt is None else int(COLUMNS_MAX * layer.A.shape[1])
@@ -574,12 +580,7 @@ class Chain:
         and its requant, compiled. Returns what :func:`_fed` returns."""
         f, s = nxt.fed, nxt.scratch
         ncol = int(layer.scratch["dims"][1])
-        dt = nxt.A.dtype
-        empty = np.zeros(0, np.int64)
-        wrow, wcol, dw, brow, db = ((empty, empty, np.zeros(0, dt), empty, np.zeros(0, dt))
-                                    if ch is None else
-                                    (ch.wrow, ch.wcol, ch.dw.astype(dt), ch.brow,
-                                     ch.db.astype(dt)))
+        wrow, wcol, dw, brow, db = _changed(ch, nxt.A.dtype)
         DT, Wc = f["DT"][:ncol], f["Wc"][:ncol]
         _gemm_operands(layer.scratch["dCT"], layer.RT, layer.scratch["cols"], ncol, f["WTf"],
                        f["inq"], wrow, wcol, dw.astype(np.float32), DT, Wc)

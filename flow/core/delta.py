@@ -235,20 +235,22 @@ def _changes(ex: Executor, node: Node) -> _Change | None:
     if not ex._flat:
         return None
     from flow.core import flips  # numba: loaded by the first fault
+    a, empty = node.attrs, np.zeros(0, np.int64)
 
     def differ(name: str, per_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(output, index in its row, change) of each word of ``name`` off its clean code."""
         words = ex._dirty_words(name)
         if words is None:
             return empty, empty, np.zeros(0)
         rows, cols, d = (np.empty(words.size, np.int64), np.empty(words.size, np.int64),
                          np.empty(words.size))
-        # int8 weights: their matrix (a conv's channels last)
-        values, _, _, c, kk = ex._w8[name].layout() if name in ex._w8 else (
-            ex._flat[name], None, None, 0, 1)
+        if name in ex._w8:                      # int8 weights: their matrix (a conv's
+            values, _, _, c, kk = ex._w8[name].layout()     # channels last)
+        else:
+            values, c, kk = ex._flat[name], 0, 1
         n = flips.changes(words, values, c, kk, ex._clean[name], per_row, rows, cols, d)
         return rows[:n], cols[:n], d[:n]
 
-    a, empty = node.attrs, np.zeros(0, np.int64)
     wn = a["weight"]
     wrow, wcol, dw = differ(wn, ex.net.params[wn].codes[0].size)
     brow, _, db = differ(a["bias"], 1) if a.get("bias") else (empty, empty, np.zeros(0))

@@ -94,6 +94,16 @@ def _decode(word, bits, mode):
     return low | (msb << (bits - 1))
 
 
+@nb.njit(cache=True, inline="always")
+def _track(i, t, v, clean, differs, was):
+    """Whether value ``i``, now ``v``, differs from ``clean`` goes into ``differs`` (its previous
+    entry into ``was[t]``); returns the change in the number that differ."""
+    was[t] = differs[i]
+    now = v != clean[i]
+    differs[i] = now
+    return np.int64(now) - np.int64(was[t])
+
+
 @nb.njit(cache=True)
 def update(new, u, bits, mode, values, clean, differs, old, was):
     """Decode the stored words ``new`` at indices ``u`` into ``values`` (an executor's flat
@@ -103,13 +113,9 @@ def update(new, u, bits, mode, values, clean, differs, old, was):
     dn = 0
     for t in range(u.size):
         i = u[t]
-        v = _decode(new[t], bits, mode)
         old[t] = values[i]
-        values[i] = v
-        was[t] = differs[i]
-        now = values[i] != clean[i]
-        differs[i] = now
-        dn += np.int64(now) - np.int64(was[t])
+        values[i] = _decode(new[t], bits, mode)
+        dn += _track(i, t, values[i], clean, differs, was)
     return dn
 
 
@@ -151,10 +157,7 @@ def update8(new, u, bits, mode, m8, rows, per_row, c, kk, clean, differs, old, w
         old[t] = m8[p]
         m8[p] = v
         rows[i // per_row] += np.int32(v) - np.int32(old[t])
-        was[t] = differs[i]
-        now = v != clean[i]
-        differs[i] = now
-        dn += np.int64(now) - np.int64(was[t])
+        dn += _track(i, t, v, clean, differs, was)
     return dn
 
 
