@@ -76,17 +76,20 @@ class _Spy:
         self.handed: list[str] = []
         self.tails = 0
         self.fed: list[int] = []
-        layer, handed, whole, fed = chain._layer, chain.Chain._handed, chain._whole, chain._fed
+        layer, handed, fed = chain._layer, chain.Chain._handed, chain._fed
 
-        def spy_whole(*a):
-            self.tails += 1
-            return whole(*a)
+        def spy_tail(kernel):
+            def run(*a):
+                self.tails += 1
+                return kernel(*a)
+            return run
 
         def spy_fed(*a):
             m = fed(*a)
             self.fed.append(int(m))
             return m
-        monkeypatch.setattr(chain, "_whole", spy_whole)
+        monkeypatch.setattr(chain, "_whole", spy_tail(chain._whole))
+        monkeypatch.setattr(chain, "_requant_t", spy_tail(chain._requant_t))
         monkeypatch.setattr(chain, "_fed", spy_fed)
 
         def spy(*a):
