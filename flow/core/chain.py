@@ -155,31 +155,49 @@ def _gemm_operands(dCT, RT, cols, ncol, WTf, inq, wrow, wcol, dw, DT, Wc):
 
 
 @nb.njit(cache=True)
-def _fed(AT, dAT, RT, XT, wrow, wcol, dw, brow, db, colq, dCT, cols, k, lo, hi, YT, dims, oi,
-         oj, od):
+def _fed(AT, dAT, RT, XT, wrow, wcol, dw, brow, db, k, lo, hi, YT, dims, oi, oj, od):
     """A layer whose input changed in whole columns, every accumulator by ``dAT`` (outputs,
     images; float32 exact integers, from :func:`_gemm_operands`' product), and by its changed
     weights and biases on its clean input: its requant on every image, written output by
     output into ``YT`` (outputs, images: the clean accumulators ``AT`` and codes ``RT`` are
-    read along their rows, so the pass is a vector loop). Where the codes that changed fit
-    ``oi``, they are written to ``oi, oj, od`` too and their number is returned, else -1.
-    ``dims``: as :func:`_layer`'s (every image's row changed). The scratch (``colq``) is left
-    clear."""
+    read along their rows, so the pass is a vector loop; an output's weight changes are summed
+    in a row of images that stays in cache). Where the codes that changed fit ``oi``, they are
+    written to ``oi, oj, od`` too and their number is returned, else -1. ``dims``: as
+    :func:`_layer`'s (every image's row changed, the outputs with changed weights or
+    biases)."""
     out, n = AT.shape
-    ncol = _weight_columns(XT, wrow, wcol, dw, brow, db, colq, dCT, cols)
-    dims[0] = n
-    dims[1] = ncol
+    start = np.zeros(out + 1, np.int64)       # the weight changes by output: a counting sort
+    for t in range(wrow.size):
+        start[wrow[t] + 1] += 1
+    for o in range(out):
+        start[o + 1] += start[o]
+    fill = start[:-1].copy()
+    order = np.empty(wrow.size, np.int64)
+    for t in range(wrow.size):
+        order[fill[wrow[t]]] = t
+        fill[wrow[t]] += 1
+    bias = np.zeros(out, np.int64)
+    for t in range(brow.size):
+        bias[brow[t]] += db[t]
+    buf = np.empty(n, np.int64)
     count = 0
+    ncol = 0
     for o in range(out):
         at = AT[o]
         dat = dAT[o]
         rt = RT[o]
         yt = YT[o]
-        q = colq[o]
-        if q >= 0:                            # a changed weight or bias of this output
-            dq = dCT[q]
+        if start[o + 1] > start[o] or bias[o] != 0:      # its weights or bias changed
+            ncol += 1
+            buf[:] = bias[o]
+            for u in range(start[o], start[o + 1]):
+                t = order[u]
+                xc = XT[wcol[t]]
+                d = np.int64(dw[t])
+                for i in range(n):
+                    buf[i] += xc[i] * d
             for i in range(n):
-                v = _requant(np.int64(at[i]) + np.int64(dat[i]) + np.int64(dq[i]), k, lo, hi)
+                v = _requant(np.int64(at[i]) + np.int64(dat[i]) + buf[i], k, lo, hi)
                 yt[i] = v
                 count += v != rt[i]
         else:
@@ -187,8 +205,8 @@ def _fed(AT, dAT, RT, XT, wrow, wcol, dw, brow, db, colq, dCT, cols, k, lo, hi, 
                 v = _requant(np.int64(at[i]) + np.int64(dat[i]), k, lo, hi)
                 yt[i] = v
                 count += v != rt[i]
-    for q in range(ncol):
-        colq[cols[q]] = -1
+    dims[0] = n
+    dims[1] = ncol
     if count > oi.size:
         return -1
     m = 0
@@ -532,26 +550,29 @@ class Chain:
         _scatter(vals.reshape(-1), cols.size, ci, np.searchsorted(cols, cj[:nc]), cd, nc)
         return torch.from_numpy(cols), torch.from_numpy(vals).to(layer.Y.dtype)
 
-    def _tail(self, layer: _Layer, YT: np.ndarray | None = None
-              ) -> tuple[int, str, None, torch.Tensor] | None:
-        """The last layer run whole on ``layer``'s codes (its next; ``YT``: given output by
-        output, else in ``layer.Y``), compiled, where that is the last layer, small and exact
-        in float32 at any weights; else None."""
+    def _last_weights(self, layer: _Layer) -> tuple[np.ndarray, np.ndarray] | None:
+        """The last layer's current weights (outputs, inputs) and bias, float32, where it is
+        ``layer``'s next, small and exact in float32 at any weights (so run whole compiled on
+        ``layer``'s codes); else None."""
         last = self.layers[-1]
-        if self.layers[-2] is not layer or last.whole > TAIL_MAX:
+        if len(self.layers) < 2 or self.layers[-2] is not layer or last.whole > TAIL_MAX:
             return None
         ex, d = self.ex, last.node
         if ex._dtype[d.name] != torch.float32 or d.name in ex._absum or d.name in ex._int8:
             return None
         w = ex._flat[d.attrs["weight"]].reshape(last.A.shape[1], -1)
         b = ex._flat[d.attrs["bias"]] if d.attrs.get("bias") else np.zeros(w.shape[0], w.dtype)
+        return w, b
+
+    def _tail(self, layer: _Layer) -> tuple[int, str, None, torch.Tensor] | None:
+        """The last layer run whole on ``layer``'s codes (its next, in ``layer.Y``), compiled,
+        where :meth:`_last_weights` allows; else None."""
+        if (wb := self._last_weights(layer)) is None:
+            return None
+        last = self.layers[-1]
         out = torch.empty(last.A.shape, dtype=torch.float32)
-        if YT is None:
-            _whole(layer.Y.numpy(), w, b, last.k, last.lo, last.hi, out.numpy())
-        else:           # one float32 product (exact in any order), its requant compiled
-            accT = torch.from_numpy(w).mm(torch.from_numpy(YT)).numpy()
-            _requant_t(accT, b, last.k, last.lo, last.hi, out.numpy())
-        return len(ex.net.nodes), last.name, None, out
+        _whole(layer.Y.numpy(), *wb, last.k, last.lo, last.hi, out.numpy())
+        return len(self.ex.net.nodes), last.name, None, out
 
     def forward(self, start: int) -> tuple[int, str, torch.Tensor | None, torch.Tensor] | None:
         """Run the chain from its dense node ``start`` under the executor's current parameters:
@@ -589,11 +610,11 @@ class Chain:
             if m == -2 and nxt is not None and nxt.fed is not None \
                     and s["dims"][1] <= nxt.fed["most"]:
                 # its changed outputs' columns feed the next layer's GEMM
-                m = self._feed(layer, nxt, _changes(self.ex, nxt.node))
+                m, tail = self._feed(layer, nxt, _changes(self.ex, nxt.node))
                 layer, s, li = nxt, nxt.scratch, li + 1
+                if tail is not None:            # the last layer ran with it
+                    return tail
                 if m == -1:                     # its codes whole, output by output
-                    if (tail := self._tail(layer, layer.fed["YT"])) is not None:
-                        return tail
                     layer.Y.numpy()[:] = layer.fed["YT"].T
             if m == -2:                         # its changed outputs' columns
                 return (layer.end + 1, layer.name) + self._columns(layer)
@@ -608,11 +629,15 @@ class Chain:
             li += 1
         return len(self.ex.net.nodes), last.name, None, self._scattered(last, ci, cj, cd, nc)
 
-    def _feed(self, layer: _Layer, nxt: _Layer, ch: _Change | None) -> int:
+    def _feed(self, layer: _Layer, nxt: _Layer, ch: _Change | None
+              ) -> tuple[int, tuple[int, str, None, torch.Tensor] | None]:
         """Run ``nxt`` on ``layer``'s output, changed in whole columns on a clean input (as
         its kernel left them): the changes of those codes times ``nxt``'s current weights from
         them by one float32 GEMM, then its own changed weights and biases on its clean input
-        and its requant, compiled. Returns what :func:`_fed` returns."""
+        and its requant, compiled; then the last layer where that is its next and small
+        (:meth:`_last_weights`) and ``nxt``'s codes are passed on whole. Returns what
+        :func:`_fed` returns and what :meth:`forward` returns where the last layer ran (else
+        None)."""
         f, s = nxt.fed, nxt.scratch
         ncol = int(layer.scratch["dims"][1])
         wrow, wcol, dw, brow, db = _changed(ch, nxt.A.dtype)
@@ -620,9 +645,16 @@ class Chain:
         _gemm_operands(layer.scratch["dCT"], layer.RT, layer.scratch["cols"], ncol, f["WTf"],
                        f["inq"], wrow, wcol, dw.astype(np.float32), DT, Wc)
         dAT = torch.from_numpy(Wc).t().mm(torch.from_numpy(DT)).numpy()     # (outputs, images)
-        return _fed(nxt.AT, dAT, nxt.RT, nxt.XT, wrow, wcol, dw, brow, db, s["colq"], s["dCT"],
-                    s["cols"], nxt.k, nxt.lo, nxt.hi, f["YT"], s["dims"], s["oi"], s["oj"],
-                    s["od"])
+        m = _fed(nxt.AT, dAT, nxt.RT, nxt.XT, wrow, wcol, dw, brow, db, nxt.k, nxt.lo, nxt.hi,
+                 f["YT"], s["dims"], s["oi"], s["oj"], s["od"])
+        if m != -1 or (wb := self._last_weights(nxt)) is None:
+            return m, None
+        # the last layer: one float32 product (exact in any order), its requant compiled
+        last = self.layers[-1]
+        out = torch.empty(last.A.shape, dtype=torch.float32)
+        accT = torch.from_numpy(wb[0]).mm(torch.from_numpy(f["YT"])).numpy()
+        _requant_t(accT, wb[1], last.k, last.lo, last.hi, out.numpy())
+        return m, (len(self.ex.net.nodes), last.name, None, out)
 
 
 def forward(ex: Executor, memo: dict[str, torch.Tensor], side: dict, start: int
