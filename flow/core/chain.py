@@ -133,25 +133,35 @@ def _gemm_operands(dCT, RT, cols, ncol, WTf, inq, wrow, wcol, dw, DT, Wc):
     """The operands of a layer's accumulator change when its input changed in whole columns
     (the previous layer's outputs ``cols[:ncol]`` on a clean input, their new codes in
     ``dCT[:ncol]``, the clean ones in ``RT``): ``DT`` (columns, images), the new minus the clean
-    codes, and ``Wc`` (columns, outputs), the layer's current weights from those inputs: its
-    clean ones (``WTf``, float32) plus its changed words there (``inq``: scratch, left clear).
+    codes of the columns where some code changed, and ``Wc`` (columns, outputs), the layer's
+    current weights from those inputs: its clean ones (``WTf``, float32) plus its changed words
+    there (``inq``: scratch, left clear). Returns the number of those columns (a changed weight
+    of the layer before often moves no code of its column: on digits mlp x4 at 1e-3, a median
+    of 29 of 103 columns, 200 trials).
     ``DT``'s rows may be longer than the images (padding, left as it is)."""
     n = RT.shape[1]
+    kept = 0
     for q in range(ncol):
         c = cols[q]
-        inq[c] = q
         dq = dCT[q]
         rc = RT[c]
-        dt = DT[q]
+        dt = DT[kept]
+        moved = 0
         for i in range(n):
-            dt[i] = dq[i] - rc[i]
-        Wc[q, :] = WTf[c]
+            d = dq[i] - rc[i]
+            dt[i] = d
+            moved |= d
+        if moved != 0:
+            inq[c] = kept
+            Wc[kept, :] = WTf[c]
+            kept += 1
     for t in range(wrow.size):
         q = inq[wcol[t]]
         if q >= 0:
             Wc[q, wrow[t]] += dw[t]
     for q in range(ncol):
         inq[cols[q]] = -1
+    return kept
 
 
 @nb.njit(cache=True)
@@ -641,10 +651,11 @@ class Chain:
         f, s = nxt.fed, nxt.scratch
         ncol = int(layer.scratch["dims"][1])
         wrow, wcol, dw, brow, db = _changed(ch, nxt.A.dtype)
-        DT, Wc = f["DT"][:ncol], f["Wc"][:ncol]
-        _gemm_operands(layer.scratch["dCT"], layer.RT, layer.scratch["cols"], ncol, f["WTf"],
-                       f["inq"], wrow, wcol, dw.astype(np.float32), DT, Wc)
-        dAT = torch.from_numpy(Wc).t().mm(torch.from_numpy(DT)).numpy()     # (outputs, images)
+        kept = _gemm_operands(layer.scratch["dCT"], layer.RT, layer.scratch["cols"], ncol,
+                              f["WTf"], f["inq"], wrow, wcol, dw.astype(np.float32), f["DT"],
+                              f["Wc"])
+        dAT = torch.from_numpy(f["Wc"][:kept]).t().mm(        # (outputs, images)
+            torch.from_numpy(f["DT"][:kept])).numpy()
         m = _fed(nxt.AT, dAT, nxt.RT, nxt.XT, wrow, wcol, dw, brow, db, nxt.k, nxt.lo, nxt.hi,
                  f["YT"], s["dims"], s["oi"], s["oj"], s["od"])
         if m != -1 or (wb := self._last_weights(nxt)) is None:
