@@ -348,24 +348,6 @@ def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
     return m if count <= oi.size else -1
 
 
-@nb.njit(cache=True, fastmath=True)
-def _whole(Y, W, b, k, lo, hi, out):
-    """The codes ``out`` of a dense layer (and its requant) run whole on the input codes ``Y``
-    with weights ``W`` (outputs, inputs) and bias ``b``, all float32 codes of a layer whose
-    worst-case partial sums stay below 2**24: exact in float32 in any order of addition (so the
-    compiler may reorder them)."""
-    n = Y.shape[0]
-    fout, fin = W.shape
-    for i in range(n):
-        yi = Y[i]
-        for o in range(fout):
-            w = W[o]
-            acc = np.float32(0)
-            for j in range(fin):
-                acc += yi[j] * w[j]
-            out[i, o] = _requant(np.int64(acc) + np.int64(b[o]), k, lo, hi)
-
-
 @nb.njit(cache=True)
 def _requant_t(accT, b, k, lo, hi, out):
     """The codes ``out`` (images, outputs) of the accumulators ``accT`` (outputs, images; float32
@@ -574,14 +556,17 @@ class Chain:
         b = ex._flat[d.attrs["bias"]] if d.attrs.get("bias") else np.zeros(w.shape[0], w.dtype)
         return w, b
 
-    def _tail(self, layer: _Layer) -> tuple[int, str, None, torch.Tensor] | None:
-        """The last layer run whole on ``layer``'s codes (its next, in ``layer.Y``), compiled,
-        where :meth:`_last_weights` allows; else None."""
+    def _tail(self, layer: _Layer, YT: torch.Tensor | None = None
+              ) -> tuple[int, str, None, torch.Tensor] | None:
+        """The last layer run whole on ``layer``'s codes (its next; ``YT``: given as (features,
+        images), else ``layer.Y``) where :meth:`_last_weights` allows: one float32 product
+        (exact in any order), its requant compiled; else None."""
         if (wb := self._last_weights(layer)) is None:
             return None
         last = self.layers[-1]
         out = torch.empty(last.A.shape, dtype=torch.float32)
-        _whole(layer.Y.numpy(), *wb, last.k, last.lo, last.hi, out.numpy())
+        accT = torch.from_numpy(wb[0]).mm(layer.Y.t() if YT is None else YT).numpy()
+        _requant_t(accT, wb[1], last.k, last.lo, last.hi, out.numpy())
         return len(self.ex.net.nodes), last.name, None, out
 
     def forward(self, start: int) -> tuple[int, str, torch.Tensor | None, torch.Tensor] | None:
@@ -658,14 +643,7 @@ class Chain:
             torch.from_numpy(f["DT"][:kept])).numpy()
         m = _fed(nxt.AT, dAT, nxt.RT, nxt.XT, wrow, wcol, dw, brow, db, nxt.k, nxt.lo, nxt.hi,
                  f["YT"], s["dims"], s["oi"], s["oj"], s["od"])
-        if m != -1 or (wb := self._last_weights(nxt)) is None:
-            return m, None
-        # the last layer: one float32 product (exact in any order), its requant compiled
-        last = self.layers[-1]
-        out = torch.empty(last.A.shape, dtype=torch.float32)
-        accT = torch.from_numpy(wb[0]).mm(torch.from_numpy(f["YT"])).numpy()
-        _requant_t(accT, wb[1], last.k, last.lo, last.hi, out.numpy())
-        return m, (len(self.ex.net.nodes), last.name, None, out)
+        return m, (self._tail(nxt, torch.from_numpy(f["YT"])) if m == -1 else None)
 
 
 def forward(ex: Executor, memo: dict[str, torch.Tensor], side: dict, start: int
