@@ -335,3 +335,23 @@ def test_sampled_maps_on_users_networks(monkeypatch, arch):
     assert flips > 0
     if arch.startswith("dense"):
         assert any(m > 0 for m in spy.results)
+
+
+def test_kernels_read_no_tunable_constants():
+    """The compiled kernels take their tunables (costs, caps, bounds) as arguments: numba freezes
+    a global's value into its on-disk cache, so a kernel that read one would keep, in every
+    later process, whatever value it had when compiled (a test that patched the constant would
+    leave its value behind). Only fixed names (the decode modes) may be read."""
+    from numba.core.registry import CPUDispatcher
+
+    from flow.core import flips
+    fixed = {"SIGNED", "BIPOLAR", "PROTECTED_SIGNED", "UNSIGNED", "PROTECTED_UNSIGNED",
+             "PROTECTED_BIPOLAR"}
+    kernels = [(mod.__name__, name, obj) for mod in (chain, flips)
+               for name, obj in vars(mod).items()
+               if isinstance(obj, CPUDispatcher) and obj.__module__ == mod.__name__]
+    assert len(kernels) >= 10
+    read = {f"{mod}.{name}": sorted(n for n in k.py_func.__code__.co_names
+                                    if n.lstrip("_").isupper() and n not in fixed)
+            for mod, name, k in kernels}
+    assert {k: v for k, v in read.items() if v} == {}

@@ -65,6 +65,12 @@ LAST_CAP = 1 << 20
 # its inputs (a fifth of that for an int8 layer); the GEMM's share of the whole product's work
 # (digits mlp x4 at 1e-3: 0.40, 0.75 and 1.0 gave trial / clean 0.70, 0.72-0.73 and 0.72)
 FED_MAX = 0.75
+# A GEMM-fed layer's cost per element of its output beyond its product's (its requant pass), as
+# float32 multiply-accumulates of the product: a layer's changed columns (on a clean input) feed
+# the next layer's GEMM where that costs less than its compiled form (trial / clean at 1e-5 /
+# 1e-4: digits mlp x4 1.52 / 1.07 without this choice, 1.43 / 1.20 at 60, 1.49 / 1.13 at 160;
+# mlp x16 2.42-2.51 / 0.96 without, 2.43 / 1.17-1.20 at 60)
+FED_ELEMENT = 60
 # The largest last layer (multiply-accumulates) run whole compiled after a layer passed on whole
 TAIL_MAX = 4 << 20
 _NO_CLAMP = 1 << 62
@@ -234,16 +240,24 @@ def _fed(AT, dAT, RT, XT, wrow, wcol, dw, brow, db, k, lo, hi, YT, dims, oi, oj,
 
 @nb.njit(cache=True)
 def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
-           dA, rowflag, colq, dCT, rows, cols, k, lo, hi, Y, dims, oi, oj, od, max_cols):
+           dA, rowflag, colq, dCT, rows, cols, k, lo, hi, Y, dims, oi, oj, od, max_cols,
+           fed_cols, fed_cost):
     """One dense layer and its requant from its changed input codes ``(ci, cj, cd)[:nc]`` and its
     changed weights ``(wrow, wcol, dw)`` and biases ``(brow, db)`` (the changed images' rows
-    ``rows[:dims[0]]``, the changed outputs' columns ``cols[:dims[1]]``). Where the codes that
-    changed fit ``oi``, they are written to ``oi, oj, od`` (output minus clean) and their number
-    is returned; else, with no changed input code and at most ``max_cols`` changed columns, -2:
-    the output codes of those columns are in ``dCT[:dims[1]]``; else -1: every output code is
-    written into ``Y`` (floats; the clean codes are ``R``). ``Y`` is scratch otherwise: no run
-    reads what an earlier one left there. The scratch (``dA``, ``rowflag``, ``colq``) is left
-    clear."""
+    ``rows[:dims[0]]``, the changed outputs' columns ``cols[:dims[1]]``). Returns:
+
+    - -2, with no changed input code, at most ``fed_cols`` changed columns (the next layer's
+      GEMM takes that many; 0: it has none) and that GEMM cheaper than the next layer's
+      compiled form on the changed codes (``fed_cost``: :data:`COMPILED_COST` and
+      :data:`FED_ELEMENT`, given rather than read as globals, which numba would freeze into
+      its on-disk cache): the output codes of those columns are in ``dCT[:dims[1]]``;
+    - else, where the codes that changed fit ``oi``, their number: they are written to ``oi,
+      oj, od`` (output minus clean);
+    - else, with no changed input code and at most ``max_cols`` changed columns, -2 as above;
+    - else -1: every output code is written into ``Y`` (floats; the clean codes are ``R``).
+
+    ``Y`` is scratch otherwise: no run reads what an earlier one left there. The scratch
+    (``dA``, ``rowflag``, ``colq``) is left clear."""
     n, out = A.shape
     nr = 0
     start = np.zeros(n + 1, np.int64)         # the changed input codes by image: a counting sort
@@ -315,6 +329,11 @@ def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
     dims[0] = nr
     dims[1] = ncol
     m = 0
+    if nr == 0 and 0 < ncol <= fed_cols and fed_cost[0] * (count + min(count, n)) > (
+            ncol + fed_cost[1]) * n:          # the next layer fed by a GEMM of the columns
+        for q in range(ncol):                 # costs less than its compiled form
+            colq[cols[q]] = -1
+        return -2
     if count <= oi.size:                      # passed on as changes
         for q in range(nr):
             m = _row_changes(rows[q], Y[rows[q]], R[rows[q]], oi, oj, od, m)
@@ -601,7 +620,9 @@ class Chain:
                        ci, cj, cd.astype(dt, copy=False), nc, wrow, wcol, dw, brow, db,
                        s["dA"], s["rowflag"], s["colq"], s["dCT"], s["rows"], s["cols"],
                        layer.k, layer.lo, layer.hi, layer.Y.numpy(), s["dims"],
-                       s["oi"], s["oj"], s["od"], most)
+                       s["oi"], s["oj"], s["od"], most,
+                       nxt.fed["most"] if nxt is not None and nxt.fed is not None else 0,
+                       (float(COMPILED_COST), float(FED_ELEMENT)))
             if m == -2 and nxt is not None and nxt.fed is not None \
                     and s["dims"][1] <= nxt.fed["most"]:
                 # its changed outputs' columns feed the next layer's GEMM
