@@ -25,7 +25,12 @@ Where many codes change (high bit error rates), a layer's product is cheaper: a 
 compiled while its cost (:data:`COMPILED_COST`) is below its product's, and passes its changes
 on while the next layer's could be; else the chain hands its codes to :mod:`flow.core.delta`:
 the changed columns whole where the layer's input was clean and they are few
-(:data:`COLUMNS_MAX`, the form that module carries), else all of them.
+(:data:`COLUMNS_MAX`, the form that module carries), else all of them. Two more forms: a
+layer's changed columns on a clean input feed the next layer by one float32 GEMM where that
+costs less than its compiled form (:func:`_gemm_operands`, :func:`_fed`; :data:`FED_MAX`,
+:data:`FED_ELEMENT`), and a small last layer runs whole after a layer handed on whole
+(:data:`TAIL_MAX`). The kernels take their tunables as arguments: numba freezes a global's value
+into its on-disk cache.
 """
 from __future__ import annotations
 
@@ -71,7 +76,7 @@ FED_MAX = 0.75
 # 1e-4: digits mlp x4 1.52 / 1.07 without this choice, 1.43 / 1.20 at 60, 1.49 / 1.13 at 160;
 # mlp x16 2.42-2.51 / 0.96 without, 2.43 / 1.17-1.20 at 60)
 FED_ELEMENT = 60
-# The largest last layer (multiply-accumulates) run whole compiled after a layer passed on whole
+# The largest last layer (multiply-accumulates) run whole after a layer passed on whole
 TAIL_MAX = 4 << 20
 _NO_CLAMP = 1 << 62
 
@@ -563,10 +568,11 @@ class Chain:
 
     def _last_weights(self, layer: _Layer) -> tuple[np.ndarray, np.ndarray] | None:
         """The last layer's current weights (outputs, inputs) and bias, float32, where it is
-        ``layer``'s next, small and exact in float32 at any weights (so run whole compiled on
-        ``layer``'s codes); else None."""
+        ``layer``'s next, small and exact in float32 at any weights and ``layer``'s codes are
+        float32 (so it runs whole on them after ``layer``); else None."""
         last = self.layers[-1]
-        if len(self.layers) < 2 or self.layers[-2] is not layer or last.whole > TAIL_MAX:
+        if len(self.layers) < 2 or self.layers[-2] is not layer or last.whole > TAIL_MAX \
+                or layer.Y.dtype != torch.float32:
             return None
         ex, d = self.ex, last.node
         if ex._dtype[d.name] != torch.float32 or d.name in ex._absum or d.name in ex._int8:
