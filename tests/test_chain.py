@@ -231,6 +231,45 @@ def test_changed_columns_feed_the_next_layers_gemm(monkeypatch, cost):
     assert bool(spy.handed) == (cost == 12)
 
 
+@pytest.mark.parametrize("cost, fed", [(40, True), (20, False)])
+def test_columns_feed_the_gemm_where_it_costs_less(monkeypatch, cost, fed):
+    """One bias bit of the first layer moves every image's code in its column: fewer changes
+    than the next layer's list takes (64 inputs: 1.6 per image at cost 40), so before they
+    were passed on as changes. At the default cost the next layer's compiled form on them
+    (40 x 2 per image and output) costs more than a GEMM of the one column (1 + FED_ELEMENT):
+    the column feeds the GEMM; at half that cost the changes are passed on. Equal to a full
+    forward either way."""
+    rng = np.random.default_rng(11)
+    net = _mlp(rng, widths=(64, 32, 10), weights=1)
+    x = torch.as_tensor(rng.integers(0, 256, (41, 1, 5, 8)), dtype=torch.float32)
+    monkeypatch.setattr(chain, "COMPILED_COST", cost)
+    image, ex, fresh = _pair(net, [], "float", x)
+    o = int(np.flatnonzero(net.params["d1.bias"].codes >= 0)[0])   # bit 12 clear: +4096
+    spy = _Spy(monkeypatch)
+    same_scores(image, ex, fresh, x, [FaultMap.from_faults([("d1.bias", o, 12)])])
+    assert (spy.results[0] == -2) == fed and bool(spy.fed) == fed
+    assert fed or spy.results[0] == len(x)              # every image's code moved
+
+
+def test_gemm_takes_only_the_columns_that_moved():
+    """The GEMM's operands keep the changed columns where some code moved (in order), each
+    with the layer's current weights from it (a changed weight on a kept column added, one on
+    a dropped column not), and leave their scratch clear."""
+    RT = np.array([[3, 4, 5], [7, 7, 7], [0, 1, 2], [9, 9, 9]], np.uint8)     # (inputs, images)
+    dCT = np.array([[3, 4, 6], [7, 7, 7], [0, 0, 2]], np.int32)   # new codes of cols 0, 1, 2
+    cols = np.array([0, 1, 2], np.int64)
+    WTf = np.arange(8, dtype=np.float32).reshape(4, 2)            # (inputs, outputs)
+    inq = np.full(4, -1, np.int64)
+    DT, Wc = np.full((4, 5), 99, np.float32), np.zeros((4, 2), np.float32)
+    wrow, wcol, dw = (np.array([1, 0, 0]), np.array([2, 1, 3]),
+                      np.array([5, -3, 8], np.float32))
+    kept = chain._gemm_operands(dCT, RT, cols, 3, WTf, inq, wrow, wcol, dw, DT, Wc)
+    assert kept == 2                                     # column 1 moved no code
+    assert DT[:2, :3].tolist() == [[0, 0, 1], [0, -1, 0]]
+    assert Wc[:2].tolist() == [[0, 1], [4, 5 + 5]]       # column 2's output 1 weight: +5
+    assert (inq == -1).all() and (DT[:, 3:] == 99).all()  # padding left as it was
+
+
 def test_columns_feed_a_gemm_only_below_2_24(monkeypatch):
     """16-bit weights: a first layer's weight MSBs flipped in two or in twenty outputs move
     those codes between 0 and 255; the next layer's GEMM of |change| 255 times weights up to
@@ -355,3 +394,16 @@ def test_kernels_read_no_tunable_constants():
                                     if n.lstrip("_").isupper() and n not in fixed)
             for mod, name, k in kernels}
     assert {k: v for k, v in read.items() if v} == {}
+
+
+@pytest.mark.parametrize("lo, hi, want", [(0, 127, np.int8), (-128, 127, np.int8),
+                                          (0, 255, np.uint8), (-1, 255, np.int16),
+                                          (-32768, 300, np.int16), (0, 40000, np.int32),
+                                          (-5, 1 << 40, np.int64)])
+def test_clean_codes_in_their_narrowest_type(lo, hi, want):
+    """Codes a layer only reads are kept in the narrowest of int8, uint8, int16 and the
+    accumulator type that holds them all, unchanged."""
+    dt = np.int64 if hi >= 1 << 31 else np.int32
+    a = np.array([[lo, hi], [hi, lo]], dt).T                  # transposed: made contiguous
+    got = chain._narrowest(a, dt)
+    assert got.dtype == want and got.flags.c_contiguous and (got == a).all()
