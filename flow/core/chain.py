@@ -520,6 +520,7 @@ class Chain:
                                  DT=np.zeros((fan_in, -(-n // 16) * 16), np.float32),
                                  Wc=np.zeros((fan_in, layer.A.shape[1]), np.float32),
                                  YT=np.zeros(layer.AT.shape, layer.Y.numpy().dtype))
+        self._last = self._last_params()
         for li, layer in enumerate(self.layers):
             n, outs = layer.A.shape
             # the changes passed on: while the next layer's compiled form could cost less than
@@ -570,12 +571,19 @@ class Chain:
         """The last layer's current weights (outputs, inputs) and bias, float32, where it is
         ``layer``'s next, small and exact in float32 at any weights and ``layer``'s codes are
         float32 (so it runs whole on them after ``layer``); else None."""
-        last = self.layers[-1]
-        if len(self.layers) < 2 or self.layers[-2] is not layer or last.whole > TAIL_MAX \
+        if len(self.layers) < 2 or self.layers[-2] is not layer \
                 or layer.Y.dtype != torch.float32:
             return None
+        return self._last
+
+    def _last_params(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The last layer's weights (outputs, inputs) and bias as views of the executor's
+        parameters (so always the current ones) where it is small and exact in float32 at any
+        weights (float32 kernels); else None. Made once: the executor keeps its arrays."""
+        last = self.layers[-1]
         ex, d = self.ex, last.node
-        if ex._dtype[d.name] != torch.float32 or d.name in ex._absum or d.name in ex._int8:
+        if last.whole > TAIL_MAX or ex._dtype[d.name] != torch.float32 or d.name in ex._absum \
+                or d.name in ex._int8:
             return None
         w = ex._flat[d.attrs["weight"]].reshape(last.A.shape[1], -1)
         b = ex._flat[d.attrs["bias"]] if d.attrs.get("bias") else np.zeros(w.shape[0], w.dtype)

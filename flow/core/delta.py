@@ -237,27 +237,28 @@ def _changes(ex: Executor, node: Node) -> _Change | None:
     from flow.core import flips  # numba: loaded by the first fault
     a, empty = node.attrs, np.zeros(0, np.int64)
 
-    def differ(name: str, per_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(output, index in its row, change) of each word of ``name`` off its clean code."""
+    def differ(name: str, per_row: int) -> tuple[np.ndarray, ...]:
+        """(output, index in its row, change) of each word of ``name`` off its clean code, and
+        their distinct outputs in order."""
         words = ex._dirty_words(name)
         if words is None:
-            return empty, empty, np.zeros(0)
-        rows, cols, d = (np.empty(words.size, np.int64), np.empty(words.size, np.int64),
-                         np.empty(words.size))
+            return empty, empty, np.zeros(0), empty
+        rows, cols, d, outs = (np.empty(words.size, np.int64), np.empty(words.size, np.int64),
+                               np.empty(words.size), np.empty(words.size, np.int64))
         if name in ex._w8:                      # int8 weights: their matrix (a conv's
             values, _, _, c, kk = ex._w8[name].layout()     # channels last)
         else:
             values, c, kk = ex._flat[name], 0, 1
-        n = flips.changes(words, values, c, kk, ex._clean[name], per_row, rows, cols, d)
-        return rows[:n], cols[:n], d[:n]
+        n, no = flips.changes(words, values, c, kk, ex._clean[name], per_row, rows, cols, d,
+                              outs)
+        return rows[:n], cols[:n], d[:n], outs[:no]
 
     wn = a["weight"]
-    wrow, wcol, dw = differ(wn, ex.net.params[wn].codes[0].size)
-    brow, _, db = differ(a["bias"], 1) if a.get("bias") else (empty, empty, np.zeros(0))
+    wrow, wcol, dw, rows = differ(wn, ex.net.params[wn].codes[0].size)
+    brow, _, db, _ = differ(a["bias"], 1) if a.get("bias") else (empty, empty, np.zeros(0),
+                                                                  empty)
     if brow.size:
-        rows = unique_ints(np.concatenate([wrow, brow]))
-    else:                                       # the words are sorted: so are their outputs
-        rows = wrow[np.concatenate(([True], wrow[1:] != wrow[:-1]))] if wrow.size else wrow
+        rows = unique_ints(np.concatenate([rows, brow]))
     return _Change(rows, wrow, wcol, dw, brow, db)
 
 

@@ -162,11 +162,13 @@ def update8(new, u, bits, mode, m8, rows, per_row, c, kk, clean, differs, old, w
 
 
 @nb.njit(cache=True)
-def changes(words, values, c, kk, clean, per_row, wrow, wcol, dw):
-    """The words ``words`` (flat indices in PyTorch's layout) whose current codes (``values``,
-    at :func:`_position`) differ from ``clean``: each one's output (``wrow``), its index in its
-    output's row (``wcol``) and the difference (``dw``); returns their number."""
+def changes(words, values, c, kk, clean, per_row, wrow, wcol, dw, outs):
+    """The words ``words`` (flat indices in PyTorch's layout, increasing) whose current codes
+    (``values``, at :func:`_position`) differ from ``clean``: each one's output (``wrow``), its
+    index in its output's row (``wcol``) and the difference (``dw``), and their distinct
+    outputs in order (``outs``); returns the numbers of both."""
     n = 0
+    no = 0
     for t in range(words.size):
         i = words[t]
         d = np.float64(values[_position(i, c, kk)]) - np.float64(clean[i])
@@ -176,4 +178,7 @@ def changes(words, values, c, kk, clean, per_row, wrow, wcol, dw):
             wcol[n] = i - r * per_row
             dw[n] = d
             n += 1
-    return n
+            if no == 0 or outs[no - 1] != r:
+                outs[no] = r
+                no += 1
+    return n, no

@@ -140,12 +140,13 @@ class FaultMap:
 
 class _SampledMap(FaultMap):
     """A sampler's map of flips at sorted, distinct positions: the Injector applies it by its
-    per-memory runs, and the array of memory names (a string per fault) is made only when read."""
+    per-memory runs (unchecked where it is the Injector of ``image``, the image the map was
+    drawn over), and the array of memory names (a string per fault) is made only when read."""
 
     def __init__(self, names: np.ndarray, counts: np.ndarray, word: np.ndarray, bit: np.ndarray,
-                 runs: list[tuple[str, slice]]) -> None:
+                 runs: list[tuple[str, slice]], image: MemoryImage) -> None:
         for key, value in (("word", word), ("bit", bit), ("_runs", runs),
-                           ("_names", (names, counts))):
+                           ("_names", (names, counts)), ("_image", image)):
             object.__setattr__(self, key, value)
 
     @property
@@ -248,6 +249,7 @@ class SeuSampler:
     def __init__(self, image: MemoryImage, *, kinds: Sequence[str] = WEIGHT_KINDS,
                  layers: Sequence[str] | None = None, bits: Sequence[int] | None = None) -> None:
         check_targets(image, kinds=kinds, layers=layers, bits=bits)
+        self._image = image                 # its maps are trusted by an Injector of it
         mems = image.targets(kinds, layers)
         allowed = [np.arange(m.width) if bits is None else np.array(
             sorted({b for b in bits if 0 <= b < m.width}), dtype=np.int64) for m in mems]
@@ -301,7 +303,7 @@ class SeuSampler:
                     if c:
                         runs.append((name, slice(a, a + c)))
                         a += c
-                return _SampledMap(self.names, counts, words, bitpos, runs)
+                return _SampledMap(self.names, counts, words, bitpos, runs, self._image)
             names = np.repeat(self.names, counts)       # cheaper than names[which]
         else:
             which = np.searchsorted(self._cum, pos, side="right") - 1
@@ -345,13 +347,15 @@ class Injector:
         if len(fmap) == 0:
             return
         runs = getattr(fmap, "_runs", None)      # a sampler's map: sorted distinct flips
+        # (drawn over this image's memories: its words and bits are in range)
+        trusted = runs is not None and fmap._image is self.image
         all_flip = runs is not None or bool((fmap.kind == "flip").all())
         groups = []
         for name, sel in runs or _by_memory(fmap.memory):   # check all before changing any
             mem = self.image.memory(str(name))
             w, b = fmap.word[sel], fmap.bit[sel]
-            lo, hi = (w[0], w[-1]) if runs is not None else (w.min(), w.max())
-            if lo < 0 or hi >= mem.depth or b.min() < 0 or b.max() >= mem.width:
+            if not trusted and (w.min() < 0 or w.max() >= mem.depth or b.min() < 0
+                                or b.max() >= mem.width):
                 fmap.validate(self.image)
             groups.append((name, mem, sel, w, b))
         for name, mem, sel, w, b in groups:
