@@ -130,6 +130,22 @@ def test_faultmap_validation(mlp_run):
         FaultMap.from_faults([("fc1.weight", 0, 0, "melt")])
 
 
+def test_sampled_maps_are_checked_on_another_image():
+    """A sampler's map goes unchecked only into an Injector of the image it was drawn over:
+    applied to another image whose memory is shallower or narrower, it is refused, nothing
+    written."""
+    from flow.reliability.faults import SeuSampler
+    fmap = SeuSampler(_image(1000, 8)).sample(0.05, trial_rng(0, 0.05, 0))
+    assert fmap.word.max() >= 500 and fmap.bit.max() >= 6
+    for other in (_image(500, 8), _image(1000, 6)):
+        with pytest.raises(FaultMapError, match="outside memory 'l.weight'"):
+            Injector(other).apply(fmap)
+        assert not other.memory("l.weight").words.any()
+    same = _image(1000, 8)
+    Injector(same).apply(SeuSampler(same).sample(0.05, trial_rng(0, 0.05, 0)))
+    assert same.memory("l.weight").words.any()
+
+
 # digest of the maps below, the same before and after the sampler's fast path (2026-12-04); it
 # changes only if hetq's sampler or NumPy's binomial / choice streams change
 PINNED_MAPS = "3e542f7e16ec1c75"
