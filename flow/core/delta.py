@@ -665,6 +665,8 @@ def forward(ex: Executor, memo: dict[str, torch.Tensor], side: dict, start: int
     parts: dict[str, Part] = {}
     if (got := chain.forward(ex, memo, side, start)) is not None:
         start, name, cols, codes = got      # compiled up to node start: name's codes
+        if start >= len(ex.net.nodes) and cols is None:
+            return codes                    # the whole chain ran: the output's codes
         parts[name] = Part(cols, codes)
     dirty = {m for m, count in ex._ndiff.items() if count}
     for node in ex.net.nodes[start:]:

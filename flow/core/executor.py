@@ -620,6 +620,10 @@ class Executor:
 
         Returns the class-score codes, or with ``trace`` every node's codes by node name.
         """
+        return self._run(x, trace=trace, quantized=quantized)
+
+    def _run(self, x: torch.Tensor, *, trace: bool, quantized: bool):
+        """:meth:`run` (its caller holds ``torch.no_grad``)."""
         memo = None if trace or not self._memo else self._memo.get(self._key(x, quantized))
         if memo is not None:
             vals = memo[1]
@@ -655,9 +659,9 @@ class Executor:
         campaigns quantize the test set once and classify it many times.
         """
         if x.shape[0] <= batch_size:            # one batch: itself (as remembered)
-            return self.run(x, quantized=quantized).argmax(dim=1)
-        return torch.cat([self.run(x[i:i + batch_size], quantized=quantized).argmax(dim=1)
-                          for i in range(0, x.shape[0], batch_size)])
+            return self._run(x, trace=False, quantized=quantized).argmax(dim=1)
+        return torch.cat([self._run(x[i:i + batch_size], trace=False, quantized=quantized)
+                          .argmax(dim=1) for i in range(0, x.shape[0], batch_size)])
 
     @torch.no_grad()
     def correct(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> int:
