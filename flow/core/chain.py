@@ -106,6 +106,23 @@ def _row_changes(i, yi, ri, oi, oj, od, m):
 
 
 @nb.njit(cache=True)
+def _by_key(keys, n, size):
+    """The first ``n`` entries of ``keys`` (each in ``0..size-1``) grouped by key, a counting
+    sort: ``order[start[k]:start[k + 1]]`` are key ``k``'s entries, in their order."""
+    start = np.zeros(size + 1, np.int64)
+    for t in range(n):
+        start[keys[t] + 1] += 1
+    for k in range(size):
+        start[k + 1] += start[k]
+    fill = start[:-1].copy()
+    order = np.empty(n, np.int64)
+    for t in range(n):
+        order[fill[keys[t]]] = t
+        fill[keys[t]] += 1
+    return start, order
+
+
+@nb.njit(cache=True)
 def _weight_columns(XT, wrow, wcol, dw, brow, db, colq, dCT, cols):
     """The changed weights ``(wrow, wcol, dw)`` and biases ``(brow, db)`` of a layer on its
     clean input ``XT`` (features, images): each changed output's accumulator change, a row of
@@ -187,16 +204,7 @@ def _fed(AT, dAT, RT, XT, wrow, wcol, dw, brow, db, k, lo, hi, YT, dims, oi, oj,
     :func:`_layer`'s (every image's row changed, the outputs with changed weights or
     biases)."""
     out, n = AT.shape
-    start = np.zeros(out + 1, np.int64)       # the weight changes by output: a counting sort
-    for t in range(wrow.size):
-        start[wrow[t] + 1] += 1
-    for o in range(out):
-        start[o + 1] += start[o]
-    fill = start[:-1].copy()
-    order = np.empty(wrow.size, np.int64)
-    for t in range(wrow.size):
-        order[fill[wrow[t]]] = t
-        fill[wrow[t]] += 1
+    start, order = _by_key(wrow, wrow.size, out)      # the weight changes by output
     bias = np.zeros(out, np.int64)
     for t in range(brow.size):
         bias[brow[t]] += db[t]
@@ -265,16 +273,7 @@ def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
     (``dA``, ``rowflag``, ``colq``) is left clear."""
     n, out = A.shape
     nr = 0
-    start = np.zeros(n + 1, np.int64)         # the changed input codes by image: a counting sort
-    for t in range(nc):
-        start[ci[t] + 1] += 1
-    for i in range(n):
-        start[i + 1] += start[i]
-    fill = start[:-1].copy()
-    order = np.empty(nc, np.int64)
-    for t in range(nc):
-        order[fill[ci[t]]] = t
-        fill[ci[t]] += 1
+    start, order = _by_key(ci, nc, n)         # the changed input codes by image
     for i in range(n):                        # image by image: a row of weights per change
         if start[i + 1] == start[i]:
             continue
@@ -290,17 +289,7 @@ def _layer(XT, A, AT, R, RT, WT, ci, cj, cd, nc, wrow, wcol, dw, brow, db,
                 dai[o] += d * row[o]
     ncol = _weight_columns(XT, wrow, wcol, dw, brow, db, colq, dCT, cols)
     if ncol and nc:                    # the changed weights on the changed input codes
-        fan_in = WT.shape[0]
-        wstart = np.zeros(fan_in + 1, np.int64)           # the weight changes by input column
-        for t in range(wrow.size):
-            wstart[wcol[t] + 1] += 1
-        for c in range(fan_in):
-            wstart[c + 1] += wstart[c]
-        wfill = wstart[:-1].copy()
-        worder = np.empty(wrow.size, np.int64)
-        for t in range(wrow.size):
-            worder[wfill[wcol[t]]] = t
-            wfill[wcol[t]] += 1
+        wstart, worder = _by_key(wcol, wcol.size, WT.shape[0])   # the weight changes by input
         for t in range(nc):
             i, j, d = ci[t], cj[t], cd[t]
             for u in range(wstart[j], wstart[j + 1]):
