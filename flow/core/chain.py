@@ -94,8 +94,10 @@ def _requant(v, k, lo, hi):
 
 @nb.njit(cache=True, inline="always")
 def _row_changes(i, yi, ri, oi, oj, od, m):
-    """Image ``i``'s output codes ``yi`` that differ from the clean ``ri``, appended to the
-    changes ``oi, oj, od`` (output minus clean) after their first ``m``; returns their number."""
+    """Line ``i``'s codes ``yi`` that differ from the clean ``ri``, appended to the changes
+    ``oi, oj, od`` (``i``, the position in the line, output minus clean) after their first
+    ``m``; returns their number. An image's row fills (image, output); an output's column of
+    images, with ``oj, oi`` passed in that order, fills the same."""
     for o in range(yi.size):
         if yi[o] != ri[o]:
             oi[m] = i
@@ -239,15 +241,8 @@ def _fed(AT, dAT, RT, XT, wrow, wcol, dw, brow, db, k, lo, hi, YT, dims, oi, oj,
     if count > oi.size:
         return -1
     m = 0
-    for o in range(out):
-        yt = YT[o]
-        rt = RT[o]
-        for i in range(n):
-            if yt[i] != rt[i]:
-                oi[m] = i
-                oj[m] = o
-                od[m] = yt[i] - rt[i]
-                m += 1
+    for o in range(out):                      # (output, image) pairs: oj, oi swapped
+        m = _row_changes(o, YT[o], RT[o], oj, oi, od, m)
     return m
 
 

@@ -133,16 +133,22 @@ def _position(i, c, kk):
     return row * per + (rest - ch * kk) * c + ch
 
 
+@nb.njit(cache=True, inline="always")
+def _put8(i, t, v, m8, rows, per_row, c, kk, old):
+    """Set int8 weight ``i`` (PyTorch's layout) of the matrix ``m8`` to ``v``, its previous code
+    into ``old[t]``; its output's sum of codes (``rows``) follows."""
+    p = _position(i, c, kk)
+    old[t] = m8[p]
+    m8[p] = v
+    rows[i // per_row] += np.int32(v) - np.int32(old[t])
+
+
 @nb.njit(cache=True)
 def swap8(u, new, m8, rows, per_row, c, kk, old):
     """Set the int8 weights at flat indices ``u`` (PyTorch's layout) of the matrix ``m8`` to
     ``new``, their previous codes into ``old``; each output's sum of codes (``rows``) follows."""
     for t in range(u.size):
-        i = u[t]
-        p = _position(i, c, kk)
-        old[t] = m8[p]
-        m8[p] = new[t]
-        rows[i // per_row] += np.int32(new[t]) - np.int32(old[t])
+        _put8(u[t], t, new[t], m8, rows, per_row, c, kk, old)
 
 
 @nb.njit(cache=True)
@@ -151,13 +157,9 @@ def update8(new, u, bits, mode, m8, rows, per_row, c, kk, clean, differs, old, w
     :func:`swap8`); ``clean`` and ``differs`` in PyTorch's layout."""
     dn = 0
     for t in range(u.size):
-        i = u[t]
         v = _decode(new[t], bits, mode)
-        p = _position(i, c, kk)
-        old[t] = m8[p]
-        m8[p] = v
-        rows[i // per_row] += np.int32(v) - np.int32(old[t])
-        dn += _track(i, t, v, clean, differs, was)
+        _put8(u[t], t, v, m8, rows, per_row, c, kk, old)
+        dn += _track(u[t], t, v, clean, differs, was)
     return dn
 
 
